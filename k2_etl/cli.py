@@ -1,0 +1,258 @@
+"""The ``k2`` command. Thin: parse arguments, call into the packages, print.
+
+Errors K2 raises on purpose (:class:`~k2_etl.errors.K2Error`) are printed as
+one line on stderr and become the exit code; see the README for the codes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from k2_etl import __version__
+from k2_etl.config import Settings, load_settings
+from k2_etl.errors import K2Error
+
+app = typer.Typer(
+    help="K2: market-data lakehouse ETL. Vendor CSV → Kafka (Avro) → Iceberg → DuckDB/API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+schemas_app = typer.Typer(help="Register and check K2's Avro schemas in the schema registry.", no_args_is_help=True)
+registry_app = typer.Typer(help="The local Confluent-compatible schema registry.", no_args_is_help=True)
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(registry_app, name="registry")
+
+# Not a terminal (pipes, CI logs): do not squeeze tables into 80 columns.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts) instead of text.")]
+
+
+def _print_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def _say(json_output: bool) -> Any:
+    """Progress lines go to stdout as text, or to stderr when stdout carries JSON."""
+    if json_output:
+        return lambda line: print(line, file=sys.stderr)
+    return lambda line: out.print(line, markup=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"k2 {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Settings come from K2_* environment variables and an optional k2.toml (see `k2 config`)."""
+
+
+# --- local platform -----------------------------------------------------------------
+
+
+def _status_rows(settings: Settings) -> list[Any]:
+    from k2_etl.local.components import platform
+    from k2_etl.local.supervisor import status
+
+    return [status(settings, c) for c in platform(settings)]
+
+
+def _print_status(rows: Sequence[Any]) -> None:
+    table = Table("component", "state", "health", "address", "pid", "ms", "detail")
+    for row in rows:
+        health = "[green]healthy[/]" if row.healthy else "[red]unhealthy[/]"
+        table.add_row(
+            row.name,
+            row.state,
+            health,
+            row.address,
+            str(row.pid or ""),
+            "" if row.latency_ms is None else f"{row.latency_ms:g}",
+            row.detail,
+        )
+    out.print(table)
+
+
+@app.command()
+def up(json_output: JsonFlag = False) -> None:
+    """Start the local platform (broker, schema registry), wait until healthy, then `k2 init`.
+
+    Harmless when already up. Processes run in the background; pid files and
+    logs are under K2_HOME (run/, logs/). Stop them with `k2 down`.
+    """
+    from k2_etl.bootstrap import init_platform
+    from k2_etl.local.components import platform
+    from k2_etl.local.supervisor import start
+
+    settings = load_settings()
+    say = _say(json_output)
+    for component in platform(settings):
+        if component.command is not None:
+            start(settings, component, say)
+    report = init_platform(settings)
+    created = [n for n, c in report.topics.items() if c] + [t.name for t in report.tables if t.action != "unchanged"]
+    say("init: " + (f"created or evolved {', '.join(created)}" if created else "topics and tables already in place"))
+    rows = _status_rows(settings)
+    if json_output:
+        _print_json(
+            {
+                "healthy": all(r.healthy for r in rows),
+                "components": [r.to_dict() for r in rows],
+                "init": report.to_dict(),
+            }
+        )
+    else:
+        _print_status(rows)
+        out.print(f"logs: {settings.log_dir}   stop with: k2 down")
+    if not all(r.healthy for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def down(json_output: JsonFlag = False) -> None:
+    """Stop every process `k2 up` started (SIGTERM, then SIGKILL after 15 s). Harmless when already down."""
+    from k2_etl.local.components import platform
+    from k2_etl.local.supervisor import stop
+
+    settings = load_settings()
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if not json_output:
+            out.print(line, markup=False)
+
+    for component in reversed(platform(settings)):
+        stop(settings, component, say)
+    if json_output:
+        _print_json({"messages": lines})
+
+
+@app.command()
+def status(json_output: JsonFlag = False) -> None:
+    """Show each component's health. Exit code 0 when all are healthy, 1 otherwise."""
+    settings = load_settings()
+    rows = _status_rows(settings)
+    healthy = all(r.healthy for r in rows)
+    if json_output:
+        _print_json({"healthy": healthy, "components": [r.to_dict() for r in rows]})
+    else:
+        _print_status(rows)
+    if not healthy:
+        raise typer.Exit(1)
+
+
+@app.command()
+def init(json_output: JsonFlag = False) -> None:
+    """Create the Kafka topics and the Iceberg namespace and tables (idempotent)."""
+    from k2_etl.bootstrap import init_platform
+
+    settings = load_settings()
+    report = init_platform(settings)
+    if json_output:
+        _print_json(report.to_dict())
+        return
+    for topic, created in report.topics.items():
+        out.print(f"topic {topic}: {'created' if created else 'unchanged'}", markup=False)
+    for table in report.tables:
+        out.print(f"table {settings.namespace}.{table.name}: {table.action}", markup=False)
+
+
+@app.command("config")
+def show_config(json_output: JsonFlag = False) -> None:
+    """Print the effective settings (environment, k2.toml, defaults); secrets masked."""
+    values = load_settings().public_dict()
+    if json_output:
+        _print_json(values)
+        return
+    for name, value in values.items():
+        out.print(f"{name}={'' if value is None else value}", markup=False)
+
+
+# --- schemas ---------------------------------------------------------------------------
+
+
+def _print_checks(checks: Sequence[Any]) -> None:
+    for c in checks:
+        where = f" (id {c.schema_id}, version {c.version})" if c.schema_id is not None else ""
+        state = {
+            "registered": "registered now" if c.changed else "already registered",
+            "new": "not registered yet (new subject)",
+            "compatible": "not registered yet (compatible new version)",
+            "incompatible": "INCOMPATIBLE",
+        }[c.state]
+        out.print(f"{c.subject} ({c.record_type}.avsc): {state}{where}", markup=False)
+        for problem in c.problems:
+            out.print(f"  {problem}", markup=False)
+
+
+@schemas_app.command("register")
+def schemas_register(json_output: JsonFlag = False) -> None:
+    """Register every schema (idempotent). Fails, registering nothing, when one is incompatible."""
+    from k2_etl.schemas.registration import register_schemas
+
+    checks = register_schemas(load_settings())
+    if json_output:
+        _print_json({"schemas": [c.__dict__ for c in checks]})
+    else:
+        _print_checks(checks)
+
+
+@schemas_app.command("check")
+def schemas_check(json_output: JsonFlag = False) -> None:
+    """Check every schema against the registry without registering. Exit 1 if one is incompatible."""
+    from k2_etl.schemas.registration import check_schemas, incompatible_summary
+
+    checks = check_schemas(load_settings())
+    if json_output:
+        _print_json({"schemas": [c.__dict__ for c in checks]})
+    else:
+        _print_checks(checks)
+    summary = incompatible_summary(checks)
+    if summary:
+        print(f"k2: error: {summary}", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+# --- registry ----------------------------------------------------------------------------
+
+
+@registry_app.command("serve")
+def registry_serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: host of K2_SCHEMA_REGISTRY_URL).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: port of K2_SCHEMA_REGISTRY_URL).")] = None,
+) -> None:
+    """Run the local schema registry in the foreground (gunicorn), storing in K2_REGISTRY_DB_URL."""
+    from k2_etl.registry.server import serve
+
+    settings = load_settings()
+    default_host, default_port = settings.registry_address
+    assert settings.registry_db_url is not None
+    serve(settings.registry_db_url, host or default_host, port or default_port)
+
+
+def main() -> None:
+    """Entry point of the ``k2`` script."""
+    try:
+        app()
+    except K2Error as exc:
+        print(f"k2: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("k2: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,264 @@
+"""K2's settings: the only place a default lives.
+
+Every setting is an environment variable ``K2_<NAME>`` or a key ``<name>`` in
+an optional TOML file (``K2_CONFIG``, else ``k2.toml`` in the working
+directory). Environment variables win over the file. Defaults describe the
+embedded local platform; pointing the same settings at Apache Kafka, a
+Confluent Schema Registry, a Postgres or REST catalog and an S3 warehouse
+needs no code change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+from k2_etl.errors import ConfigError
+
+ENV_PREFIX = "K2_"
+CONFIG_FILE_ENV = "K2_CONFIG"
+DEFAULT_CONFIG_FILE = "k2.toml"
+
+#: URI schemes of the catalogs pyiceberg can open from settings alone:
+#: SQL catalogs (SQLAlchemy URLs) and REST catalogs.
+SQL_CATALOG_SCHEMES = frozenset({"sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql+pymysql"})
+REST_CATALOG_SCHEMES = frozenset({"http", "https"})
+WAREHOUSE_SCHEMES = frozenset({"file", "s3", "s3a", "gs", "abfs", "abfss"})
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get(CONFIG_FILE_ENV)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"{CONFIG_FILE_ENV}={explicit!r}: no such file")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (the first of a comma-separated list)."""
+    first = value.split(",")[0].strip()
+    host, sep, port = first.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+class Settings(BaseSettings):
+    """Typed view of every ``K2_*`` setting. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    home: Path = Field(Path(".k2"), description="State directory: pid files, logs, local databases, warehouse.")
+
+    # --- Kafka -------------------------------------------------------------
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port].")
+    kafka_config: dict[str, str] = Field(
+        default_factory=dict,
+        description='Extra librdkafka properties as JSON, e.g. {"security.protocol": "SASL_SSL"}.',
+    )
+    topic_prefix: str = Field("k2.", description="Prefix of every K2 topic name.")
+    topic_partitions: int = Field(3, ge=1, le=10_000, description="Partitions of topics `k2 init` creates.")
+    topic_replication_factor: int = Field(1, ge=1, le=32, description="Replication factor of topics `k2 init` creates.")
+
+    # --- Schema registry ---------------------------------------------------
+    schema_registry_url: str = Field("http://127.0.0.1:8081", description="Confluent-compatible schema registry URL.")
+    schema_registry_basic_auth: SecretStr | None = Field(
+        None, description="user:password for the schema registry, if it needs basic auth."
+    )
+    registry_db_url: str | None = Field(
+        None, description="SQLAlchemy URL of the local registry's storage. Default: sqlite under K2_HOME."
+    )
+
+    # --- Iceberg -----------------------------------------------------------
+    catalog_name: str = Field("k2", description="Iceberg catalog name (SQL catalogs store tables under it).")
+    catalog_uri: str | None = Field(
+        None, description="Catalog: SQLAlchemy URL (sqlite, postgresql) or REST URL. Default: sqlite under K2_HOME."
+    )
+    warehouse: str | None = Field(
+        None, description="Warehouse location (file:// or s3://). Default: K2_HOME/warehouse."
+    )
+    namespace: str = Field("market_data", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Iceberg namespace.")
+    s3_endpoint: str | None = Field(None, description="S3 endpoint URL (MinIO, moto); unset for AWS.")
+    s3_access_key_id: str | None = Field(None, description="S3 access key id.")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret access key.")
+    s3_region: str | None = Field(None, description="S3 region.")
+
+    # --- API (served in a later issue) ---------------------------------------
+    api_host: str = Field("127.0.0.1", description="Address the REST API binds to.")
+    api_port: int = Field(8000, ge=1, le=65535, description="Port of the REST API.")
+
+    # --- Local platform ----------------------------------------------------
+    start_timeout_seconds: float = Field(
+        30.0, gt=0, description="How long `k2 up` waits for a component to be healthy."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        path = _config_file()
+        if path is not None:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=path),)
+        return sources
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http(s):// URL, got {value!r}")
+        parts.port  # noqa: B018 - raises ValueError on a non-numeric port
+        return value.rstrip("/")
+
+    @field_validator("catalog_uri")
+    @classmethod
+    def _catalog_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = urlsplit(value).scheme
+        known = sorted(SQL_CATALOG_SCHEMES | REST_CATALOG_SCHEMES)
+        if scheme not in SQL_CATALOG_SCHEMES | REST_CATALOG_SCHEMES:
+            raise ValueError(f"unknown scheme {scheme!r}; expected one of {', '.join(known)}")
+        return value
+
+    @field_validator("warehouse")
+    @classmethod
+    def _warehouse(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = urlsplit(value).scheme
+        if not scheme:  # a plain path
+            return Path(value).resolve().as_uri()
+        if scheme not in WAREHOUSE_SCHEMES:
+            raise ValueError(
+                f"unknown scheme {scheme!r}; expected a path or one of {', '.join(sorted(WAREHOUSE_SCHEMES))}"
+            )
+        return value
+
+    @field_validator("kafka_config", mode="before")
+    @classmethod
+    def _kafka_config(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value)
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _derived_defaults(self) -> Settings:
+        # Paths under K2_HOME are resolved once, here, so that processes
+        # started elsewhere (the supervisor's children) see the same files.
+        home = self.home.resolve()
+        object.__setattr__(self, "home", home)
+        if self.registry_db_url is None:
+            object.__setattr__(self, "registry_db_url", f"sqlite:///{home / 'registry.db'}")
+        if self.catalog_uri is None:
+            object.__setattr__(self, "catalog_uri", f"sqlite:///{home / 'catalog.db'}")
+        if self.warehouse is None:
+            object.__setattr__(self, "warehouse", (home / "warehouse").as_uri())
+        return self
+
+    # --- derived values (never settings of their own) -------------------------
+    @cached_property
+    def kafka_address(self) -> tuple[str, int]:
+        """Host and port of the first bootstrap server (where the local broker listens)."""
+        return parse_host_port(self.kafka_bootstrap)
+
+    @cached_property
+    def registry_address(self) -> tuple[str, int]:
+        parts = urlsplit(self.schema_registry_url)
+        return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as JSON-able values, secrets masked (for `k2 config`)."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "**********"
+            elif isinstance(value, Path):
+                value = str(value)
+            elif name.endswith(("_uri", "_url")):
+                value = redact_url(value)
+            out[ENV_PREFIX + name.upper()] = value
+        return out
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with any password replaced by ``***`` (for messages and `k2 config`)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment and config file.
+
+    Raises:
+        ConfigError: one line naming the setting, its value and what is wrong.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            name = env_name(field.split(".")[0]) if field != "settings" else "settings"
+            raw = err.get("input")
+            message = err["msg"].removeprefix("Value error, ")
+            shown = f"={raw!r}" if isinstance(raw, str | int | float) else ""
+            problems.append(f"{name}{shown}: {message}")
+        raise ConfigError("invalid setting " + "; ".join(problems)) from None
+    except SettingsError as exc:  # a complex value (JSON) that does not parse
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = env_name(match.group(1)) if match else "a setting"
+        raw = os.environ.get(name, "")
+        raise ConfigError(f"invalid setting {name}={raw!r}: not valid JSON") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid config file: {exc}") from None

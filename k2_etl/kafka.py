@@ -1,0 +1,76 @@
+"""Kafka clients configured from settings, and the topics K2 owns.
+
+Everything here speaks plain Kafka protocol through confluent-kafka, so it is
+the same against the local broker and Apache Kafka. Extra librdkafka
+properties (security, SASL, ...) come from ``K2_KAFKA_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+
+from k2_etl.config import Settings
+from k2_etl.errors import UnavailableError
+from k2_etl.schemas import TOPIC_RECORD_TYPES
+
+log = logging.getLogger(__name__)
+
+
+def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    """Base librdkafka configuration: bootstrap servers, user overrides, then ``extra``."""
+    config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap}
+    config.update(settings.kafka_config)
+    config.update(extra)
+    return config
+
+
+def _quiet(settings: Settings) -> dict[str, Any]:
+    # librdkafka otherwise prints every refused connection to stderr; health
+    # checks and the CLI report unreachability themselves, in one line.
+    return {"logger": log, "error_cb": lambda err: log.debug("kafka: %s", err)}
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient(client_config(settings, **_quiet(settings)))
+
+
+def cluster_metadata(settings: Settings, timeout: float = 5.0) -> ClusterMetadata:
+    """Broker metadata, or :class:`UnavailableError` when no broker answers within ``timeout``."""
+    try:
+        return admin_client(settings).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise UnavailableError(
+            f"no Kafka broker answered at K2_KAFKA_BOOTSTRAP={settings.kafka_bootstrap} within {timeout:g} s "
+            f"({exc.args[0].str() if exc.args else exc}); is it running? (k2 up / k2 status)"
+        ) from None
+
+
+def topic_names(settings: Settings) -> list[str]:
+    return [record.topic_name(settings) for record in TOPIC_RECORD_TYPES]
+
+
+def ensure_topics(settings: Settings, timeout: float = 15.0) -> dict[str, bool]:
+    """Create K2's topics that do not exist yet. Returns ``{topic: created}``; idempotent."""
+    existing = set(cluster_metadata(settings).topics)
+    wanted = topic_names(settings)
+    missing = [
+        NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=settings.topic_replication_factor)
+        for name in wanted
+        if name not in existing
+    ]
+    created: dict[str, bool] = {name: False for name in wanted}
+    if missing:
+        admin = admin_client(settings)  # must outlive the futures, or librdkafka cancels them
+        for name, future in admin.create_topics(missing, request_timeout=timeout).items():
+            try:
+                future.result(timeout=timeout)
+                created[name] = True
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.name() != "TOPIC_ALREADY_EXISTS":  # lost a race with another `k2 init`
+                    raise UnavailableError(f"cannot create Kafka topic {name}: {error.str()}") from None
+    return created

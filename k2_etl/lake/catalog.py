@@ -1,0 +1,61 @@
+"""Open the Iceberg catalog that the settings describe.
+
+The catalog type follows from ``K2_CATALOG_URI``: a SQLAlchemy URL gives a SQL
+catalog (SQLite locally, Postgres in production), an http(s) URL a REST
+catalog. S3 credentials, when set, are passed as FileIO properties, so the
+same code serves a local warehouse, MinIO and AWS S3.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+from sqlalchemy.engine import make_url
+
+from k2_etl.config import REST_CATALOG_SCHEMES, Settings, redact_url
+from k2_etl.errors import UnavailableError
+
+
+def catalog_properties(settings: Settings) -> dict[str, str]:
+    uri = settings.catalog_uri or ""
+    props: dict[str, str] = {"uri": uri, "warehouse": settings.warehouse or ""}
+    if urlsplit(uri).scheme in REST_CATALOG_SCHEMES:
+        props["type"] = "rest"
+    else:
+        props["type"] = "sql"
+        url = make_url(uri)
+        if url.get_backend_name() == "sqlite" and url.database:
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    if (settings.warehouse or "").startswith("file://"):
+        Path(urlsplit(settings.warehouse or "").path).mkdir(parents=True, exist_ok=True)
+    optional = {
+        "s3.endpoint": settings.s3_endpoint,
+        "s3.access-key-id": settings.s3_access_key_id,
+        "s3.secret-access-key": settings.s3_secret_access_key.get_secret_value()
+        if settings.s3_secret_access_key
+        else None,
+        "s3.region": settings.s3_region,
+    }
+    props.update({k: v for k, v in optional.items() if v})
+    return props
+
+
+def open_catalog(settings: Settings) -> Catalog:
+    """The catalog, or :class:`UnavailableError` naming ``K2_CATALOG_URI`` when it cannot be opened."""
+    try:
+        return load_catalog(settings.catalog_name, **catalog_properties(settings))
+    except Exception as exc:  # pyiceberg and SQLAlchemy raise many unrelated types here
+        raise UnavailableError(
+            f"cannot open the Iceberg catalog at K2_CATALOG_URI={redact_url(settings.catalog_uri)}: {exc}"
+        ) from exc
+
+
+def table_names(catalog: Catalog, namespace: str) -> list[str]:
+    """Tables in ``namespace`` (empty when the namespace does not exist yet)."""
+    try:
+        return sorted(ident[-1] for ident in catalog.list_tables(namespace))
+    except (NoSuchNamespaceError, NoSuchTableError):
+        return []

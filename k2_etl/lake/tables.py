@@ -1,0 +1,177 @@
+"""The Iceberg tables K2 keeps, derived from the Avro schemas.
+
+Columns come from each record type's ``.avsc`` (the only place they are
+declared); this module adds what Avro cannot say: partitioning and sort order.
+
+Layout choices (the queries users run are "one instrument over a time range"
+and "all instruments for a day"):
+
+* trades, quotes: partitioned by ``day(event_time)`` and written sorted by
+  ``(symbol, event_time)``. A day is the natural unit of loads, replays and
+  maintenance, and a time-range query reads only its days. Within a day the
+  sort keeps each symbol's rows together, so Parquet min/max statistics on
+  ``symbol`` let a one-instrument query skip most files and row groups. We do
+  not add ``bucket(symbol)``: the streaming consumer commits about once a
+  second, and a bucket spec would multiply every commit into one small file
+  per bucket.
+* reference_data: small and read whole; unpartitioned, sorted by symbol.
+* rejects, sequence_events: rare rows read by time; ``month`` partitions keep
+  files from being tiny.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from itertools import count
+from typing import Any, Literal
+
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import ValidationError as IcebergValidationError
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.table.sorting import SortField, SortOrder
+from pyiceberg.transforms import DayTransform, IdentityTransform, MonthTransform, Transform
+from pyiceberg.utils.schema_conversion import AvroSchemaConversion
+
+from k2_etl.errors import SchemaError
+from k2_etl.schemas import QUOTE, REFERENCE_DATA, REJECT, SEQUENCE_EVENT, TRADE, RecordType
+
+TABLE_PROPERTIES = {
+    "format-version": "2",
+    "write.parquet.compression-codec": "zstd",
+}
+
+
+@dataclass(frozen=True)
+class TableDef:
+    """One Iceberg table: its record type plus layout.
+
+    Attributes:
+        partition: ``(column, transform, partition field name)`` triples.
+        sort: columns of the sort order, ascending, nulls first.
+    """
+
+    name: str
+    record: RecordType
+    partition: tuple[tuple[str, Transform[Any, Any], str], ...]
+    sort: tuple[str, ...]
+
+    def schema(self) -> Schema:
+        return iceberg_schema(self.record)
+
+    def partition_spec(self, schema: Schema) -> PartitionSpec:
+        return PartitionSpec(
+            *(
+                PartitionField(source_id=schema.find_field(col).field_id, field_id=1000 + i, transform=t, name=name)
+                for i, (col, t, name) in enumerate(self.partition)
+            )
+        )
+
+    def sort_order(self, schema: Schema) -> SortOrder:
+        return SortOrder(
+            *(SortField(source_id=schema.find_field(col).field_id, transform=IdentityTransform()) for col in self.sort)
+        )
+
+
+TABLES: tuple[TableDef, ...] = (
+    TableDef("trades", TRADE, (("event_time", DayTransform(), "event_day"),), ("symbol", "event_time")),
+    TableDef("quotes", QUOTE, (("event_time", DayTransform(), "event_day"),), ("symbol", "event_time")),
+    TableDef("reference_data", REFERENCE_DATA, (), ("symbol",)),
+    TableDef("rejects", REJECT, (("rejected_at", MonthTransform(), "rejected_month"),), ("source", "line_number")),
+    TableDef(
+        "sequence_events",
+        SEQUENCE_EVENT,
+        (("trading_date", MonthTransform(), "trading_month"),),
+        ("exchange", "symbol", "trading_date"),
+    ),
+)
+TABLES_BY_NAME = {t.name: t for t in TABLES}
+
+
+def _annotate_for_iceberg(avro_type: Any, ids: count[int]) -> Any:
+    """Add the annotations pyiceberg's Avro converter expects of Iceberg-written Avro.
+
+    Kafka Avro has no field ids, and its ``timestamp-micros`` is by the Avro
+    spec an instant (UTC), which Iceberg spells ``adjust-to-utc``. Rather than
+    re-implement the type mapping, we annotate a copy and let
+    :class:`AvroSchemaConversion` do the conversion.
+    """
+    if isinstance(avro_type, list):
+        return [_annotate_for_iceberg(t, ids) for t in avro_type]
+    if not isinstance(avro_type, dict):
+        return avro_type
+    node = dict(avro_type)
+    kind = node.get("type")
+    if kind == "record":
+        node["fields"] = [
+            {**f, "field-id": next(ids), "type": _annotate_for_iceberg(f["type"], ids)} for f in node["fields"]
+        ]
+    elif kind == "array":
+        node["element-id"] = next(ids)
+        node["items"] = _annotate_for_iceberg(node["items"], ids)
+    elif kind == "map":
+        node["key-id"], node["value-id"] = next(ids), next(ids)
+        node["values"] = _annotate_for_iceberg(node["values"], ids)
+    elif node.get("logicalType") == "timestamp-micros":
+        node["adjust-to-utc"] = True
+    elif isinstance(kind, dict | list):
+        node["type"] = _annotate_for_iceberg(kind, ids)
+    return node
+
+
+def iceberg_schema(record: RecordType) -> Schema:
+    """The Iceberg schema of ``record``'s table, converted from its Avro schema."""
+    annotated = _annotate_for_iceberg(copy.deepcopy(record.schema), count(1))
+    return AvroSchemaConversion().avro_to_iceberg(annotated)
+
+
+def _columns(schema: Schema) -> dict[str, tuple[str, bool]]:
+    return {f.name: (str(f.field_type), f.required) for f in schema.fields}
+
+
+TableAction = Literal["created", "evolved", "unchanged"]
+
+
+@dataclass(frozen=True)
+class TableStatus:
+    name: str
+    action: TableAction
+    location: str
+
+
+def ensure_table(catalog: Catalog, namespace: str, table: TableDef) -> TableStatus:
+    """Create ``table`` if missing; add columns its schema gained since. Never drops anything."""
+    identifier = (namespace, table.name)
+    desired = table.schema()
+    if not catalog.table_exists(identifier):
+        created = catalog.create_table_if_not_exists(
+            identifier,
+            schema=desired,
+            partition_spec=table.partition_spec(desired),
+            sort_order=table.sort_order(desired),
+            properties=TABLE_PROPERTIES,
+        )
+        return TableStatus(table.name, "created", created.metadata_location)
+    existing: Table = catalog.load_table(identifier)
+    current = _columns(existing.schema())
+    wanted = _columns(desired)
+    if all(current.get(name) == spec for name, spec in wanted.items()):
+        return TableStatus(table.name, "unchanged", existing.metadata_location)
+    try:
+        with existing.update_schema() as update:
+            update.union_by_name(desired)
+    except (IcebergValidationError, ValueError) as exc:
+        changed = sorted(n for n, spec in wanted.items() if current.get(n) not in (None, spec))
+        raise SchemaError(
+            f"table {namespace}.{table.name}: cannot evolve column(s) {', '.join(changed) or '?'} "
+            f"to match {table.record.name}.avsc: {exc}"
+        ) from exc
+    return TableStatus(table.name, "evolved", existing.metadata_location)
+
+
+def ensure_tables(catalog: Catalog, namespace: str) -> list[TableStatus]:
+    """Create the namespace and every table in :data:`TABLES`; idempotent."""
+    catalog.create_namespace_if_not_exists(namespace)
+    return [ensure_table(catalog, namespace, table) for table in TABLES]

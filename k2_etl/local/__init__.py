@@ -1,0 +1,1 @@
+"""The embedded local platform: which processes make it up, and their supervisor."""

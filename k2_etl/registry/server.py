@@ -1,0 +1,45 @@
+"""Serve the local registry with gunicorn (a production WSGI server), embedded.
+
+One worker process with threads: the registry is I/O-light, and a single
+process keeps SQLite's single writer and the Prometheus counters simple.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from k2_etl.registry.app import create_app
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, db_url: str, options: dict[str, Any]) -> None:
+        self.db_url = db_url
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return create_app(self.db_url)
+
+
+def serve(db_url: str, host: str, port: int, threads: int = 8) -> None:
+    """Run until SIGTERM/SIGINT (gunicorn finishes in-flight requests, then exits 0)."""
+    _Gunicorn(
+        db_url,
+        {
+            "bind": f"{host}:{port}",
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": threads,
+            "accesslog": "-",
+            "errorlog": "-",
+            "loglevel": "info",
+            "graceful_timeout": 10,
+            "proc_name": "k2-registry",
+        },
+    ).run()

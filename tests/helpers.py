@@ -1,0 +1,55 @@
+"""Small helpers shared by the tests (no fixtures here: see the conftest files)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def poll(probe: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
+    """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = probe()
+            if result:
+                return result
+        except Exception as exc:  # the thing polled may not be up yet
+            last_error = exc
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_error})")
+
+
+def k2_env(home: Path, **settings: str) -> dict[str, str]:
+    """Environment for a `k2` subprocess: this one minus any K2_*, plus K2_HOME and ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
+    env["K2_HOME"] = str(home)
+    env.update({f"K2_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+def run_k2(
+    env: dict[str, str], *args: str, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed `k2` command as a user would."""
+    k2 = Path(sys.executable).with_name("k2")
+    return subprocess.run(
+        [str(k2), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )

@@ -1,0 +1,82 @@
+"""Real processes for integration tests: the local broker and registry, on free ports.
+
+They are started with the same supervisor `k2 up` uses, each in a temporary
+K2_HOME, and stopped at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from k2_etl.config import Settings, load_settings
+from k2_etl.local.components import broker, registry
+from k2_etl.local.supervisor import start, stop
+from tests.helpers import free_port
+
+
+def make_settings(home: Path, **overrides: object) -> Settings:
+    return load_settings(
+        home=home,
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        schema_registry_url=f"http://127.0.0.1:{free_port()}",
+        **overrides,
+    )
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="session")
+def platform_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Broker + registry shared by the whole session (tests use their own topics/subjects)."""
+    settings = make_settings(tmp_path_factory.mktemp("platform"))
+    components = [broker(settings), registry(settings)]
+    try:
+        for component in components:
+            start(settings, component, _quiet)
+        yield settings
+    finally:
+        for component in reversed(components):
+            stop(settings, component, _quiet)
+
+
+class RegistryProcess:
+    """A registry of its own (own database), for tests that restart it or change global config."""
+
+    def __init__(self, home: Path) -> None:
+        self.settings = make_settings(home)
+        self.component = registry(self.settings)
+        self.url = self.settings.schema_registry_url
+        self._clients: list[SchemaRegistryClient] = []
+
+    def client(self) -> SchemaRegistryClient:
+        """A new confluent-kafka client (empty cache), closed with the process."""
+        client = SchemaRegistryClient({"url": self.url})
+        self._clients.append(client)
+        return client
+
+    def start(self) -> None:
+        start(self.settings, self.component, _quiet)
+
+    def stop(self) -> None:
+        stop(self.settings, self.component, _quiet)
+
+    def close_clients(self) -> None:
+        for client in self._clients:
+            client.close()
+
+
+@pytest.fixture
+def registry_process(tmp_path: Path) -> Iterator[RegistryProcess]:
+    process = RegistryProcess(tmp_path / "registry-home")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.close_clients()
+        process.stop()

@@ -1,0 +1,163 @@
+"""`k2 up`, `k2 status`, `k2 down` run as a user runs them: subprocesses on a temp K2_HOME."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import free_port, k2_env, run_k2
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = k2_env(
+        tmp_path / "home",
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        schema_registry_url=f"http://127.0.0.1:{free_port()}",
+    )
+    yield env
+    run_k2(env, "down")  # whatever a test left running
+
+
+def status_json(env: dict[str, str]) -> dict[str, object]:
+    result = run_k2(env, "status", "--json")
+    return json.loads(result.stdout)
+
+
+def components(report: dict[str, object]) -> dict[str, dict[str, object]]:
+    return {c["name"]: c for c in report["components"]}  # type: ignore[union-attr,index]
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_up_status_down_lifecycle(env: dict[str, str]) -> None:
+    first = run_k2(env, "up")
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert "broker: started" in first.stdout and "registry: started" in first.stdout
+    assert env["K2_KAFKA_BOOTSTRAP"] in first.stdout  # where it listens
+
+    report = status_json(env)
+    assert report["healthy"] is True
+    parts = components(report)
+    assert set(parts) == {"broker", "registry", "catalog"}
+    assert parts["broker"]["state"] == parts["registry"]["state"] == "running"
+    pids = {name: parts[name]["pid"] for name in ("broker", "registry")}
+    assert all(psutil.pid_exists(pid) for pid in pids.values())  # type: ignore[arg-type]
+
+    again = run_k2(env, "up")  # harmless when up
+    assert again.returncode == 0, again.stderr
+    assert "already running" in again.stdout
+    assert {n: components(status_json(env))[n]["pid"] for n in pids} == pids
+
+    down = run_k2(env, "down")
+    assert down.returncode == 0
+    assert "registry: stopped" in down.stdout and "broker: stopped" in down.stdout
+    assert not any(psutil.pid_exists(pid) for pid in pids.values())  # type: ignore[arg-type]
+    assert not list((Path(env["K2_HOME"]) / "run").glob("*.pid"))
+
+    stopped = run_k2(env, "status", "--json")
+    assert stopped.returncode == 1
+    assert json.loads(stopped.stdout)["healthy"] is False
+
+    twice = run_k2(env, "down")  # already down: fine
+    assert twice.returncode == 0
+    assert "broker: not running" in twice.stdout
+
+
+def test_port_already_taken(env: dict[str, str]) -> None:
+    port = int(env["K2_KAFKA_BOOTSTRAP"].rsplit(":", 1)[1])
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        result = run_k2(env, "up")
+    assert_one_line_error(result, "broker", f"127.0.0.1:{port}", "already in use", "K2_KAFKA_BOOTSTRAP")
+    assert not (Path(env["K2_HOME"]) / "run" / "broker.pid").exists()
+
+
+def test_component_dying_at_start(env: dict[str, str]) -> None:
+    env["K2_REGISTRY_DB_URL"] = f"postgresql+psycopg2://nobody@127.0.0.1:{free_port()}/none"  # nothing listens
+    result = run_k2(env, "up")
+    assert_one_line_error(result, "registry", "exited with code", "registry.log")
+    assert not (Path(env["K2_HOME"]) / "run" / "registry.pid").exists()
+
+
+def test_stale_pid_file(env: dict[str, str]) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run_dir = Path(env["K2_HOME"]) / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "broker.pid").write_text(json.dumps({"pid": dead.pid, "create_time": 1.0}))
+
+    status = run_k2(env, "status", "--json")
+    broker = components(json.loads(status.stdout))["broker"]
+    assert broker["state"] == "stale"
+    assert "stale pid file" in str(broker["detail"])
+
+    up = run_k2(env, "up")
+    assert up.returncode == 0, up.stderr
+    assert "broker: removed stale pid file" in up.stdout
+    assert components(status_json(env))["broker"]["state"] == "running"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "needles"),
+    [
+        ("K2_API_PORT", "eighty", ("K2_API_PORT", "'eighty'", "integer")),
+        ("K2_API_PORT", "70000", ("K2_API_PORT", "70000", "65535")),
+        ("K2_CATALOG_URI", "oracle://db/cat", ("K2_CATALOG_URI", "oracle://db/cat", "unknown scheme")),
+        ("K2_KAFKA_BOOTSTRAP", "localhost", ("K2_KAFKA_BOOTSTRAP", "host:port")),
+        ("K2_SCHEMA_REGISTRY_URL", "registry:8081", ("K2_SCHEMA_REGISTRY_URL", "http")),
+    ],
+)
+def test_malformed_setting_is_one_line(env: dict[str, str], setting: str, value: str, needles: tuple[str, ...]) -> None:
+    env[setting] = value
+    result = run_k2(env, "status")
+    assert_one_line_error(result, *needles)
+    assert result.returncode == 2
+
+
+def test_help_on_every_command(env: dict[str, str]) -> None:
+    for command in (
+        ["--help"],
+        ["up", "--help"],
+        ["down", "--help"],
+        ["status", "--help"],
+        ["init", "--help"],
+        ["config", "--help"],
+        ["schemas", "--help"],
+        ["schemas", "register", "--help"],
+        ["schemas", "check", "--help"],
+        ["registry", "serve", "--help"],
+    ):
+        result = run_k2(env, *command)
+        assert result.returncode == 0, (command, result.stderr)
+        assert "Usage" in result.stdout
+
+
+def test_config_masks_secrets(env: dict[str, str], tmp_path: Path) -> None:
+    env["K2_S3_SECRET_ACCESS_KEY"] = "hunter2"
+    env["K2_CATALOG_URI"] = "postgresql+psycopg2://k2:s3cret@db:5432/k2"
+    (tmp_path / "k2.toml").write_text('namespace = "from_file"\napi_port = 9000\n')
+    env["K2_API_PORT"] = "9100"  # environment beats the file
+    result = run_k2(env, "config", "--json", cwd=tmp_path)
+    values = json.loads(result.stdout)
+    assert values["K2_NAMESPACE"] == "from_file"
+    assert values["K2_API_PORT"] == 9100
+    assert "hunter2" not in result.stdout and "s3cret" not in result.stdout
+    assert values["K2_CATALOG_URI"] == "postgresql+psycopg2://k2:***@db:5432/k2"

@@ -1,0 +1,263 @@
+"""The local schema registry, driven through confluent-kafka's own client over HTTP (gunicorn)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+
+import httpx
+import pytest
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from k2_etl.config import Settings
+from tests.integration.conftest import RegistryProcess
+
+pytestmark = pytest.mark.integration
+
+
+def record(*fields: dict[str, object], name: str = "T") -> Schema:
+    return Schema(json.dumps({"type": "record", "name": name, "fields": list(fields)}), "AVRO")
+
+
+A = {"name": "a", "type": "int"}
+B_REQUIRED = {"name": "b", "type": "string"}
+B_OPTIONAL = {"name": "b", "type": ["null", "string"], "default": None}
+B_DEFAULTED = {"name": "b", "type": "string", "default": ""}
+
+
+@pytest.fixture
+def client(platform_settings: Settings) -> Iterator[SchemaRegistryClient]:
+    with SchemaRegistryClient({"url": platform_settings.schema_registry_url}) as sr:
+        yield sr
+
+
+@pytest.fixture
+def fresh(platform_settings: Settings) -> Iterator[SchemaRegistryClient]:
+    """A second client with an empty cache, so reads really go to the server."""
+    with SchemaRegistryClient({"url": platform_settings.schema_registry_url}) as sr:
+        yield sr
+
+
+@pytest.fixture
+def subject() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}-value"
+
+
+def error_of(call: object) -> SchemaRegistryError:
+    with pytest.raises(SchemaRegistryError) as info:
+        call()  # type: ignore[operator]
+    return info.value
+
+
+def test_register_fetch_by_id_and_latest(
+    client: SchemaRegistryClient, fresh: SchemaRegistryClient, subject: str
+) -> None:
+    schema_id = client.register_schema(subject, record(A))
+    fetched = fresh.get_schema(schema_id)
+    assert json.loads(fetched.schema_str) == json.loads(record(A).schema_str)
+    latest = client.get_latest_version(subject)
+    assert (latest.schema_id, latest.version, latest.subject) == (schema_id, 1, subject)
+    assert client.register_schema(subject, record(A)) == schema_id  # idempotent
+    assert client.get_versions(subject) == [1]
+
+
+def test_same_schema_same_id_across_subjects(client: SchemaRegistryClient, subject: str) -> None:
+    unique = record(A, name=f"R{uuid.uuid4().hex[:8]}")
+    first = client.register_schema(subject, unique)
+    second = client.register_schema(subject + "-other", unique)
+    assert first == second
+    # whitespace does not make a schema different
+    spaced = Schema(json.dumps(json.loads(unique.schema_str), indent=4), "AVRO")
+    assert client.lookup_schema(subject, spaced).schema_id == first
+
+
+def test_compatible_evolution_accepted_incompatible_rejected(client: SchemaRegistryClient, subject: str) -> None:
+    v1 = client.register_schema(subject, record(A))
+    v2 = client.register_schema(subject, record(A, B_OPTIONAL))
+    assert v2 != v1
+    assert client.get_latest_version(subject).version == 2
+    err = error_of(lambda: client.register_schema(subject, record(A, B_OPTIONAL, {"name": "c", "type": "long"})))
+    assert (err.http_status_code, err.error_code) == (409, 409)
+    assert "'c'" in err.error_message or "c" in err.error_message
+    assert client.get_versions(subject) == [1, 2]
+
+
+def test_unknown_subject_and_version(client: SchemaRegistryClient, subject: str) -> None:
+    err = error_of(lambda: client.get_latest_version(subject))
+    assert (err.http_status_code, err.error_code) == (404, 40401)
+    client.register_schema(subject, record(A))
+    err = error_of(lambda: client.get_version(subject, 7))
+    assert (err.http_status_code, err.error_code) == (404, 40402)
+    err = error_of(lambda: client.get_schema(987654))
+    assert (err.http_status_code, err.error_code) == (404, 40403)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type": "record", "name": "T"}',
+        '{"type": "nosuchtype"}',
+        "not json at all",
+        '{"type": "record", "name": "T", "fields": [{"name": "a"}]}',
+    ],
+)
+def test_malformed_schema_is_422_42201(client: SchemaRegistryClient, subject: str, text: str) -> None:
+    err = error_of(lambda: client.register_schema(subject, Schema(text, "AVRO")))
+    assert (err.http_status_code, err.error_code) == (422, 42201)
+    assert err.error_message.startswith("Invalid schema")
+
+
+# (mode, v1, v2, v2 accepted?) — adding a required field breaks BACKWARD, removing one breaks FORWARD.
+MODE_CASES = [
+    ("NONE", record(A), record(B_REQUIRED), True),
+    ("BACKWARD", record(A), record(A, B_REQUIRED), False),
+    ("BACKWARD", record(A, B_REQUIRED), record(A), True),
+    ("FORWARD", record(A), record(A, B_REQUIRED), True),
+    ("FORWARD", record(A, B_REQUIRED), record(A), False),
+    ("FULL", record(A), record(A, B_OPTIONAL), True),
+    ("FULL", record(A), record(A, B_REQUIRED), False),
+    ("FULL", record(A, B_REQUIRED), record(A), False),
+    ("BACKWARD_TRANSITIVE", record(A), record(A, B_OPTIONAL), True),
+    ("FORWARD_TRANSITIVE", record(A, B_REQUIRED), record(A), False),
+    ("FULL_TRANSITIVE", record(A), record(A, B_OPTIONAL), True),
+]
+
+
+@pytest.mark.parametrize(("mode", "v1", "v2", "accepted"), MODE_CASES)
+def test_each_compatibility_mode(
+    client: SchemaRegistryClient, subject: str, mode: str, v1: Schema, v2: Schema, accepted: bool
+) -> None:
+    client.set_compatibility(subject, mode)
+    assert client.get_compatibility(subject) == mode
+    client.register_schema(subject, v1)
+    assert client.test_compatibility(subject, v2) is accepted
+    if accepted:
+        client.register_schema(subject, v2)
+        assert client.get_latest_version(subject).version == 2
+    else:
+        assert error_of(lambda: client.register_schema(subject, v2)).http_status_code == 409
+
+
+@pytest.mark.parametrize(("mode", "accepted"), [("BACKWARD", True), ("BACKWARD_TRANSITIVE", False)])
+def test_transitive_checks_every_version(client: SchemaRegistryClient, subject: str, mode: str, accepted: bool) -> None:
+    client.set_compatibility(subject, "NONE")
+    client.register_schema(subject, record(A))
+    client.register_schema(subject, record(A, B_DEFAULTED))
+    client.set_compatibility(subject, mode)
+    # reads v2 data (b present) but not v1 data (b missing, no default)
+    v3 = record(A, B_REQUIRED)
+    assert client.test_compatibility_all_versions(subject, v3) is accepted
+
+
+def test_verbose_compatibility_names_the_field(
+    platform_settings: Settings, client: SchemaRegistryClient, subject: str
+) -> None:
+    client.register_schema(subject, record(A))
+    response = httpx.post(
+        f"{platform_settings.schema_registry_url}/compatibility/subjects/{subject}/versions/latest?verbose=true",
+        json={"schema": record(A, {"name": "venue", "type": "string"}).schema_str},
+    )
+    body = response.json()
+    assert response.status_code == 200
+    assert body["is_compatible"] is False
+    assert "venue" in " ".join(body["messages"])
+
+
+def test_subject_and_global_config(registry_process: RegistryProcess) -> None:
+    client = registry_process.client()
+    assert client.get_compatibility() == "BACKWARD"
+    client.set_compatibility(level="FULL")
+    assert client.get_compatibility() == "FULL"
+    client.register_schema("s-value", record(A))
+    err = error_of(lambda: client.get_compatibility("s-value"))
+    assert err.error_code == 40408  # no subject-level config, as Confluent answers
+    client.set_compatibility("s-value", "NONE")
+    assert client.get_compatibility("s-value") == "NONE"
+    assert client.delete_config("s-value").compatibility_level is not None
+    err = error_of(lambda: client.set_compatibility("s-value", "SIDEWAYS"))
+    assert (err.http_status_code, err.error_code) == (422, 42203)
+
+
+def test_soft_and_hard_delete(client: SchemaRegistryClient, fresh: SchemaRegistryClient, subject: str) -> None:
+    client.register_schema(subject, record(A))
+    client.register_schema(subject, record(A, B_OPTIONAL))
+    err = error_of(lambda: client.delete_subject(subject, permanent=True))
+    assert err.error_code == 40405  # must soft-delete first
+    assert client.delete_version(subject, 2) == 2
+    assert client.get_versions(subject) == [1]
+    assert client.delete_subject(subject) == [1]
+    assert subject not in client.get_subjects()
+    assert subject in client.get_subjects(deleted=True)
+    assert error_of(lambda: client.get_latest_version(subject)).error_code == 40401
+    assert error_of(lambda: client.delete_subject(subject)).error_code == 40404
+    # re-registering revives the subject with a new version number, same id
+    old_id = client.lookup_schema(subject, record(A), deleted=True).schema_id
+    # `fresh`, because confluent-kafka's client answers a known (subject, schema) from its cache
+    assert fresh.register_schema(subject, record(A)) == old_id
+    assert fresh.get_latest_version(subject).version == 3
+    client.delete_subject(subject)
+    assert client.delete_subject(subject, permanent=True) == [1, 2, 3]
+    assert subject not in client.get_subjects(deleted=True)
+
+
+def test_restart_keeps_schemas_and_ids(registry_process: RegistryProcess) -> None:
+    client = registry_process.client()
+    ids = {s: client.register_schema(s, record(A, name=n)) for s, n in [("x-value", "X"), ("y-value", "Y")]}
+    client.set_compatibility("x-value", "FULL")
+    registry_process.stop()
+    registry_process.start()
+    fresh = registry_process.client()
+    assert sorted(fresh.get_subjects()) == ["x-value", "y-value"]
+    for subject, schema_id in ids.items():
+        assert fresh.get_latest_version(subject).schema_id == schema_id
+        assert json.loads(fresh.get_schema(schema_id).schema_str)["fields"] == [A]
+    assert fresh.get_compatibility("x-value") == "FULL"
+    # the id sequence continues after a restart
+    assert fresh.register_schema("z-value", record(A, name="Z")) == max(ids.values()) + 1
+
+
+def test_avro_serializer_and_deserializer(
+    client: SchemaRegistryClient, fresh: SchemaRegistryClient, subject: str
+) -> None:
+    topic = subject.removesuffix("-value")
+    schema = json.dumps(
+        {
+            "type": "record",
+            "name": "Px",
+            "fields": [
+                {"name": "symbol", "type": "string"},
+                {"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": 18, "scale": 8}},
+            ],
+        }
+    )
+    serializer = AvroSerializer(client, schema)  # auto-registers
+    value = {"symbol": "BHP", "price": Decimal("45.12345678")}
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    payload = serializer(value, ctx)
+    assert payload is not None and payload[0] == 0  # Confluent wire format: magic byte, then the id
+    registered_id = client.get_latest_version(subject).schema_id
+    assert int.from_bytes(payload[1:5], "big") == registered_id
+    assert AvroDeserializer(fresh)(payload, ctx) == value
+    # a producer that must not register uses the latest registered version
+    strict = AvroSerializer(client, schema, conf={"auto.register.schemas": False, "use.latest.version": True})
+    assert strict(value, ctx) == payload
+
+
+def test_metrics_and_health(platform_settings: Settings) -> None:
+    base = platform_settings.schema_registry_url
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    httpx.get(f"{base}/subjects")
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'k2_registry_requests_total{method="GET",route="/subjects",status="200"}' in metrics
+    assert "k2_registry_request_duration_seconds_bucket" in metrics
+
+
+def test_unknown_route_is_json_error(platform_settings: Settings) -> None:
+    response = httpx.get(f"{platform_settings.schema_registry_url}/nope")
+    assert response.status_code == 404
+    assert response.json()["error_code"] == 404
