@@ -10,6 +10,7 @@ accepted; the real registry in the production stack has the rest.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
 import avro.errors
@@ -19,7 +20,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ra
 
 from k2_etl.errors import K2Error
 from k2_etl.registry.store import GLOBAL, Store, SubjectVersion
-from k2_etl.schemas.compatibility import MODES, incompatibilities
+from k2_etl.schemas.compatibility import MODES, incompatibilities, versions_to_check
 
 DEFAULT_COMPATIBILITY = "BACKWARD"
 MAX_VERSION = 2**31 - 1
@@ -61,6 +62,15 @@ def parse_version(raw: str) -> int | None:
     )
 
 
+@lru_cache(maxsize=1024)
+def _parse(text: str) -> tuple[str, avro.schema.Schema]:
+    """Canonical text and parsed form of an Avro schema (parsing dominates request time: cached)."""
+    parsed = avro.schema.parse(text)
+    # avro's JSON form is the Python counterpart of the Java Schema.toString()
+    # Confluent stores: whitespace and key order no longer matter.
+    return json.dumps(parsed.to_json(), separators=(",", ":")), parsed
+
+
 def parse_schema(body: Any) -> tuple[str, avro.schema.Schema]:
     """Validate a request body's schema; return its canonical text and parsed form."""
     if not isinstance(body, dict) or not isinstance(body.get("schema"), str):
@@ -71,13 +81,14 @@ def parse_schema(body: Any) -> tuple[str, avro.schema.Schema]:
     if body.get("references"):
         raise RegistryError(422, 42201, "Invalid schema: schema references are not supported by the K2 local registry")
     try:
-        parsed = avro.schema.parse(body["schema"])
+        return _parse(body["schema"])
     except (avro.errors.AvroException, json.JSONDecodeError, TypeError, ValueError) as exc:
         raise RegistryError(422, 42201, f"Invalid schema: {exc}") from None
-    # avro's JSON form is the Python counterpart of the Java Schema.toString()
-    # Confluent stores: whitespace and key order no longer matter.
-    canonical = json.dumps(parsed.to_json(), separators=(",", ":"))
-    return canonical, parsed
+
+
+def _parsed(versions: list[SubjectVersion], mode: str) -> list[avro.schema.Schema]:
+    """Parsed schemas of the versions ``mode`` checks against (only those: parsing is the cost)."""
+    return [_parse(v.schema)[1] for v in versions_to_check(mode, versions)]
 
 
 _retry_write = retry(
@@ -130,9 +141,8 @@ class RegistryService:
             for existing in live:
                 if existing.schema == canonical:
                     return {"id": existing.schema_id, "version": existing.version}
-            problems = incompatibilities(
-                self.compatibility_level(conn, subject), parsed, [avro.schema.parse(v.schema) for v in live]
-            )
+            level = self.compatibility_level(conn, subject)
+            problems = incompatibilities(level, parsed, _parsed(live, level))
             if problems:
                 raise RegistryError(
                     409,
@@ -254,7 +264,7 @@ class RegistryService:
                 existing = self._live_versions(conn, subject)
             else:
                 existing = [self._find_version(conn, subject, raw_version, include_deleted=False)]
-        problems = incompatibilities(level, parsed, [avro.schema.parse(v.schema) for v in existing])
+        problems = incompatibilities(level, parsed, _parsed(existing, level))
         out: dict[str, Any] = {"is_compatible": not problems}
         if verbose:
             out["messages"] = problems

@@ -9,6 +9,7 @@ the field. Both the local registry and ``k2 schemas`` use it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 from avro.schema import Schema
@@ -22,6 +23,19 @@ MODES = (
     "FULL",
     "FULL_TRANSITIVE",
 )
+
+
+T = TypeVar("T")
+
+
+def versions_to_check(mode: str, versions: Sequence[T]) -> list[T]:
+    """The earlier versions (oldest first) a new one is checked against under ``mode``."""
+    mode = mode.upper()
+    if mode not in MODES:
+        raise ValueError(f"unknown compatibility mode {mode!r}")
+    if mode == "NONE" or not versions:
+        return []
+    return list(versions) if mode.endswith("_TRANSITIVE") else [versions[-1]]
 
 
 def _describe(reader: Schema, writer: Schema, direction: str) -> list[str]:
@@ -42,13 +56,8 @@ def incompatibilities(mode: str, new: Schema, existing: Sequence[Schema]) -> lis
     FULL: both. ``*_TRANSITIVE``: against every earlier version, not just the latest.
     """
     mode = mode.upper()
-    if mode not in MODES:
-        raise ValueError(f"unknown compatibility mode {mode!r}")
-    if mode == "NONE" or not existing:
-        return []
-    against = list(existing) if mode.endswith("_TRANSITIVE") else [existing[-1]]
     problems: list[str] = []
-    for old in against:
+    for old in versions_to_check(mode, existing):
         if mode.startswith(("BACKWARD", "FULL")):
             problems += _describe(new, old, "new schema cannot read data written with an earlier one")
         if mode.startswith(("FORWARD", "FULL")):
