@@ -207,6 +207,20 @@ class Settings(BaseSettings):
     def log_dir(self) -> Path:
         return self.home / "logs"
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as K2_* environment variables, so child processes see exactly them."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, dict):
+                value = json.dumps(value)
+            env[env_name(name)] = str(value)
+        return env
+
     def public_dict(self) -> dict[str, Any]:
         """Settings as JSON-able values, secrets masked (for `k2 config`)."""
         out: dict[str, Any] = {}

@@ -189,7 +189,12 @@ def start(settings: Settings, component: Component, say: Say) -> None:
         out.write(f"\n=== k2 up: starting {component.name}: {' '.join(argv)}\n".encode())
         out.flush()
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **settings.to_env()},  # the child sees exactly these settings
         )
     _children[proc.pid] = proc
     pid_file.write_text(json.dumps({"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time()}))

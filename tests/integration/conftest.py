@@ -48,8 +48,8 @@ def platform_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sett
 class RegistryProcess:
     """A registry of its own (own database), for tests that restart it or change global config."""
 
-    def __init__(self, home: Path) -> None:
-        self.settings = make_settings(home)
+    def __init__(self, home: Path, **overrides: object) -> None:
+        self.settings = make_settings(home, **overrides)
         self.component = registry(self.settings)
         self.url = self.settings.schema_registry_url
         self._clients: list[SchemaRegistryClient] = []

@@ -94,3 +94,10 @@ def test_redact_url() -> None:
     assert redact_url("postgresql://u:secret@h:5432/d") == "postgresql://u:***@h:5432/d"
     assert redact_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
     assert redact_url(None) is None
+
+
+def test_to_env_round_trips(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    original = load_settings(home=tmp_path / "h", kafka_config={"acks": "all"}, s3_secret_access_key="x", api_port=9001)
+    for name, value in original.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert load_settings() == original

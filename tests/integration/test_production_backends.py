@@ -1,0 +1,154 @@
+"""The production back ends, reached by settings alone: a Postgres catalog and registry, an S3 warehouse.
+
+S3 is served by moto's S3-compatible server (MinIO runs in docker-compose, not
+here). Postgres is the machine's server, which .ci/run starts and passes in as
+TEST_POSTGRES_URL (a SQLAlchemy URL of a database the tests may create
+databases in).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import boto3
+import httpx
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+from confluent_kafka.schema_registry import Schema
+
+from k2_etl.config import Settings, load_settings
+from k2_etl.lake.catalog import open_catalog
+from k2_etl.lake.tables import TABLES, ensure_tables
+from k2_etl.schemas import TRADE
+from tests.helpers import free_port, poll
+from tests.integration.conftest import RegistryProcess
+
+pytestmark = pytest.mark.integration
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL")
+needs_postgres = pytest.mark.skipif(
+    POSTGRES_URL is None,
+    reason="needs a PostgreSQL server: set TEST_POSTGRES_URL (.ci/run starts one and sets it)",
+)
+
+
+def a_trade() -> dict[str, object]:
+    now = datetime(2026, 11, 25, 0, 0, 1, 123456, tzinfo=UTC)
+    return {
+        "event_id": "e1",
+        "symbol": "BHP",
+        "exchange": "ASX",
+        "event_time": now,
+        "price": Decimal("45.12345678"),
+        "size": Decimal("100"),
+        "currency": "AUD",
+        "sequence_number": 1,
+        "conditions": ["XT"],
+        "venue": None,
+        "buyer_id": None,
+        "quality_flags": [],
+        "source": "test",
+        "load_id": None,
+        "ingest_time": now,
+    }
+
+
+def init_and_round_trip(settings: Settings) -> None:
+    """Create every table, append one trade, read it back exactly; a second init changes nothing."""
+    catalog = open_catalog(settings)
+    assert {t.action for t in ensure_tables(catalog, settings.namespace)} == {"created"}
+    assert {t.action for t in ensure_tables(open_catalog(settings), settings.namespace)} == {"unchanged"}
+    trades = catalog.load_table((settings.namespace, "trades"))
+    trades.append(pa.Table.from_pylist([a_trade()], schema=trades.schema().as_arrow()))
+    [row] = open_catalog(settings).load_table((settings.namespace, "trades")).scan().to_arrow().to_pylist()
+    assert row == a_trade()
+    assert sorted(i[-1] for i in catalog.list_tables(settings.namespace)) == sorted(t.name for t in TABLES)
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """A new, empty database on the test server; dropped afterwards."""
+    assert POSTGRES_URL is not None
+    name = f"k2_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))  # name is generated above, not input
+    try:
+        yield sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@needs_postgres
+def test_catalog_on_postgres(postgres_database: str, tmp_path: Path) -> None:
+    init_and_round_trip(load_settings(home=tmp_path, catalog_uri=postgres_database))
+
+
+@needs_postgres
+def test_registry_on_postgres_survives_restart(postgres_database: str, tmp_path: Path) -> None:
+    process = RegistryProcess(tmp_path / "home", registry_db_url=postgres_database)
+    process.start()
+    try:
+        schema_id = process.client().register_schema("k2.trades-value", Schema(TRADE.schema_str, "AVRO"))
+        process.stop()
+        process.start()
+        assert process.client().get_latest_version("k2.trades-value").schema_id == schema_id
+    finally:
+        process.close_clients()
+        process.stop()
+
+
+@pytest.fixture
+def s3_endpoint(tmp_path: Path) -> Iterator[str]:
+    """moto's S3-compatible server on a free port, with an empty bucket `k2-test`."""
+    port = free_port()
+    moto = Path(sys.executable).with_name("moto_server")
+    log = (tmp_path / "moto.log").open("wb")
+    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        poll(lambda: httpx.get(endpoint).status_code < 500, timeout=30, what="moto server")
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        ).create_bucket(Bucket="k2-test")
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
+
+
+def test_warehouse_on_s3(s3_endpoint: str, tmp_path: Path) -> None:
+    settings = load_settings(
+        home=tmp_path,
+        warehouse="s3://k2-test/warehouse",
+        s3_endpoint=s3_endpoint,
+        s3_access_key_id="testing",
+        s3_secret_access_key="testing",
+        s3_region="us-east-1",
+    )
+    init_and_round_trip(settings)
+    objects = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    ).list_objects_v2(Bucket="k2-test", Prefix="warehouse/")
+    keys = [o["Key"] for o in objects.get("Contents", [])]
+    assert any(k.endswith(".parquet") for k in keys) and any(k.endswith(".metadata.json") for k in keys)
+    assert not (tmp_path / "warehouse").exists()  # nothing went to local disk
