@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import TypeVar
 
@@ -53,3 +55,25 @@ def run_k2(
     return subprocess.run(
         [str(k2), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def a_trade() -> dict[str, object]:
+    """One valid trade record (Python values as Avro and Arrow expect them)."""
+    now = datetime(2026, 11, 25, 0, 0, 1, 123456, tzinfo=UTC)
+    return {
+        "event_id": "e1",
+        "symbol": "BHP",
+        "exchange": "ASX",
+        "event_time": now,
+        "price": Decimal("45.12345678"),
+        "size": Decimal("100"),
+        "currency": "AUD",
+        "sequence_number": 1,
+        "conditions": ["XT"],
+        "venue": None,
+        "buyer_id": None,
+        "quality_flags": [],
+        "source": "test",
+        "load_id": None,
+        "ingest_time": now,
+    }

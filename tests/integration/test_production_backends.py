@@ -13,8 +13,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 
 import boto3
@@ -28,7 +26,7 @@ from k2_etl.config import Settings, load_settings
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.tables import TABLES, ensure_tables
 from k2_etl.schemas import TRADE
-from tests.helpers import free_port, poll
+from tests.helpers import a_trade, free_port, poll
 from tests.integration.conftest import RegistryProcess
 
 pytestmark = pytest.mark.integration
@@ -38,27 +36,6 @@ needs_postgres = pytest.mark.skipif(
     POSTGRES_URL is None,
     reason="needs a PostgreSQL server: set TEST_POSTGRES_URL (.ci/run starts one and sets it)",
 )
-
-
-def a_trade() -> dict[str, object]:
-    now = datetime(2026, 11, 25, 0, 0, 1, 123456, tzinfo=UTC)
-    return {
-        "event_id": "e1",
-        "symbol": "BHP",
-        "exchange": "ASX",
-        "event_time": now,
-        "price": Decimal("45.12345678"),
-        "size": Decimal("100"),
-        "currency": "AUD",
-        "sequence_number": 1,
-        "conditions": ["XT"],
-        "venue": None,
-        "buyer_id": None,
-        "quality_flags": [],
-        "source": "test",
-        "load_id": None,
-        "ingest_time": now,
-    }
 
 
 def init_and_round_trip(settings: Settings) -> None:
