@@ -27,6 +27,8 @@ from pydantic_settings import (
     SettingsError,
     TomlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from k2_etl.errors import ConfigError
 
@@ -59,6 +61,11 @@ def parse_host_port(value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"expected host:port[,host:port...], got {value!r}")
     return host.strip("[]"), int(port)
+
+
+def format_host_port(host: str, port: int) -> str:
+    """``host:port`` with an IPv6 address bracketed, as URLs and bind strings need."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Settings(BaseSettings):
@@ -107,7 +114,7 @@ class Settings(BaseSettings):
 
     # --- Local platform ----------------------------------------------------
     start_timeout_seconds: float = Field(
-        30.0, gt=0, description="How long `k2 up` waits for a component to be healthy."
+        30.0, gt=0, le=3600, allow_inf_nan=False, description="How long `k2 up` waits for a component to be healthy."
     )
 
     @classmethod
@@ -171,7 +178,29 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = json.loads(value)
         if isinstance(value, dict):
-            return {str(k): str(v) for k, v in value.items()}
+            nested = [k for k, v in value.items() if isinstance(v, dict | list) or v is None]
+            if nested:
+                raise ValueError(f"librdkafka properties take plain values; not {', '.join(map(repr, nested))}")
+            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+        return value
+
+    @field_validator("schema_registry_basic_auth")
+    @classmethod
+    def _basic_auth(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and ":" not in value.get_secret_value():
+            raise ValueError("expected user:password")
+        return value
+
+    @field_validator("registry_db_url")
+    @classmethod
+    def _registry_db_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                make_url(value)
+            except ArgumentError:
+                raise ValueError(
+                    "expected a SQLAlchemy URL such as sqlite:///path or postgresql+psycopg2://..."
+                ) from None
         return value
 
     @model_validator(mode="after")
@@ -198,6 +227,14 @@ class Settings(BaseSettings):
     def registry_address(self) -> tuple[str, int]:
         parts = urlsplit(self.schema_registry_url)
         return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def registry_auth(self) -> tuple[str, str] | None:
+        """(user, password) for the schema registry, when basic auth is configured."""
+        if self.schema_registry_basic_auth is None:
+            return None
+        user, _, password = self.schema_registry_basic_auth.get_secret_value().partition(":")
+        return user, password
 
     @property
     def run_dir(self) -> Path:
@@ -260,9 +297,12 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = []
+        problems: list[str] = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "settings"
+            if err["type"] == "extra_forbidden":  # only a config file can name a setting that does not exist
+                problems.append(f"unknown key {field!r} in the config file")
+                continue
             name = env_name(field.split(".")[0]) if field != "settings" else "settings"
             raw = err.get("input")
             message = err["msg"].removeprefix("Value error, ")
@@ -274,5 +314,5 @@ def load_settings(**overrides: Any) -> Settings:
         name = env_name(match.group(1)) if match else "a setting"
         raw = os.environ.get(name, "")
         raise ConfigError(f"invalid setting {name}={raw!r}: not valid JSON") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"invalid config file: {exc}") from None

@@ -14,7 +14,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from k2_etl.config import Settings
-from k2_etl.errors import UnavailableError
+from k2_etl.errors import ConfigError, K2Error, UnavailableError
 from k2_etl.schemas import TOPIC_RECORD_TYPES
 
 log = logging.getLogger(__name__)
@@ -28,20 +28,24 @@ def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     return config
 
 
-def _quiet(settings: Settings) -> dict[str, Any]:
-    # librdkafka otherwise prints every refused connection to stderr; health
-    # checks and the CLI report unreachability themselves, in one line.
-    return {"logger": log, "error_cb": lambda err: log.debug("kafka: %s", err)}
+# librdkafka otherwise prints every refused connection to stderr; health
+# checks and the CLI report unreachability themselves, in one line.
+_QUIET = {"logger": log, "error_cb": lambda err: log.debug("kafka: %s", err)}
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient(client_config(settings, **_quiet(settings)))
+    """An admin client, or :class:`ConfigError` when ``K2_KAFKA_CONFIG`` holds a property librdkafka rejects."""
+    try:
+        return AdminClient(client_config(settings, **_QUIET))
+    except KafkaException as exc:
+        raise ConfigError(f"invalid setting K2_KAFKA_CONFIG: {exc.args[0].str() if exc.args else exc}") from None
 
 
 def cluster_metadata(settings: Settings, timeout: float = 5.0) -> ClusterMetadata:
     """Broker metadata, or :class:`UnavailableError` when no broker answers within ``timeout``."""
+    admin = admin_client(settings)
     try:
-        return admin_client(settings).list_topics(timeout=timeout)
+        return admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise UnavailableError(
             f"no Kafka broker answered at K2_KAFKA_BOOTSTRAP={settings.kafka_bootstrap} within {timeout:g} s "
@@ -72,5 +76,8 @@ def ensure_topics(settings: Settings, timeout: float = 15.0) -> dict[str, bool]:
             except KafkaException as exc:
                 error = exc.args[0]
                 if error.name() != "TOPIC_ALREADY_EXISTS":  # lost a race with another `k2 init`
-                    raise UnavailableError(f"cannot create Kafka topic {name}: {error.str()}") from None
+                    raise K2Error(
+                        f"cannot create Kafka topic {name}: {error.str()} "
+                        "(check K2_TOPIC_PARTITIONS and K2_TOPIC_REPLICATION_FACTOR against the cluster)"
+                    ) from None
     return created

@@ -33,6 +33,8 @@ def poll(probe: Callable[[], T | None], timeout: float = 30.0, what: str = "cond
             result = probe()
             if result:
                 return result
+        except AssertionError:
+            raise  # a real failure, not "not ready yet"
         except Exception as exc:  # the thing polled may not be up yet
             last_error = exc
         time.sleep(0.05)

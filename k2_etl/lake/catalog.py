@@ -43,6 +43,15 @@ def catalog_properties(settings: Settings) -> dict[str, str]:
     return props
 
 
+def local_catalog_missing(settings: Settings) -> str | None:
+    """The SQLite file a SQLite catalog URI names, when that file does not exist (so nothing is created)."""
+    uri = settings.catalog_uri or ""
+    if urlsplit(uri).scheme != "sqlite":
+        return None
+    database = make_url(uri).database
+    return database if database and database != ":memory:" and not Path(database).exists() else None
+
+
 def open_catalog(settings: Settings) -> Catalog:
     """The catalog, or :class:`UnavailableError` naming ``K2_CATALOG_URI`` when it cannot be opened."""
     try:

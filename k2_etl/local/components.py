@@ -14,13 +14,14 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 
-from k2_etl.config import Settings, redact_url
+from k2_etl.config import Settings, format_host_port, redact_url
 from k2_etl.errors import ComponentError
 from k2_etl.kafka import cluster_metadata
-from k2_etl.lake.catalog import open_catalog, table_names
+from k2_etl.lake.catalog import local_catalog_missing, open_catalog, table_names
 from k2_etl.lake.tables import TABLES
 
 HEALTH_TIMEOUT_SECONDS = 2.0
@@ -82,7 +83,7 @@ def broker(settings: Settings) -> Component:
 
     def command() -> list[str]:
         # Memory storage: a restart loses topics and offsets (see README); `k2 up` re-creates topics.
-        listener = f"tcp://{host}:{port}"
+        listener = f"tcp://{format_host_port(host, port)}"
         return [
             _broker_binary(),
             "broker",
@@ -102,15 +103,16 @@ def registry(settings: Settings) -> Component:
     url = settings.schema_registry_url
 
     def check() -> str:
-        auth = None
-        if settings.schema_registry_basic_auth is not None:
-            user, _, password = settings.schema_registry_basic_auth.get_secret_value().partition(":")
-            auth = (user, password)
-        response = httpx.get(f"{url}/config", timeout=HEALTH_TIMEOUT_SECONDS, auth=auth)
+        response = httpx.get(f"{url}/config", timeout=HEALTH_TIMEOUT_SECONDS, auth=settings.registry_auth)
         response.raise_for_status()
         return f"compatibility {response.json().get('compatibilityLevel', '?')}"
 
     def command() -> list[str]:
+        if urlsplit(url).path.strip("/"):
+            raise ComponentError(
+                f"registry: the local registry serves at the root of its address; "
+                f"K2_SCHEMA_REGISTRY_URL={url} has a path. Use http://host:port"
+            )
         return [sys.executable, "-m", "k2_etl", "registry", "serve", "--host", host, "--port", str(port)]
 
     return Component("registry", url, "K2_SCHEMA_REGISTRY_URL", check, command, host, port)
@@ -118,6 +120,9 @@ def registry(settings: Settings) -> Component:
 
 def catalog(settings: Settings) -> Component:
     def check() -> str:
+        missing_file = local_catalog_missing(settings)
+        if missing_file:  # a status check must not create the catalog
+            raise ComponentError(f"no catalog database at {missing_file}; run `k2 init`")
         names = table_names(open_catalog(settings), settings.namespace)
         missing = sorted({t.name for t in TABLES} - set(names))
         if missing:

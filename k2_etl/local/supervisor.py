@@ -12,12 +12,14 @@ component and what to do.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -67,14 +69,48 @@ def log_file(settings: Settings, component: Component) -> Path:
     return settings.log_dir / f"{component.name}.log"
 
 
-def _read_pid_file(path: Path) -> tuple[int, float] | None:
+@contextlib.contextmanager
+def _platform_lock(settings: Settings) -> Iterator[None]:
+    """Serialise starts and stops on one K2_HOME, so two `k2 up` never race on ports and pid files."""
+    try:
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        settings.log_dir.mkdir(parents=True, exist_ok=True)
+        handle = (settings.run_dir / ".lock").open("a")
+    except OSError as exc:
+        raise ComponentError(
+            f"cannot use K2_HOME={settings.home} ({exc.strerror}); set K2_HOME to a writable directory"
+        ) from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _read_pid_file(path: Path) -> tuple[int, float, str] | None:
     try:
         data = json.loads(path.read_text())
-        return int(data["pid"]), float(data["create_time"])
+        return int(data["pid"]), float(data["create_time"]), str(data.get("exe", ""))
     except FileNotFoundError:
         return None
-    except (ValueError, KeyError, TypeError):
-        return (-1, 0.0)  # unreadable: treat as stale
+    except NotADirectoryError:
+        raise ComponentError(f"K2_HOME={path.parent.parent} is not a directory; set K2_HOME to a directory") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        return (-1, 0.0, "")  # unreadable: treat as stale
+
+
+def _identity(proc: psutil.Process) -> tuple[float, str]:
+    """What recognises our process when its pid is reused: start time and executable.
+
+    The executable, not the command line: gunicorn rewrites its process title.
+    """
+    return proc.create_time(), os.path.realpath(proc.exe())
+
+
+def _is_gone(proc: psutil.Process) -> bool:
+    """Exited, or a zombie whose parent has not reaped it yet: either way it no longer runs."""
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _owned(settings: Settings, component: Component) -> psutil.Process | Literal["stale"] | None:
@@ -82,12 +118,14 @@ def _owned(settings: Settings, component: Component) -> psutil.Process | Literal
     found = _read_pid_file(_pid_file(settings, component))
     if found is None:
         return None
-    pid, create_time = found
+    pid, create_time, exe = found
     try:
         proc = psutil.Process(pid)
-        if abs(proc.create_time() - create_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE:
+        started, actual_exe = _identity(proc)
+        # A second of tolerance: psutil derives start times from the boot time, which moves with the clock.
+        if abs(started - create_time) < 1.0 and actual_exe == exe and not _is_gone(proc):
             return proc
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ValueError):
         pass
     return "stale"
 
@@ -125,22 +163,28 @@ def _last_log_line(path: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
+def _exited(settings: Settings, component: Component, proc: subprocess.Popen[bytes]) -> ComponentError:
+    log = log_file(settings, component)
+    last = _last_log_line(log)
+    return ComponentError(
+        f"{component.name}: exited with code {proc.wait()} while starting"
+        + (f" ({last})" if last else "")
+        + f"; see {log}"
+    )
+
+
 def _wait_healthy(settings: Settings, component: Component, proc: subprocess.Popen[bytes] | None) -> str:
     """Poll the health check until it passes; fail fast if our process exits meanwhile."""
-    log = log_file(settings, component)
 
     def attempt() -> str:
         if proc is not None and proc.poll() is not None:
-            _pid_file(settings, component).unlink(missing_ok=True)
-            last = _last_log_line(log)
-            raise ComponentError(
-                f"{component.name}: exited with code {proc.returncode} while starting"
-                + (f" ({last})" if last else "")
-                + f"; see {log}"
-            )
+            raise _exited(settings, component, proc)
         healthy, detail, _ = _check(component)
         if not healthy:
             raise _NotReady(detail)
+        # Healthy, but is it ours? Something else may answer on the port while our process dies on bind.
+        if proc is not None and proc.poll() is not None:
+            raise _exited(settings, component, proc)
         return detail
 
     try:
@@ -155,7 +199,7 @@ def _wait_healthy(settings: Settings, component: Component, proc: subprocess.Pop
     except _NotReady as exc:
         raise ComponentError(
             f"{component.name}: not healthy after {settings.start_timeout_seconds:g} s ({exc}); "
-            f"see {log}, then `k2 down` and `k2 up`"
+            f"see {log_file(settings, component)}, then `k2 down` and `k2 up`"
         ) from None
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -165,6 +209,11 @@ def start(settings: Settings, component: Component, say: Say) -> None:
     if not component.startable:
         say(f"{component.name}: {component.address} is not on this machine ({component.setting}); not starting it")
         return
+    with _platform_lock(settings):
+        _start(settings, component, say)
+
+
+def _start(settings: Settings, component: Component, say: Say) -> None:
     pid_file = _pid_file(settings, component)
     owned = _owned(settings, component)
     if isinstance(owned, psutil.Process):
@@ -182,8 +231,6 @@ def start(settings: Settings, component: Component, say: Say) -> None:
         )
     assert component.command is not None
     argv = component.command()
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    settings.log_dir.mkdir(parents=True, exist_ok=True)
     log = log_file(settings, component)
     with log.open("ab") as out:
         out.write(f"\n=== k2 up: starting {component.name}: {' '.join(argv)}\n".encode())
@@ -197,9 +244,16 @@ def start(settings: Settings, component: Component, say: Say) -> None:
             env={**os.environ, **settings.to_env()},  # the child sees exactly these settings
         )
     _children[proc.pid] = proc
-    pid_file.write_text(json.dumps({"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time()}))
     try:
+        # The start time is fixed at fork; the executable is what exec will run (not yet, maybe).
+        started = psutil.Process(proc.pid).create_time()
+        exe = os.path.realpath(shutil.which(argv[0]) or argv[0])
+        pid_file.write_text(json.dumps({"pid": proc.pid, "create_time": started, "exe": exe}))
         detail = _wait_healthy(settings, component, proc)
+    except psutil.NoSuchProcess:
+        pid_file.unlink(missing_ok=True)
+        _children.pop(proc.pid, None)
+        raise _exited(settings, component, proc) from None
     except ComponentError:
         _terminate(proc.pid)
         pid_file.unlink(missing_ok=True)
@@ -209,23 +263,38 @@ def start(settings: Settings, component: Component, say: Say) -> None:
 
 def _terminate(pid: int) -> bool:
     """SIGTERM the process, wait, then SIGKILL its whole process group. True if it stopped on SIGTERM."""
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    clean = True
     try:
         proc = psutil.Process(pid)
         proc.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs([proc], timeout=STOP_TIMEOUT_SECONDS)
+        child = _children.get(pid)
+        while not _is_gone(proc):
+            if child is not None:
+                child.poll()  # reap it if it is ours
+            if time.monotonic() > deadline:
+                clean = False
+                break
+            time.sleep(0.05)
     except psutil.NoSuchProcess:
-        alive = []
+        pass
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)  # stragglers (e.g. worker processes) of its session
     child = _children.pop(pid, None)
     if child is not None:
         child.wait()
-    return not alive
+    return clean
 
 
 def stop(settings: Settings, component: Component, say: Say) -> None:
+    """Stop ``component`` if we started it."""
     if not component.startable:
         return
+    with _platform_lock(settings):
+        _stop(settings, component, say)
+
+
+def _stop(settings: Settings, component: Component, say: Say) -> None:
     pid_file = _pid_file(settings, component)
     owned = _owned(settings, component)
     if owned is None:

@@ -53,7 +53,7 @@ def root() -> Response:
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    _service().subjects(deleted=False, deleted_only=False, prefix="")  # touches the database
+    _service().store.ping()
     return _reply({"status": "ok"})
 
 

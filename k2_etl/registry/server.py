@@ -10,6 +10,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from k2_etl.config import format_host_port
 from k2_etl.registry.app import create_app
 
 
@@ -32,7 +33,7 @@ def serve(db_url: str, host: str, port: int, threads: int = 8) -> None:
     _Gunicorn(
         db_url,
         {
-            "bind": f"{host}:{port}",
+            "bind": format_host_port(host, port),
             "workers": 1,
             "worker_class": "gthread",
             "threads": threads,

@@ -10,11 +10,14 @@ accepted; the real registry in the production stack has the rest.
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from typing import Any
 
 import avro.errors
 import avro.schema
+import fastavro
+from fastavro.schema import SchemaParseException
 from sqlalchemy.exc import IntegrityError, OperationalError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
@@ -52,7 +55,7 @@ def parse_version(raw: str) -> int | None:
     """A version path segment: a number, or ``latest``/``-1`` (returned as None)."""
     if raw in ("latest", "-1"):
         return None
-    if raw.isdigit() and 1 <= int(raw) <= MAX_VERSION:
+    if re.fullmatch(r"[0-9]{1,10}", raw) and 1 <= int(raw) <= MAX_VERSION:
         return int(raw)
     raise RegistryError(
         422,
@@ -66,6 +69,8 @@ def parse_version(raw: str) -> int | None:
 def _parse(text: str) -> tuple[str, avro.schema.Schema]:
     """Canonical text and parsed form of an Avro schema (parsing dominates request time: cached)."""
     parsed = avro.schema.parse(text)
+    # The avro package does not check defaults; fastavro does (as Confluent's parser does).
+    fastavro.parse_schema(json.loads(text), _write_hint=False)
     # avro's JSON form is the Python counterpart of the Java Schema.toString()
     # Confluent stores: whitespace and key order no longer matter.
     return json.dumps(parsed.to_json(), separators=(",", ":")), parsed
@@ -82,7 +87,7 @@ def parse_schema(body: Any) -> tuple[str, avro.schema.Schema]:
         raise RegistryError(422, 42201, "Invalid schema: schema references are not supported by the K2 local registry")
     try:
         return _parse(body["schema"])
-    except (avro.errors.AvroException, json.JSONDecodeError, TypeError, ValueError) as exc:
+    except (avro.errors.AvroException, SchemaParseException, json.JSONDecodeError, TypeError, ValueError) as exc:
         raise RegistryError(422, 42201, f"Invalid schema: {exc}") from None
 
 
@@ -110,17 +115,24 @@ class RegistryService:
         return self.store.versions(conn, subject, include_deleted=False)
 
     def _find_version(self, conn: Any, subject: str, raw_version: str, *, include_deleted: bool) -> SubjectVersion:
+        """A version by number, or ``latest`` (the newest live version, as Confluent resolves it)."""
         wanted = parse_version(raw_version)
         every = self.store.versions(conn, subject, include_deleted=True)
-        if not every or (not include_deleted and all(v.deleted for v in every)):
+        live = [v for v in every if not v.deleted]
+        if not every or (not include_deleted and not live):
             raise subject_not_found(subject)
-        pool = every if include_deleted else [v for v in every if not v.deleted]
         if wanted is None:
-            return pool[-1]
-        for candidate in pool:
+            return (live or every)[-1]
+        for candidate in every if include_deleted else live:
             if candidate.version == wanted:
                 return candidate
         raise version_not_found(subject, wanted)
+
+    def _forget_config_if_no_live_versions(self, conn: Any, subject: str) -> None:
+        # Confluent drops a subject's config with its last live version, so a
+        # re-registered subject starts from the global level.
+        if not self._live_versions(conn, subject):
+            self.store.delete_config(conn, subject)
 
     def compatibility_level(self, conn: Any, subject: str) -> str:
         return self.store.get_config(conn, subject) or self.store.get_config(conn, GLOBAL) or DEFAULT_COMPATIBILITY
@@ -235,12 +247,13 @@ class RegistryService:
                     404, 40404, f"Subject '{subject}' was soft deleted. Set permanent=true to delete permanently"
                 )
             self.store.soft_delete(conn, subject, live)
+            self.store.delete_config(conn, subject)
             return live
 
     @_retry_write
     def delete_version(self, subject: str, raw_version: str, *, permanent: bool) -> int:
         with self.store.write() as conn:
-            target = self._find_version(conn, subject, raw_version, include_deleted=permanent)
+            target = self._find_version(conn, subject, raw_version, include_deleted=True)
             if permanent:
                 if not target.deleted:
                     raise RegistryError(
@@ -250,8 +263,16 @@ class RegistryService:
                         "before being permanently deleted",
                     )
                 self.store.hard_delete(conn, subject, [target.version])
+            elif target.deleted:
+                raise RegistryError(
+                    404,
+                    40406,
+                    f"Subject '{subject}' Version {target.version} was soft deleted. "
+                    "Set permanent=true to delete permanently",
+                )
             else:
                 self.store.soft_delete(conn, subject, [target.version])
+                self._forget_config_if_no_live_versions(conn, subject)
             return target.version
 
     # --- compatibility --------------------------------------------------------------

@@ -9,6 +9,7 @@ global one under :data:`GLOBAL`). Confluent semantics live in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError
 
 GLOBAL = "__GLOBAL__"
 
@@ -39,6 +41,16 @@ versions_table = sa.Table(
     sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("schema_id", sa.Integer, sa.ForeignKey("schemas.id"), nullable=False),
     sa.Column("deleted", sa.Boolean, nullable=False, default=False),
+)
+
+# One row, updated first thing in every write transaction: on Postgres that
+# row lock, on SQLite the write lock it takes, serialise writers across
+# processes, so a compatibility check and the version it inserts can't interleave.
+lock_table = sa.Table(
+    "registry_lock",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("writes", sa.BigInteger, nullable=False),
 )
 
 configs_table = sa.Table(
@@ -76,9 +88,10 @@ class Store:
             connect_args = {"timeout": 30, "check_same_thread": False}
         self.engine: Engine = sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
         metadata.create_all(self.engine)
-        # SQLite allows one writer; serialising this process's writers avoids
-        # "database is locked" churn. Cross-process races end in an
-        # IntegrityError that the service retries.
+        with contextlib.suppress(IntegrityError), self.engine.begin() as conn:  # another process may win
+            if conn.execute(sa.select(lock_table.c.id)).first() is None:
+                conn.execute(lock_table.insert().values(id=1, writes=0))
+        # Threads of this process queue here rather than on the database lock.
         self._write_lock = threading.Lock()
 
     @contextmanager
@@ -88,8 +101,15 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
+        """A transaction that no other writer (thread or process) runs beside."""
         with self._write_lock, self.engine.begin() as conn:
+            conn.execute(lock_table.update().where(lock_table.c.id == 1).values(writes=lock_table.c.writes + 1))
             yield conn
+
+    def ping(self) -> None:
+        """Raise if the database cannot be reached (for /healthz)."""
+        with self.read() as conn:
+            conn.execute(sa.select(1))
 
     # --- schemas ---------------------------------------------------------------
     @staticmethod

@@ -46,8 +46,8 @@ class SchemaCheck:
 def registry_client(settings: Settings) -> SchemaRegistryClient:
     # Few, quick retries: the CLI should say "unreachable" in seconds, not minutes.
     conf: dict[str, object] = {"url": settings.schema_registry_url, "max.retries": 2, "retries.wait.ms": 200}
-    if settings.schema_registry_basic_auth is not None:
-        conf["basic.auth.user.info"] = settings.schema_registry_basic_auth.get_secret_value()
+    if settings.registry_auth is not None:
+        conf["basic.auth.user.info"] = ":".join(settings.registry_auth)
     return SchemaRegistryClient(conf)
 
 

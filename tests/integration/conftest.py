@@ -6,6 +6,7 @@ K2_HOME, and stopped at the end.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +35,11 @@ def _quiet(_: str) -> None:
 @pytest.fixture(scope="session")
 def platform_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Broker + registry shared by the whole session (tests use their own topics/subjects)."""
-    settings = make_settings(tmp_path_factory.mktemp("platform"))
+    with pytest.MonkeyPatch.context() as env:
+        for name in [n for n in os.environ if n.startswith("K2_")]:  # the developer's settings stay out
+            env.delenv(name)
+        env.chdir(tmp_path_factory.mktemp("cwd"))
+        settings = make_settings(tmp_path_factory.mktemp("platform"))
     components = [broker(settings), registry(settings)]
     try:
         for component in components:

@@ -28,6 +28,14 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
     run_k2(env, "down")  # whatever a test left running
 
 
+def running(pid: object) -> bool:
+    """Alive and not a zombie (an exited process its new parent has not reaped yet)."""
+    try:
+        return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE  # type: ignore[call-overload]
+    except psutil.NoSuchProcess:
+        return False
+
+
 def status_json(env: dict[str, str]) -> dict[str, object]:
     result = run_k2(env, "status", "--json")
     return json.loads(result.stdout)
@@ -58,7 +66,7 @@ def test_up_status_down_lifecycle(env: dict[str, str]) -> None:
     assert set(parts) == {"broker", "registry", "catalog"}
     assert parts["broker"]["state"] == parts["registry"]["state"] == "running"
     pids = {name: parts[name]["pid"] for name in ("broker", "registry")}
-    assert all(psutil.pid_exists(pid) for pid in pids.values())  # type: ignore[arg-type]
+    assert all(running(pid) for pid in pids.values())
 
     again = run_k2(env, "up")  # harmless when up
     assert again.returncode == 0, again.stderr
@@ -68,7 +76,7 @@ def test_up_status_down_lifecycle(env: dict[str, str]) -> None:
     down = run_k2(env, "down")
     assert down.returncode == 0
     assert "registry: stopped" in down.stdout and "broker: stopped" in down.stdout
-    assert not any(psutil.pid_exists(pid) for pid in pids.values())  # type: ignore[arg-type]
+    assert not any(running(pid) for pid in pids.values())
     assert not list((Path(env["K2_HOME"]) / "run").glob("*.pid"))
 
     stopped = run_k2(env, "status", "--json")
@@ -115,6 +123,41 @@ def test_stale_pid_file(env: dict[str, str]) -> None:
     assert components(status_json(env))["broker"]["state"] == "running"
 
 
+def test_pid_file_naming_a_live_foreign_process(env: dict[str, str]) -> None:
+    """A pid file whose pid now belongs to someone else must never make k2 signal that process."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        run_dir = Path(env["K2_HOME"]) / "run"
+        run_dir.mkdir(parents=True)
+        pid_file = run_dir / "broker.pid"
+        pid_file.write_text(json.dumps({"pid": bystander.pid, "create_time": 1.0, "exe": "/no/tansu"}))
+        assert components(status_json(env))["broker"]["state"] == "stale"
+        down = run_k2(env, "down")
+        assert "removed stale pid file" in down.stdout
+        assert bystander.poll() is None  # still alive: not ours, not touched
+        assert not pid_file.exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_concurrent_up_starts_one_of_each(env: dict[str, str]) -> None:
+    k2 = Path(sys.executable).with_name("k2")
+    runs = [
+        subprocess.Popen([str(k2), "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    joined = "".join(out for out, _ in outputs)
+    assert joined.count("broker: started") == 1 and joined.count("broker: already running") == 1
+    parts = components(status_json(env))
+    broker_pid = parts["broker"]["pid"]
+    assert parts["broker"]["state"] == "running" and running(broker_pid)
+    assert run_k2(env, "down").returncode == 0
+    assert not running(broker_pid)
+
+
 @pytest.mark.parametrize(
     ("setting", "value", "needles"),
     [
@@ -123,12 +166,30 @@ def test_stale_pid_file(env: dict[str, str]) -> None:
         ("K2_CATALOG_URI", "oracle://db/cat", ("K2_CATALOG_URI", "oracle://db/cat", "unknown scheme")),
         ("K2_KAFKA_BOOTSTRAP", "localhost", ("K2_KAFKA_BOOTSTRAP", "host:port")),
         ("K2_SCHEMA_REGISTRY_URL", "registry:8081", ("K2_SCHEMA_REGISTRY_URL", "http")),
+        ("K2_SCHEMA_REGISTRY_BASIC_AUTH", "nouser", ("K2_SCHEMA_REGISTRY_BASIC_AUTH", "user:password")),
+        ("K2_REGISTRY_DB_URL", "garbage", ("K2_REGISTRY_DB_URL", "SQLAlchemy URL")),
+        ("K2_START_TIMEOUT_SECONDS", "inf", ("K2_START_TIMEOUT_SECONDS",)),
+        ("K2_KAFKA_CONFIG", '{"a": {"b": 1}}', ("K2_KAFKA_CONFIG", "plain values")),
     ],
 )
 def test_malformed_setting_is_one_line(env: dict[str, str], setting: str, value: str, needles: tuple[str, ...]) -> None:
     env[setting] = value
     result = run_k2(env, "status")
     assert_one_line_error(result, *needles)
+    assert result.returncode == 2
+
+
+def test_home_that_is_a_file(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    env["K2_HOME"] = str(tmp_path / "afile")
+    for command in ("status", "up", "down"):
+        assert_one_line_error(run_k2(env, command), "K2_HOME")
+
+
+def test_unknown_kafka_property_is_a_setting_error(env: dict[str, str]) -> None:
+    env["K2_KAFKA_CONFIG"] = '{"no.such.property": "1"}'
+    result = run_k2(env, "init")
+    assert_one_line_error(result, "K2_KAFKA_CONFIG", "no.such.property")
     assert result.returncode == 2
 
 
@@ -161,3 +222,11 @@ def test_config_masks_secrets(env: dict[str, str], tmp_path: Path) -> None:
     assert values["K2_API_PORT"] == 9100
     assert "hunter2" not in result.stdout and "s3cret" not in result.stdout
     assert values["K2_CATALOG_URI"] == "postgresql+psycopg2://k2:***@db:5432/k2"
+
+
+def test_status_on_a_fresh_home_creates_nothing(env: dict[str, str]) -> None:
+    result = run_k2(env, "status", "--json")
+    assert result.returncode == 1
+    catalog = components(json.loads(result.stdout))["catalog"]
+    assert catalog["healthy"] is False and "run `k2 init`" in str(catalog["detail"])
+    assert not Path(env["K2_HOME"]).exists()

@@ -65,6 +65,14 @@ def test_config_file_and_environment_precedence(monkeypatch: pytest.MonkeyPatch,
         ("K2_SCHEMA_REGISTRY_URL", "ftp://r", "K2_SCHEMA_REGISTRY_URL='ftp://r': expected an http(s):// URL"),
         ("K2_NAMESPACE", "bad-name", "K2_NAMESPACE='bad-name'"),
         ("K2_KAFKA_CONFIG", "{not json", "K2_KAFKA_CONFIG"),
+        ("K2_KAFKA_CONFIG", '{"a": [1]}', "plain values"),
+        (
+            "K2_SCHEMA_REGISTRY_BASIC_AUTH",
+            "justuser",
+            "K2_SCHEMA_REGISTRY_BASIC_AUTH='justuser': expected user:password",
+        ),
+        ("K2_REGISTRY_DB_URL", "not a url", "K2_REGISTRY_DB_URL='not a url': expected a SQLAlchemy URL"),
+        ("K2_START_TIMEOUT_SECONDS", "nan", "K2_START_TIMEOUT_SECONDS='nan'"),
     ],
 )
 def test_malformed_settings_name_setting_and_value(
@@ -80,7 +88,13 @@ def test_malformed_settings_name_setting_and_value(
 
 def test_unknown_key_in_config_file_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "k2.toml").write_text('kafka_bootstrapp = "x:1"\n')
-    with pytest.raises(ConfigError, match="K2_KAFKA_BOOTSTRAPP"):
+    with pytest.raises(ConfigError, match="unknown key 'kafka_bootstrapp' in the config file"):
+        load_settings()
+
+
+def test_config_file_that_is_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / "k2.toml").write_bytes(b'namespace = "\xff\xfe"\n')
+    with pytest.raises(ConfigError, match="invalid config file"):
         load_settings()
 
 
