@@ -13,6 +13,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TypeVar
 
+from k2_etl.config import Settings
+
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,6 +48,13 @@ def k2_env(home: Path, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
     env["K2_HOME"] = str(home)
     env.update({f"K2_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+def env_of(settings: Settings) -> dict[str, str]:
+    """Environment for a `k2` subprocess that sees exactly ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
+    env.update(settings.to_env())
     return env
 
 

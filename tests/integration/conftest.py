@@ -7,6 +7,7 @@ K2_HOME, and stopped at the end.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,17 @@ def platform_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sett
     finally:
         for component in reversed(components):
             stop(settings, component, _quiet)
+
+
+@pytest.fixture
+def own_settings(platform_settings: Settings, tmp_path: Path) -> Settings:
+    """The shared broker and registry, with a K2_HOME (catalog, warehouse) and topic names of this test's own."""
+    return load_settings(
+        home=tmp_path / "home",
+        kafka_bootstrap=platform_settings.kafka_bootstrap,
+        schema_registry_url=platform_settings.schema_registry_url,
+        topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
+    )
 
 
 class RegistryProcess:

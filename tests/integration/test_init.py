@@ -3,41 +3,19 @@
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from pyiceberg.types import NestedField
 
-from k2_etl.config import Settings, load_settings
+from k2_etl.config import Settings
 from k2_etl.kafka import cluster_metadata
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.tables import TABLES, TableDef, ensure_table
 from k2_etl.schemas import RECORD_TYPES, TRADE, RecordType
-from tests.helpers import k2_env, run_k2
+from tests.helpers import env_of, run_k2
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def settings(platform_settings: Settings, tmp_path: Path) -> Settings:
-    """The shared broker, but a catalog, warehouse and topic names of this test's own."""
-    return load_settings(
-        home=tmp_path / "home",
-        kafka_bootstrap=platform_settings.kafka_bootstrap,
-        schema_registry_url=platform_settings.schema_registry_url,
-        topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
-    )
-
-
-def env_of(settings: Settings) -> dict[str, str]:
-    return k2_env(
-        settings.home,
-        kafka_bootstrap=settings.kafka_bootstrap,
-        schema_registry_url=settings.schema_registry_url,
-        topic_prefix=settings.topic_prefix,
-    )
 
 
 def expected_iceberg_type(avro_type: object) -> tuple[str, bool]:
@@ -64,8 +42,8 @@ def describe(field: NestedField) -> tuple[str, str, bool]:
     return field.name, str(field.field_type), field.required
 
 
-def test_init_twice_changes_nothing_the_second_time(settings: Settings) -> None:
-    env = env_of(settings)
+def test_init_twice_changes_nothing_the_second_time(own_settings: Settings) -> None:
+    env = env_of(own_settings)
     first = run_k2(env, "init", "--json")
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)
@@ -80,26 +58,26 @@ def test_init_twice_changes_nothing_the_second_time(settings: Settings) -> None:
     # not even a new metadata file
     assert [t["metadata_location"] for t in again["tables"]] == [t["metadata_location"] for t in report["tables"]]
 
-    topics = cluster_metadata(settings).topics
+    topics = cluster_metadata(own_settings).topics
     for name in ("trades", "quotes", "reference_data", "dead_letters"):
-        assert len(topics[settings.topic_prefix + name].partitions) == settings.topic_partitions
+        assert len(topics[own_settings.topic_prefix + name].partitions) == own_settings.topic_partitions
 
 
-def test_table_columns_match_the_avro_schemas(settings: Settings) -> None:
-    assert run_k2(env_of(settings), "init").returncode == 0
-    catalog = open_catalog(settings)
+def test_table_columns_match_the_avro_schemas(own_settings: Settings) -> None:
+    assert run_k2(env_of(own_settings), "init").returncode == 0
+    catalog = open_catalog(own_settings)
     by_record = {t.record.name: t for t in TABLES}
     assert set(by_record) == {r.name for r in RECORD_TYPES}
     for record in RECORD_TYPES:
-        table = catalog.load_table((settings.namespace, by_record[record.name].name))
+        table = catalog.load_table((own_settings.namespace, by_record[record.name].name))
         actual = [describe(f) for f in table.schema().fields]
         expected = [(f["name"], *expected_iceberg_type(f["type"])) for f in record.schema["fields"]]
         assert actual == expected, record.name
 
 
-def test_layout_of_trades(settings: Settings) -> None:
-    assert run_k2(env_of(settings), "init").returncode == 0
-    trades = open_catalog(settings).load_table((settings.namespace, "trades"))
+def test_layout_of_trades(own_settings: Settings) -> None:
+    assert run_k2(env_of(own_settings), "init").returncode == 0
+    trades = open_catalog(own_settings).load_table((own_settings.namespace, "trades"))
     schema = trades.schema()
     [partition] = trades.spec().fields
     assert (schema.find_column_name(partition.source_id), str(partition.transform)) == ("event_time", "day")
@@ -118,14 +96,14 @@ class _EvolvedTrade(RecordType):
         return json.dumps(schema)
 
 
-def test_init_evolves_a_table_when_its_schema_gains_a_field(settings: Settings) -> None:
-    assert run_k2(env_of(settings), "init").returncode == 0
-    catalog = open_catalog(settings)
+def test_init_evolves_a_table_when_its_schema_gains_a_field(own_settings: Settings) -> None:
+    assert run_k2(env_of(own_settings), "init").returncode == 0
+    catalog = open_catalog(own_settings)
     trades_def = next(t for t in TABLES if t.name == "trades")
     evolved = TableDef("trades", _EvolvedTrade("trade", "trades"), trades_def.partition, trades_def.sort)
-    assert ensure_table(catalog, settings.namespace, evolved).action == "evolved"
-    table = catalog.load_table((settings.namespace, "trades"))
+    assert ensure_table(catalog, own_settings.namespace, evolved).action == "evolved"
+    table = catalog.load_table((own_settings.namespace, "trades"))
     assert describe(table.schema().fields[-1]) == ("auction_id", "string", False)
-    assert ensure_table(catalog, settings.namespace, evolved).action == "unchanged"
+    assert ensure_table(catalog, own_settings.namespace, evolved).action == "unchanged"
     # the current definition still matches (the extra column is kept, nothing is dropped)
-    assert ensure_table(catalog, settings.namespace, trades_def).action == "unchanged"
+    assert ensure_table(catalog, own_settings.namespace, trades_def).action == "unchanged"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,23 +13,9 @@ from k2_etl.config import Settings, load_settings
 from k2_etl.errors import SchemaError, UnavailableError
 from k2_etl.schemas import QUOTE, TOPIC_RECORD_TYPES, TRADE, RecordType
 from k2_etl.schemas.registration import check_schemas, register_schemas
-from tests.helpers import free_port, k2_env, run_k2
+from tests.helpers import env_of, free_port, k2_env, run_k2
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def settings(platform_settings: Settings, tmp_path: Path) -> Settings:
-    return load_settings(
-        home=tmp_path / "home",
-        kafka_bootstrap=platform_settings.kafka_bootstrap,
-        schema_registry_url=platform_settings.schema_registry_url,
-        topic_prefix=f"s{uuid.uuid4().hex[:8]}.",
-    )
-
-
-def env_of(settings: Settings) -> dict[str, str]:
-    return k2_env(settings.home, schema_registry_url=settings.schema_registry_url, topic_prefix=settings.topic_prefix)
 
 
 @dataclass(frozen=True)
@@ -44,8 +29,8 @@ class _ChangedTrade(RecordType):
         return json.dumps(schema)
 
 
-def test_check_then_register_is_idempotent(settings: Settings) -> None:
-    env = env_of(settings)
+def test_check_then_register_is_idempotent(own_settings: Settings) -> None:
+    env = env_of(own_settings)
     check = run_k2(env, "schemas", "check", "--json")
     assert check.returncode == 0, check.stderr
     assert {s["state"] for s in json.loads(check.stdout)["schemas"]} == {"new"}
@@ -53,28 +38,28 @@ def test_check_then_register_is_idempotent(settings: Settings) -> None:
     first = run_k2(env, "schemas", "register", "--json")
     assert first.returncode == 0, first.stderr
     registered = json.loads(first.stdout)["schemas"]
-    assert {s["subject"] for s in registered} == {r.subject(settings) for r in TOPIC_RECORD_TYPES}
+    assert {s["subject"] for s in registered} == {r.subject(own_settings) for r in TOPIC_RECORD_TYPES}
     assert all(s["changed"] and s["version"] == 1 for s in registered)
 
     second = run_k2(env, "schemas", "register")
     assert second.returncode == 0, second.stderr
     assert second.stdout.count("already registered") == len(TOPIC_RECORD_TYPES)
 
-    with SchemaRegistryClient({"url": settings.schema_registry_url}) as client:
+    with SchemaRegistryClient({"url": own_settings.schema_registry_url}) as client:
         for s in registered:
             latest = client.get_latest_version(s["subject"])
             assert (latest.schema_id, latest.version) == (s["schema_id"], 1)
 
 
-def test_incompatible_change_names_the_field_and_registers_nothing(settings: Settings) -> None:
-    register_schemas(settings, [TRADE])
+def test_incompatible_change_names_the_field_and_registers_nothing(own_settings: Settings) -> None:
+    register_schemas(own_settings, [TRADE])
     changed = _ChangedTrade("trade", "trades")
     with pytest.raises(SchemaError) as info:
-        register_schemas(settings, [QUOTE, changed])
+        register_schemas(own_settings, [QUOTE, changed])
     message = str(info.value)
-    assert "settlement_venue" in message and settings.topic_prefix + "trades-value" in message
+    assert "settlement_venue" in message and own_settings.topic_prefix + "trades-value" in message
     assert "nothing was registered" in message
-    [quote, trade] = check_schemas(settings, [QUOTE, changed])
+    [quote, trade] = check_schemas(own_settings, [QUOTE, changed])
     assert quote.state == "new"  # all or nothing: the compatible one was not registered either
     assert trade.state == "incompatible"
 
