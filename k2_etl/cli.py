@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -182,6 +185,125 @@ def show_config(json_output: JsonFlag = False) -> None:
         return
     for name, value in values.items():
         out.print(f"{name}={'' if value is None else value}", markup=False)
+
+
+# --- ingestion ---------------------------------------------------------------------------------
+
+
+def _serve_metrics(port: int) -> None:
+    """Expose this process's metrics while it runs; a busy port costs a warning, not the load."""
+    if port == 0:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr="127.0.0.1")
+    except OSError as exc:
+        print(f"k2: warning: cannot serve metrics on 127.0.0.1:{port} ({exc.strerror}); continuing", file=sys.stderr)
+
+
+def _print_load_report(report: Any) -> None:
+    table = Table("file", "type", "status", "read", "produced", "rejected", "rows/s", "detail")
+    for f in report.files:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(f.rejected_by_reason.items()))
+        detail = "; ".join(x for x in (f.message, reasons) if x)
+        colour = {"loaded": "green", "skipped": "yellow", "failed": "red"}.get(f.status, "white")
+        table.add_row(
+            f.file, f.record_type or "", f"[{colour}]{f.status}[/]", f"{f.rows_read:,}", f"{f.rows_produced:,}",
+            f"{f.rows_rejected:,}", f"{f.rows_per_second:,.0f}", detail,
+        )  # fmt: skip
+    out.print(table)
+    t = report.totals()
+    out.print(
+        f"total: {t['files']} file(s) {t['files_by_status']}, {t['rows_read']:,} rows read, "
+        f"{t['rows_produced']:,} produced, {t['rows_rejected']:,} rejected in {t['seconds']:.2f} s "
+        f"({t['rows_per_second']:,.0f} rows/s)",
+        markup=False,
+    )
+
+
+@app.command()
+def load(
+    paths: Annotated[list[Path], typer.Argument(help="CSV files (plain or .gz) or folders (searched recursively).")],
+    format_name: Annotated[str, typer.Option("--format", "-f", help="Format name (see `k2 formats`) or a .toml path.")],
+    load_date: Annotated[
+        datetime | None,
+        typer.Option(
+            "--date", formats=["%Y-%m-%d"], help="Trading date of the files: rows of other days are rejected."
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Load files again even if already loaded.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Load vendor CSV files into Kafka as Avro: validate every row, quarantine the bad ones.
+
+    Exit codes: 0 every file loaded (rows may have been quarantined) or skipped as already loaded;
+    1 a file failed entirely; 2 bad arguments or settings (unknown format); 3 broker or registry unreachable.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from k2_etl.formats import load_format
+    from k2_etl.ingest.loader import Loader
+
+    settings = load_settings()
+    fmt = load_format(format_name, settings.formats_dir)
+    _serve_metrics(settings.ingest_metrics_port)
+    show_progress = sys.stdout.isatty() and not json_output
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f} rows"),
+        TextColumn("{task.fields[rate]:,.0f} rows/s"),
+        TimeElapsedColumn(),
+        console=out,
+        disable=not show_progress,
+    )
+    task = progress.add_task("loading", total=None, rate=0.0)
+    started = time.perf_counter()
+
+    def on_rows(file: str, rows: int) -> None:
+        progress.update(task, advance=rows, description=Path(file).name)
+        done = progress.tasks[0].completed
+        progress.update(task, rate=done / max(time.perf_counter() - started, 1e-9))
+
+    loader = Loader(settings, fmt, load_date=load_date.date() if load_date else None, force=force, on_rows=on_rows)
+    try:
+        with progress:
+            report = loader.load(paths)
+    finally:
+        loader.close()
+    if json_output:
+        _print_json(report.to_dict())
+    else:
+        _print_load_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def formats(json_output: JsonFlag = False) -> None:
+    """List the available formats (built-in and K2_FORMATS_DIR) and the files each one matches."""
+    from k2_etl.formats import available_formats, read_format
+
+    settings = load_settings()
+    listing: list[dict[str, Any]] = []
+    for name, path in sorted(available_formats(settings.formats_dir).items()):
+        fmt = read_format(path)
+        listing.append(
+            {
+                "name": name,
+                "file": str(path),
+                "description": fmt.description,
+                "records": {spec.type: spec.match for spec in fmt.record},
+            }
+        )
+    if json_output:
+        _print_json(listing)
+        return
+    for item in listing:
+        out.print(f"{item['name']}: {item['description']}  ({item['file']})", markup=False)
+        for rtype, patterns in item["records"].items():
+            out.print(f"  {rtype}: {', '.join(patterns)}", markup=False)
 
 
 # --- schemas ---------------------------------------------------------------------------

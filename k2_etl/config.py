@@ -108,6 +108,14 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret access key.")
     s3_region: str | None = Field(None, description="S3 region.")
 
+    # --- Batch ingestion -----------------------------------------------------
+    formats_dir: Path | None = Field(
+        None, description="Folder of user format files (*.toml); they shadow built-in formats of the same name."
+    )
+    ingest_metrics_port: int = Field(
+        9102, ge=0, le=65535, description="Port where `k2 load` serves /metrics while it runs (0: off)."
+    )
+
     # --- API (served in a later issue) ---------------------------------------
     api_host: str = Field("127.0.0.1", description="Address the REST API binds to.")
     api_port: int = Field(8000, ge=1, le=65535, description="Port of the REST API.")

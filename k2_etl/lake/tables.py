@@ -15,8 +15,8 @@ and "all instruments for a day"):
   second, and a bucket spec would multiply every commit into one small file
   per bucket.
 * reference_data: small and read whole; unpartitioned, sorted by symbol.
-* rejects, sequence_events: rare rows read by time; ``month`` partitions keep
-  files from being tiny.
+* rejects, sequence_events, load_manifest: few rows read by time; ``month``
+  partitions keep files from being tiny.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pyiceberg.transforms import DayTransform, IdentityTransform, MonthTransform
 from pyiceberg.utils.schema_conversion import AvroSchemaConversion
 
 from k2_etl.errors import SchemaError
-from k2_etl.schemas import QUOTE, REFERENCE_DATA, REJECT, SEQUENCE_EVENT, TRADE, RecordType
+from k2_etl.schemas import LOAD_MANIFEST, QUOTE, REFERENCE_DATA, REJECT, SEQUENCE_EVENT, TRADE, RecordType
 
 TABLE_PROPERTIES = {
     "format-version": "2",
@@ -86,6 +86,7 @@ TABLES: tuple[TableDef, ...] = (
         (("trading_date", MonthTransform(), "trading_month"),),
         ("exchange", "symbol", "trading_date"),
     ),
+    TableDef("load_manifest", LOAD_MANIFEST, (("started_at", MonthTransform(), "started_month"),), ("load_id",)),
 )
 TABLES_BY_NAME = {t.name: t for t in TABLES}
 

@@ -57,7 +57,9 @@ QUOTE = RecordType("quote", topic="quotes")
 REFERENCE_DATA = RecordType("reference_data", topic="reference_data")
 REJECT = RecordType("reject", topic="dead_letters")
 SEQUENCE_EVENT = RecordType("sequence_event", topic=None)
+LOAD_MANIFEST = RecordType("load_manifest", topic=None)
 
-RECORD_TYPES: tuple[RecordType, ...] = (TRADE, QUOTE, REFERENCE_DATA, REJECT, SEQUENCE_EVENT)
+RECORD_TYPES: tuple[RecordType, ...] = (TRADE, QUOTE, REFERENCE_DATA, REJECT, SEQUENCE_EVENT, LOAD_MANIFEST)
+BY_NAME: dict[str, RecordType] = {r.name: r for r in RECORD_TYPES}
 #: Record types that travel through Kafka, hence are registered in the schema registry.
 TOPIC_RECORD_TYPES: tuple[RecordType, ...] = tuple(r for r in RECORD_TYPES if r.topic is not None)

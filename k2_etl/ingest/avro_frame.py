@@ -1,0 +1,184 @@
+"""Encode an Arrow table into Confluent-framed Avro messages, a column at a time.
+
+Why not fastavro or confluent-kafka's AvroSerializer: they encode one Python
+dict at a time (several microseconds per record), which alone would cap a load
+well below the broker's speed. Avro's binary encoding is simple and fully
+specified (zig-zag varints, length-prefixed bytes, unions as a branch index),
+so each column is encoded with numpy/pyarrow vector operations and the columns
+are joined row-wise by Arrow. The tests check every supported type against
+fastavro's decoder, byte for byte.
+
+Supported: string, bytes, int, long, date, timestamp-micros, decimal (bytes),
+arrays of strings, and ``["null", T]`` unions of those.
+"""
+
+from __future__ import annotations
+
+import struct
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+MAGIC = b"\x00"
+_EMPTY = pa.scalar(b"", pa.large_binary())  # the separator when joining encoded pieces
+
+
+def confluent_prefix(schema_id: int) -> bytes:
+    """Confluent wire format: magic byte 0, then the schema id as a 4-byte big-endian int."""
+    return MAGIC + struct.pack(">I", schema_id)
+
+
+def _binary(lengths: np.ndarray, data: np.ndarray) -> pa.Array:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.Array.from_buffers(
+        pa.large_binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))]
+    )
+
+
+def varint(values: np.ndarray) -> pa.Array:
+    """Avro ``long``/``int`` encoding (zig-zag, then base-128 varint) of int64 values."""
+    v = values.astype(np.int64, copy=False)
+    z = ((v << 1) ^ (v >> 63)).view(np.uint64)
+    nbytes = np.ones(len(z), dtype=np.int64)
+    rest = z >> np.uint64(7)
+    while rest.any():
+        nbytes += rest > 0
+        rest >>= np.uint64(7)
+    width = int(nbytes.max()) if len(z) else 1
+    out = np.empty((len(z), width), dtype=np.uint8)
+    x = z.copy()
+    for i in range(width):
+        byte = (x & np.uint64(0x7F)).astype(np.uint8)
+        x >>= np.uint64(7)
+        out[:, i] = byte | ((i < nbytes - 1).astype(np.uint8) << 7)
+    mask = np.arange(width) < nbytes[:, None]
+    return _binary(nbytes, out[mask])
+
+
+def _length_prefixed(col: pa.Array) -> pa.Array:
+    """string/bytes: varint length, then the bytes."""
+    binary = col.cast(pa.large_binary())
+    lengths = pc.binary_length(binary).to_numpy(zero_copy_only=False)
+    if len(lengths) and lengths.min() == lengths.max():  # fixed width (ids, codes): one prefix for all
+        prefix = pa.scalar(varint(lengths[:1])[0].as_py(), pa.large_binary())
+        return pc.binary_join_element_wise(prefix, binary, _EMPTY)
+    return pc.binary_join_element_wise(varint(lengths), binary, _EMPTY)
+
+
+def _decimal(col: pa.Array) -> pa.Array:
+    """decimal as bytes: the unscaled value, two's complement big-endian, minimal length."""
+    dec = col.cast(pa.decimal128(38, col.type.scale))
+    words = np.frombuffer(dec.buffers()[1], dtype=np.int64, count=2 * (len(dec) + dec.offset))
+    unscaled = words[2 * dec.offset :: 2].copy()  # low 64 bits; decimal(18, s) always fits
+    nbytes = np.ones(len(unscaled), dtype=np.int64)
+    for k in range(1, 8):
+        limit = np.int64(1) << np.int64(8 * k - 1)
+        nbytes += (unscaled >= limit) | (unscaled < -limit)
+    big = unscaled.astype(">i8").view(np.uint8).reshape(-1, 8)
+    mask = np.arange(8) >= (8 - nbytes)[:, None]
+    return pc.binary_join_element_wise(varint(nbytes), _binary(nbytes, big[mask]), _EMPTY)
+
+
+def _string_array(col: pa.Array) -> pa.Array:
+    """array<string>: one block with the count and the items, then the 0 terminator; empty is just 0."""
+    lists = col.cast(pa.large_list(pa.large_string()))
+    counts = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(lists)
+    items = _length_prefixed(flat) if len(flat) else pa.array([], pa.large_binary())
+    offsets = lists.offsets
+    if lists.offset or len(lists) != len(col):  # pragma: no cover - arrays come unsliced from DuckDB
+        raise ValueError("sliced list arrays are not supported")
+    per_row = pc.binary_join(pa.LargeListArray.from_arrays(offsets, items), _EMPTY)
+    blocks = pc.binary_join_element_wise(varint(counts), per_row, pa.scalar(b"\x00", pa.large_binary()), _EMPTY)
+    return pc.if_else(pa.array(counts == 0), pa.scalar(b"\x00", pa.large_binary()), blocks)
+
+
+def _plain(avro_type: Any, col: pa.Array) -> pa.Array:
+    """Encode a non-null column of a non-union Avro type."""
+    if isinstance(avro_type, str):
+        if avro_type in ("string", "bytes"):
+            return _length_prefixed(col)
+        if avro_type in ("int", "long"):
+            return varint(col.cast(pa.int64()).to_numpy(zero_copy_only=False))
+        raise TypeError(f"unsupported Avro type {avro_type!r}")
+    logical = avro_type.get("logicalType")
+    if logical == "decimal":
+        return _decimal(col)
+    if logical == "timestamp-micros":
+        micros = col.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+        return varint(micros.to_numpy(zero_copy_only=False))
+    if logical == "date":
+        return varint(col.cast(pa.date32()).cast(pa.int32()).cast(pa.int64()).to_numpy(zero_copy_only=False))
+    if avro_type.get("type") == "array" and avro_type.get("items") == "string":
+        return _string_array(col)
+    if avro_type.get("type") in ("string", "bytes", "int", "long"):
+        return _plain(avro_type["type"], col)
+    raise TypeError(f"unsupported Avro type {avro_type!r}")
+
+
+_NULL_BRANCH = pa.scalar(b"\x00", pa.large_binary())
+_VALUE_BRANCH = pa.scalar(b"\x02", pa.large_binary())
+
+
+def _filler(avro_type: Any, arrow_type: pa.DataType) -> pa.Scalar:
+    """A harmless value to stand in for nulls while encoding a nullable column."""
+    if pa.types.is_decimal(arrow_type):
+        return pa.scalar(Decimal(0), arrow_type)
+    if pa.types.is_timestamp(arrow_type):
+        return pa.scalar(0, pa.int64()).cast(arrow_type)
+    if pa.types.is_date(arrow_type):
+        return pa.scalar(0, pa.int32()).cast(arrow_type)
+    if pa.types.is_integer(arrow_type):
+        return pa.scalar(0, arrow_type)
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return pa.scalar([], arrow_type)
+    return pa.scalar(b"" if pa.types.is_binary(arrow_type) else "", arrow_type)
+
+
+def encode_column(avro_type: Any, col: pa.Array) -> pa.Array:
+    if isinstance(avro_type, list):
+        if len(avro_type) != 2 or avro_type[0] != "null":
+            raise TypeError(f"only ['null', T] unions are supported, not {avro_type!r}")
+        nulls = pc.is_null(col)
+        if not pc.any(nulls).as_py():
+            return pc.binary_join_element_wise(_VALUE_BRANCH, _plain(avro_type[1], col), _EMPTY)
+        filled = pc.fill_null(col, _filler(avro_type[1], col.type))
+        value = pc.binary_join_element_wise(_VALUE_BRANCH, _plain(avro_type[1], filled), _EMPTY)
+        return pc.if_else(nulls, _NULL_BRANCH, value)
+    if col.null_count:
+        raise ValueError(f"null values in a non-nullable column of type {avro_type!r}")
+    return _plain(avro_type, col)
+
+
+def _constant(col: pa.Array) -> bool:
+    """The same value on every row (lineage, a file's exchange, all-null options): encode it once."""
+    if len(col) == 0:
+        return False
+    if col.null_count == len(col):
+        return True
+    if col.null_count or pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        return False
+    return len(pc.unique(col)) == 1
+
+
+def encode_table(table: pa.Table, schema: dict[str, Any], schema_id: int) -> pa.Array:
+    """One Confluent-framed Avro message per row; ``table`` has a column per schema field."""
+    pieces: list[pa.Array | bytes] = [confluent_prefix(schema_id)]
+    for f in schema["fields"]:
+        col = table.column(f["name"]).combine_chunks()
+        if _constant(col):
+            encoded = encode_column(f["type"], col.slice(0, 1))[0].as_py()
+            if isinstance(pieces[-1], bytes):  # merge runs of constants into one piece
+                pieces[-1] += encoded
+            else:
+                pieces.append(encoded)
+        else:
+            pieces.append(encode_column(f["type"], col))
+    args = [pa.scalar(p, pa.large_binary()) if isinstance(p, bytes) else p for p in pieces]
+    if len(args) == 1:
+        return pa.array([pieces[0]] * table.num_rows, pa.large_binary())
+    return pc.binary_join_element_wise(*args, _EMPTY)

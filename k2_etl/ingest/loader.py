@@ -1,0 +1,593 @@
+"""`k2 load`: vendor CSV files → validated Avro records → Kafka, idempotently.
+
+For each file: its content gives a deterministic load id; a load the manifest
+records as completed is skipped (unless forced). Otherwise a worker thread
+reads blocks of lines, validates and converts them with DuckDB
+(:mod:`k2_etl.ingest.sql`) and encodes them to Avro a column at a time
+(:mod:`k2_etl.ingest.avro_frame`), while this thread produces the previous
+block: the CPU-heavy vector work releases the GIL, so parsing and producing
+overlap. Rejected rows go to the dead-letter topic with their file, line,
+raw text and reason. Per file, always: rows read = produced + rejected.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import fastavro
+import pyarrow as pa
+import pyarrow.compute as pc
+from confluent_kafka.schema_registry import Schema
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from k2_etl.config import Settings
+from k2_etl.errors import K2Error, SchemaError, UnavailableError
+from k2_etl.formats import Format, RecordSpec
+from k2_etl.ingest import sql
+from k2_etl.ingest.avro_frame import confluent_prefix, encode_table
+from k2_etl.ingest.lines import Block, file_checksum, read_blocks, read_first_line
+from k2_etl.ingest.producer import Deliveries, Headers, make_producer, produce_all
+from k2_etl.kafka import cluster_metadata
+from k2_etl.lake.catalog import open_catalog
+from k2_etl.lake.manifest import Manifest, ManifestEntry, now
+from k2_etl.observability import (
+    INGEST_BYTES,
+    INGEST_FILES,
+    INGEST_LOAD_SECONDS,
+    INGEST_PRODUCE_ERRORS,
+    INGEST_ROWS_PRODUCED,
+    INGEST_ROWS_READ,
+    INGEST_ROWS_REJECTED,
+)
+from k2_etl.schemas import BY_NAME, REJECT
+from k2_etl.schemas.registration import registry_client
+
+RECORD_ORDER = {"reference_data": 0, "trade": 1, "quote": 2}  # reference data first: others look symbols up
+MAX_RAW_LINE = 10_000
+QUEUE_DEPTH = 2  # blocks prepared ahead of the producer: bounds memory
+
+
+@dataclass
+class FileResult:
+    """What happened to one file (also the --json shape)."""
+
+    file: str
+    record_type: str | None = None
+    status: str = "pending"  # loaded, skipped, failed
+    load_id: str | None = None
+    rows_read: int = 0
+    rows_produced: int = 0
+    rows_rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    blank_lines: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+    offsets: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    message: str | None = None
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_read / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["rows_per_second"] = round(self.rows_per_second, 1)
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+
+@dataclass
+class LoadReport:
+    files: list[FileResult]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(f.status != "failed" for f in self.files)
+
+    def totals(self) -> dict[str, Any]:
+        reasons: Counter[str] = Counter()
+        for f in self.files:
+            reasons.update(f.rejected_by_reason)
+        read = sum(f.rows_read for f in self.files)
+        return {
+            "files": len(self.files),
+            "files_by_status": dict(Counter(f.status for f in self.files)),
+            "rows_read": read,
+            "rows_produced": sum(f.rows_produced for f in self.files),
+            "rows_rejected": sum(f.rows_rejected for f in self.files),
+            "rejected_by_reason": dict(reasons),
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(read / self.seconds, 1) if self.seconds > 0 else 0.0,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "totals": self.totals(), "files": [f.to_dict() for f in self.files]}
+
+
+@dataclass
+class _Prepared:
+    """One block, ready to produce."""
+
+    values: list[bytes]
+    keys: list[bytes]
+    timestamps: list[int]
+    rejects: list[dict[str, Any]]
+    rows_read: int
+    blank_lines: int
+    nbytes: int
+
+
+class _FileFailed(K2Error):
+    """The whole file cannot be loaded (empty, bad header, no matching record type)."""
+
+
+def expand(paths: Iterable[Path], fmt: Format) -> tuple[list[tuple[Path, RecordSpec]], list[FileResult]]:
+    """Files to load with their record spec (reference data first), and results for paths that fail outright."""
+    planned: list[tuple[Path, RecordSpec]] = []
+    failed: list[FileResult] = []
+    for path in paths:
+        if not path.exists():
+            failed.append(FileResult(str(path), status="failed", message=f"{path}: no such file or folder"))
+            continue
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                spec = fmt.spec_for(child)
+                if spec is not None:
+                    planned.append((child, spec))
+            continue
+        spec = fmt.spec_for(path)
+        if spec is None:
+            patterns = "; ".join(f"{s.type}: {', '.join(s.match)}" for s in fmt.record)
+            failed.append(
+                FileResult(
+                    str(path),
+                    status="failed",
+                    message=f"{path.name} matches no record type of format {fmt.name!r} ({patterns})",
+                )
+            )
+            continue
+        planned.append((path, spec))
+    planned.sort(key=lambda item: (RECORD_ORDER[item[1].type], str(item[0])))
+    return planned, failed
+
+
+def _split_fields(lines: pa.Array, delimiter: str) -> pa.Array:
+    """Fields of each line. Fast path: split on the delimiter; lines with quotes go through csv."""
+    if len(lines) and pc.any(pc.match_substring(lines, '"')).as_py():
+        rows = [next(csv.reader([line], delimiter=delimiter), []) for line in lines.to_pylist()]
+        return pa.array(rows, pa.list_(pa.string()))
+    return pc.split_pattern(lines, delimiter)
+
+
+def _find_upwards(start: Path, name: str, stop: Path | None) -> Path | None:
+    for folder in [start, *start.parents]:
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+        if stop is not None and folder == stop:
+            break
+    return None
+
+
+class Loader:
+    """Loads files of one format. Create it once per `k2 load` (it holds the producer and clients)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        fmt: Format,
+        *,
+        load_date: date | None = None,
+        force: bool = False,
+        on_rows: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.settings, self.fmt, self.load_date, self.force = settings, fmt, load_date, force
+        self.on_rows = on_rows or (lambda _file, _n: None)
+        metadata = cluster_metadata(settings)  # fail fast (exit 3) when the broker is unreachable
+        self.topics = {r: BY_NAME[r].topic_name(settings) for r in ("trade", "quote", "reference_data", "reject")}
+        missing = sorted(t for t in self.topics.values() if t not in metadata.topics)
+        if missing:
+            raise K2Error(f"Kafka topics {', '.join(missing)} do not exist; run `k2 init`")
+        self.schema_ids = self._schema_ids()
+        self.reject_schema = fastavro.parse_schema(REJECT.schema)
+        self.manifest = Manifest(open_catalog(settings), settings.namespace)
+        self.producer = make_producer(settings)
+        self._references: dict[Path, dict[str, list[tuple[str, date | None, date | None]]]] = {}
+
+    def _schema_ids(self) -> dict[str, int]:
+        ids: dict[str, int] = {}
+        try:
+            with registry_client(self.settings) as client:
+                for name in ("trade", "quote", "reference_data", "reject"):
+                    record = BY_NAME[name]
+                    subject = record.subject(self.settings)
+                    try:
+                        ids[name] = client.lookup_schema(subject, Schema(record.schema_str, "AVRO")).schema_id
+                    except SchemaRegistryError as exc:
+                        if exc.http_status_code == 404:
+                            raise SchemaError(
+                                f"the {name} schema is not registered under {subject}; run `k2 schemas register`"
+                            ) from None
+                        raise
+        except SchemaRegistryError as exc:
+            raise SchemaError(f"schema registry error {exc.error_code}: {exc.error_message}") from None
+        except SchemaError:
+            raise
+        except Exception as exc:  # the client's transport errors (httpx or httpx2)
+            raise UnavailableError(
+                f"schema registry at K2_SCHEMA_REGISTRY_URL={self.settings.schema_registry_url} is unreachable "
+                f"({type(exc).__name__}); is it running? (k2 up / k2 status)"
+            ) from None
+        return ids
+
+    # --- public -----------------------------------------------------------------------------
+    def load(self, paths: Iterable[Path]) -> LoadReport:
+        started = time.perf_counter()
+        paths = list(paths)
+        planned, results = expand(paths, self.fmt)
+        roots = [p if p.is_dir() else p.parent for p in paths if p.exists()]
+        for path, spec in planned:
+            root = next((r for r in roots if r == path.parent or r in path.parents), None)
+            results.append(self.load_file(path, spec, root))
+        for result in results:
+            INGEST_FILES.labels(self.fmt.name, result.status).inc()
+        return LoadReport(results, time.perf_counter() - started)
+
+    def close(self) -> None:
+        self.producer.flush(30)
+
+    # --- one file -----------------------------------------------------------------------------
+    def load_file(self, path: Path, spec: RecordSpec, root: Path | None = None) -> FileResult:
+        result = FileResult(str(path), spec.type)
+        started = time.perf_counter()
+        checksum = file_checksum(path)
+        result.load_id = hashlib.sha256(f"{self.fmt.name}|{spec.type}|{checksum}".encode()).hexdigest()[:32]
+        previous = self.manifest.latest(result.load_id)
+        if previous is not None and previous.status == "completed" and not self.force:
+            result.status = "skipped"
+            result.message = (
+                f"already loaded (load {result.load_id}, completed {previous.finished_at:%Y-%m-%d %H:%M:%S} UTC); "
+                "use --force to load it again"
+            )
+            result.offsets = previous.offsets
+            return result
+        entry = ManifestEntry(
+            result.load_id, str(path), checksum, self.fmt.name, spec.type, "started", now(),
+            load_date=self.load_date, forced=self.force,
+        )  # fmt: skip
+        self.manifest.append(entry)
+        deliveries = Deliveries()
+        try:
+            self._stream(path, spec, root, result, deliveries)
+            self.producer.flush()
+            if deliveries.errors:
+                raise K2Error(f"{deliveries.errors} message(s) were not delivered: {deliveries.first_error}")
+            if result.rows_read == 0:
+                raise _FileFailed("no data rows" + (" (header only)" if spec.header else ""))
+            if result.rows_produced == 0:
+                raise _FileFailed(f"every row was rejected ({_top_reasons(result.rejected_by_reason)})")
+            result.status = "loaded"
+        except (K2Error, OSError) as exc:
+            result.status = "failed"
+            result.message = str(exc)
+        finally:
+            result.seconds = time.perf_counter() - started
+            result.offsets = deliveries.offsets()
+            INGEST_PRODUCE_ERRORS.labels(self.fmt.name, spec.type).inc(deliveries.errors)
+            INGEST_LOAD_SECONDS.labels(self.fmt.name, spec.type).observe(result.seconds)
+        entry.status = "completed" if result.status == "loaded" else "failed"
+        entry.rows_read, entry.rows_produced, entry.rows_rejected = (
+            result.rows_read, result.rows_produced, result.rows_rejected,
+        )  # fmt: skip
+        entry.rejected_by_reason, entry.offsets = result.rejected_by_reason, result.offsets
+        entry.finished_at, entry.message = now(), result.message
+        self.manifest.append(entry)
+        return result
+
+    def _effective_spec(self, path: Path, spec: RecordSpec) -> RecordSpec:
+        """For headered files, the columns as this file's header orders them."""
+        if not spec.header:
+            return spec
+        try:
+            first = read_first_line(path)
+        except UnicodeDecodeError:
+            raise _FileFailed("the header line is not valid UTF-8") from None
+        if first is None or not first.strip():
+            raise _FileFailed("empty file")
+        header = [h.strip() for h in next(csv.reader([first], delimiter=self.fmt.delimiter))]
+        missing = [c for c in spec.columns if c not in header]
+        if not missing:
+            return spec.model_copy(update={"columns": header})
+        hint = ""
+        if len(header) == 1:
+            other = next((d for d in ";\t|" if d in first), None)
+            if other:
+                hint = f" (the header contains {other!r}: is the delimiter {self.fmt.delimiter!r} right?)"
+        raise _FileFailed(f"the header lacks column(s) {', '.join(missing)}; found {', '.join(header)}{hint}")
+
+    def _symbol_ranges(self, path: Path, root: Path | None) -> tuple[str | None, pa.Table | None, str | None]:
+        ref = self.fmt.symbol_from_file_name
+        if ref is None:
+            return None, None, None
+        instrument = path.name.split(".")[0]
+        found = _find_upwards(path.parent, ref.reference_file, root)
+        by_key: dict[str, list[tuple[str, date | None, date | None]]] = {}
+        label = ref.reference_file
+        if found is None:
+            label = f"{ref.reference_file} (none found next to {path.name} or above)"
+        else:
+            by_key = self._reference(found)
+        rows = by_key.get(instrument, [])
+        table = pa.table(
+            {
+                "symbol": pa.array([r[0] for r in rows], pa.string()),
+                "valid_from": pa.array([r[1] for r in rows], pa.date32()),
+                "valid_to": pa.array([r[2] for r in rows], pa.date32()),
+            }
+        )
+        return instrument, table, label
+
+    def _reference(self, path: Path) -> dict[str, list[tuple[str, date | None, date | None]]]:
+        if path in self._references:
+            return self._references[path]
+        ref = self.fmt.symbol_from_file_name
+        assert ref is not None
+
+        def parse(value: str | None) -> date | None:
+            value = (value or "").strip()
+            return datetime.strptime(value, ref.date_format).date() if value else None
+
+        out: dict[str, list[tuple[str, date | None, date | None]]] = {}
+        with path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle, delimiter=self.fmt.delimiter):
+                key, symbol = (row.get(ref.key_column) or "").strip(), (row.get(ref.symbol_column) or "").strip()
+                if not key or not symbol:
+                    continue
+                try:
+                    span = (
+                        parse(row.get(ref.valid_from_column or "")),
+                        parse(row.get(ref.valid_to_column or "")),
+                    )
+                except ValueError:
+                    continue  # an unusable reference row: the reference_data load itself rejects it
+                out.setdefault(key, []).append((symbol, *span))
+        self._references[path] = out
+        return out
+
+    def _stream(
+        self, path: Path, spec: RecordSpec, root: Path | None, result: FileResult, deliveries: Deliveries
+    ) -> None:
+        spec = self._effective_spec(path, spec)
+        instrument, ranges, reference_label = self._symbol_ranges(path, root)
+        max_ts = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+        statement = sql.build(
+            self.fmt,
+            spec,
+            source=str(path),
+            load_id=result.load_id or "",
+            ingest_time_us=int(time.time() * 1_000_000),
+            load_date=self.load_date.isoformat() if self.load_date else None,
+            max_event_time=max_ts,
+            instrument=instrument,
+            reference_label=reference_label,
+        )
+        headers: Headers = [
+            ("k2-load-id", (result.load_id or "").encode()),
+            ("k2-source", str(path).encode()),
+            ("k2-record-type", spec.type.encode()),
+        ]
+        topic = self.topics[spec.type]
+        blocks: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=QUEUE_DEPTH)
+        stop = threading.Event()
+        worker = threading.Thread(
+            target=self._prepare_all,
+            args=(path, spec, statement, ranges, blocks, stop, result.load_id or ""),
+            name=f"k2-load-{path.name}",
+            daemon=True,
+        )
+        worker.start()
+        reasons: Counter[str] = Counter()
+        labels = (self.fmt.name, spec.type)
+        try:
+            while True:
+                try:
+                    item = blocks.get(timeout=1.0)
+                except queue.Empty:
+                    if not worker.is_alive():  # it always ends by queueing None or its error: belt and braces
+                        raise K2Error(f"{path}: the reading thread ended unexpectedly") from None
+                    continue
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                produce_all(self.producer, topic, item.values, item.keys, item.timestamps, headers, deliveries)
+                self._produce_rejects(item.rejects, result.load_id or "", headers, deliveries)
+                reasons.update(r["_code"] for r in item.rejects)
+                result.rows_read += item.rows_read
+                result.rows_produced += len(item.values)
+                result.rows_rejected += len(item.rejects)
+                result.blank_lines += item.blank_lines
+                result.bytes_read += item.nbytes
+                INGEST_ROWS_READ.labels(*labels).inc(item.rows_read)
+                INGEST_ROWS_PRODUCED.labels(*labels).inc(len(item.values))
+                INGEST_BYTES.labels(*labels).inc(item.nbytes)
+                for code, count in Counter(r["_code"] for r in item.rejects).items():
+                    INGEST_ROWS_REJECTED.labels(*labels, code).inc(count)
+                self.on_rows(str(path), item.rows_read)
+        finally:
+            stop.set()
+            while worker.is_alive():  # unblock a worker waiting on a full queue
+                try:
+                    blocks.get_nowait()
+                except queue.Empty:
+                    worker.join(0.05)
+            result.rejected_by_reason = dict(reasons)
+
+    def _prepare_all(
+        self,
+        path: Path,
+        spec: RecordSpec,
+        statement: sql.Statement,
+        ranges: pa.Table | None,
+        out: queue.Queue[_Prepared | BaseException | None],
+        stop: threading.Event,
+        load_id: str,
+    ) -> None:
+        """Worker thread: blocks of lines → prepared messages, in order; errors are passed on."""
+        con: duckdb.DuckDBPyConnection | None = None
+        try:
+            con = duckdb.connect()
+            con.execute("SET TimeZone = 'UTC'")
+            seq_base: dict[tuple[str, date], int] = {}
+            if ranges is not None:
+                con.register("symbol_ranges", ranges)
+            for block in read_blocks(path, skip_lines=1 if spec.header else 0):
+                if stop.is_set():
+                    return
+                out.put(self._prepare(con, spec, statement, block, seq_base, path, load_id))
+            out.put(None)
+        except BaseException as exc:  # hand everything to the producing thread
+            out.put(exc if isinstance(exc, K2Error | OSError) else K2Error(f"{path}: {type(exc).__name__}: {exc}"))
+        finally:
+            if con is not None:
+                con.close()
+
+    def _prepare(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        spec: RecordSpec,
+        statement: sql.Statement,
+        block: Block,
+        seq_base: dict[tuple[str, date], int],
+        path: Path,
+        load_id: str,
+    ) -> _Prepared:
+        rejects = [
+            self._reject(path, spec.type, r.line_number, r.raw, r.reason, r.detail, None, load_id)
+            for r in block.rejects
+        ]
+        empty = _Prepared([], [], [], rejects, len(block.rejects), block.blank_lines, block.nbytes)
+        if len(block.lines) == 0:
+            return empty
+        rows = pa.table(
+            {
+                "line_no": pa.array(block.line_numbers, pa.int64()),
+                "raw": block.lines,
+                "f": _split_fields(block.lines, self.fmt.delimiter),
+            }
+        )
+        con.register("rows", rows)
+        con.register("seq_base", _seq_base_table(seq_base))
+        table = con.execute(statement.sql, statement.params).to_arrow_table()
+        valid_mask = pc.is_null(table.column("reason"))
+        valid = table.filter(valid_mask)
+        bad = table.filter(pc.invert(valid_mask))
+        for row in bad.select(["line_no", "raw", "reason", "detail", "field"]).to_pylist():
+            rejects.append(
+                self._reject(path, spec.type, row["line_no"], row["raw"], row["reason"], row["detail"], row["field"],
+                             load_id)
+            )  # fmt: skip
+        if "sequence_number" not in spec.fields and valid.num_rows and spec.type != "reference_data":
+            _advance_sequences(valid, seq_base)
+        record = BY_NAME[spec.type]
+        values = encode_table(valid, record.schema, self.schema_ids[spec.type]).to_pylist()
+        symbols = valid.column("symbol").to_pylist()
+        cache: dict[str, bytes] = {}
+        keys = [cache.get(s) or cache.setdefault(s, s.encode()) for s in symbols]
+        if spec.type == "reference_data":
+            stamp = int(time.time() * 1000)
+            timestamps = [stamp] * valid.num_rows
+        else:
+            micros = valid.column("event_time").combine_chunks().cast(pa.int64())
+            timestamps = pc.divide(micros, 1000).to_pylist()
+        return _Prepared(
+            values, keys, timestamps, rejects, len(block.rejects) + table.num_rows, block.blank_lines, block.nbytes
+        )
+
+    def _reject(
+        self,
+        path: Path,
+        record_type: str,
+        line_number: int,
+        raw: str,
+        code: str,
+        detail: str,
+        column: str | None,
+        load_id: str,
+    ) -> dict[str, Any]:
+        return {
+            "_code": code,
+            "reject_id": hashlib.md5(f"{path}|{line_number}".encode(), usedforsecurity=False).hexdigest(),
+            "rejected_at": now(),
+            "stage": "load",
+            "record_type": record_type,
+            "reason": f"{path.name} line {line_number}: {detail}",
+            "field": column,
+            "value": None,
+            "source": str(path),
+            "line_number": line_number,
+            "raw_line": raw[:MAX_RAW_LINE],
+            "kafka_topic": None,
+            "kafka_partition": None,
+            "kafka_offset": None,
+            "raw_bytes": None,
+            "headers": None,
+            "load_id": load_id,
+        }
+
+    def _produce_rejects(
+        self, rejects: list[dict[str, Any]], load_id: str, headers: Headers, deliveries: Deliveries
+    ) -> None:
+        if not rejects:
+            return
+        prefix = confluent_prefix(self.schema_ids["reject"])
+        values = []
+        for reject in rejects:
+            buffer = io.BytesIO()
+            buffer.write(prefix)
+            fastavro.schemaless_writer(buffer, self.reject_schema, reject)
+            values.append(buffer.getvalue())
+        stamp = int(time.time() * 1000)
+        produce_all(
+            self.producer,
+            self.topics["reject"],
+            values,
+            [load_id.encode()] * len(values),
+            [stamp] * len(values),
+            headers,
+            deliveries,
+        )
+
+
+def _seq_base_table(seq_base: dict[tuple[str, date], int]) -> pa.Table:
+    return pa.table(
+        {
+            "symbol": pa.array([k[0] for k in seq_base], pa.string()),
+            "trading_date": pa.array([k[1] for k in seq_base], pa.date32()),
+            "base": pa.array(list(seq_base.values()), pa.int64()),
+        }
+    )
+
+
+def _advance_sequences(valid: pa.Table, seq_base: dict[tuple[str, date], int]) -> None:
+    """Remember the last sequence number assigned per (symbol, trading day) for the next block."""
+    grouped = valid.group_by(["symbol", "trading_date"]).aggregate([("sequence_number", "max")])
+    for row in grouped.to_pylist():
+        seq_base[(row["symbol"], row["trading_date"])] = row["sequence_number_max"]
+
+
+def _top_reasons(reasons: dict[str, int]) -> str:
+    return ", ".join(f"{code}: {count}" for code, count in Counter(reasons).most_common(3))

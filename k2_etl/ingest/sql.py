@@ -1,0 +1,386 @@
+"""The DuckDB SQL that turns split CSV rows into validated records: every ingest statement is here.
+
+One statement per block of rows: parse every mapped column, run the checks in
+order (the first failing one is the row's reason), compute quality flags,
+sequence numbers and the deterministic event id. Everything a user controls
+(values, strptime formats, time zone, dates, file names) is a bound
+parameter; the statement's shape comes only from the validated format file
+(column positions are integers, field names come from the Avro schema).
+
+Input relation ``rows(line_no BIGINT, raw VARCHAR, f VARCHAR[])``: the file's
+line number, the raw line, and its fields.
+Input relation ``seq_base(symbol VARCHAR, trading_date DATE, base BIGINT)``:
+sequence numbers already assigned in earlier blocks of the same file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from k2_etl.formats import Format, RecordSpec
+
+SCHEMA_SCALE = 8
+INTEGER_DIGITS = 10  # decimal(18, 8): 10 digits before the point
+DECIMAL_FIELDS = {
+    "trade": {"price": "positive", "size": "positive"},
+    "quote": {
+        "bid_price": "non_negative",
+        "bid_size": "non_negative",
+        "ask_price": "non_negative",
+        "ask_size": "non_negative",
+    },
+    "reference_data": {},
+}
+DATE_FIELDS = {"valid_from", "valid_to"}
+
+
+@dataclass
+class Statement:
+    sql: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class _Builder:
+    def __init__(self, fmt: Format, spec: RecordSpec) -> None:
+        self.fmt, self.spec = fmt, spec
+        self.params: dict[str, Any] = {}
+        self.checks: list[tuple[str, str, str, str | None]] = []  # (condition, reason, detail expr, column)
+
+    def param(self, name: str, value: Any) -> str:
+        self.params[name] = value
+        return f"${name}"
+
+    def col(self, column: str) -> str:
+        """The text of a column (trimmed); NULL when the row is too short."""
+        return f"trim(f[{self.spec.columns.index(column) + 1}])"
+
+    def check(self, condition: str, reason: str, detail: str, column: str | None = None) -> None:
+        self.checks.append((condition, reason, detail, column))
+
+    def problem(self) -> str:
+        """The first failing check of a row as {reason, detail, field}, NULL when all pass."""
+        branches = " ".join(
+            f"WHEN {cond} THEN {{'reason': '{reason}', 'detail': {detail}, "
+            f"'field': {self.param(f'field_{i}', column) if column else 'NULL::VARCHAR'}}}"
+            for i, (cond, reason, detail, column) in enumerate(self.checks)
+        )
+        return f"CASE {branches} END"
+
+
+def _decimal_checks(b: _Builder, field_name: str, column: str, sign: str, required: bool) -> str:
+    """Checks for one decimal column; returns the expression of its value (NULL when empty)."""
+    text = f"c_{field_name}"
+    scale = b.spec.scales.get(column, SCHEMA_SCALE)
+    label = b.param(f"label_{field_name}", column)
+    if required:
+        b.check(f"coalesce({text}, '') = ''", "missing_value", f"{label} || ' is empty'", column)
+    b.check(
+        f"{text} <> '' AND NOT regexp_full_match({text}, '-?[0-9]+(\\.[0-9]+)?')",
+        "bad_number",
+        f"{label} || ' ' || to_json({text}) || ' is not a decimal number'",
+        column,
+    )
+    b.check(
+        f"{text} <> '' AND length(split_part({text}, '.', 2)) > {scale}",
+        "too_many_decimals",
+        f"{label} || ' ' || to_json({text}) || ' has ' || length(split_part({text}, '.', 2)) "
+        f"|| ' decimal places; at most {scale}'",
+        column,
+    )
+    b.check(
+        f"{text} <> '' AND length(ltrim(split_part(ltrim({text}, '-'), '.', 1), '0')) > {INTEGER_DIGITS}",
+        "out_of_range",
+        f"{label} || ' ' || to_json({text}) || ' is too large (at most {INTEGER_DIGITS} digits before the point)'",
+        column,
+    )
+    # TRY_CAST: this is also computed for rows an earlier check rejected.
+    value = f"TRY_CAST(nullif({text}, '') AS DECIMAL(18, 8))"
+    if sign == "positive":
+        condition, reason, verdict = f"{text} <> '' AND {value} <= 0", "not_positive", "must be positive"
+    else:
+        condition, reason, verdict = f"{text} <> '' AND {value} < 0", "negative", "must not be negative"
+    b.check(condition, reason, f"{label} || ' ' || to_json({text}) || ' {verdict}'", column)
+    return value
+
+
+def build(
+    fmt: Format,
+    spec: RecordSpec,
+    *,
+    source: str,
+    load_id: str,
+    ingest_time_us: int,
+    load_date: str | None,
+    max_event_time: str,
+    instrument: str | None = None,
+    reference_label: str | None = None,
+) -> Statement:
+    """The statement for ``spec``'s rows.
+
+    ``instrument``: when the format takes symbols from file names, the file's instrument id;
+    the statement then joins ``symbol_ranges(symbol, valid_from, valid_to)`` (that instrument's
+    symbols over time) to give each row the symbol valid on its trading date.
+    """
+    symbol_ranges = instrument is not None
+    b = _Builder(fmt, spec)
+    rtype = spec.type
+    n = len(spec.columns)
+    delim = b.param("delim", fmt.delimiter)
+    b.check(
+        f"len(f) <> {n}",
+        "wrong_field_count",
+        f"'expected {n} fields separated by ' || to_json({delim}) || ', found ' || len(f) "
+        f"|| CASE WHEN len(f) = 1 AND regexp_matches(raw, '[;\\t|]') "
+        f"THEN ' (is the delimiter right? the line contains ' || to_json(regexp_extract(raw, '[;\\t|]')) || ')' "
+        f"ELSE '' END",
+    )
+
+    texts = {name: b.col(column) for name, column in spec.fields.items()}
+    select_text = ", ".join(f"{expr} AS c_{name}" for name, expr in texts.items())
+
+    # --- event time -------------------------------------------------------------------------
+    ts = spec.timestamp
+    tz = b.param("tz", fmt.timezone)
+    if ts is not None:
+        raw_ts = b.col(ts.column) if ts.column else f"{b.col(ts.date or '')} || ' ' || {b.col(ts.time or '')}"
+        ts_column = " ".join(ts.columns)
+        ts_label = b.param("ts_label", " ".join(ts.columns))
+        if ts.format == "iso8601":
+            local = "NULL::TIMESTAMP"
+            event_time = "TRY_CAST(c_ts AS TIMESTAMPTZ)"
+            fmt_label = b.param("ts_format", "ISO-8601 with a zone offset, e.g. 2026-11-25T00:00:01.5Z")
+        else:
+            fmt_param = b.param("ts_format", ts.format)
+            local = f"try_strptime(c_ts, {fmt_param})"
+            event_time = f"timezone({tz}, c_local)"
+            fmt_label = fmt_param
+        select_text += f", {raw_ts} AS c_ts, {local} AS c_local"
+        b.check(
+            "c_event_time IS NULL",
+            "bad_timestamp",
+            f"{ts_label} || ' ' || to_json(c_ts) || ' does not match ' || {fmt_label}",
+            ts_column,
+        )
+        if ts.format != "iso8601":
+            b.check(
+                f"timezone({tz}, c_event_time) <> c_local",
+                "nonexistent_local_time",
+                f"to_json(c_ts) || ' does not exist in ' || {tz} || ' (daylight-saving change)'",
+                ts_column,
+            )
+        max_ts = b.param("max_ts", max_event_time)
+        b.check(
+            f"c_event_time < TIMESTAMPTZ '1990-01-01 00:00:00+00' OR c_event_time > CAST({max_ts} AS TIMESTAMPTZ)",
+            "timestamp_out_of_range",
+            f"to_json(c_ts) || ' is outside 1990-01-01 .. ' || {b.param('max_ts_label', max_event_time[:10])}",
+            ts_column,
+        )
+        if load_date is not None:
+            b.check(
+                f"CAST(timezone({tz}, c_event_time) AS DATE) <> CAST({b.param('load_date', load_date)} AS DATE)",
+                "not_load_date",
+                f"'trading date ' || CAST(timezone({tz}, c_event_time) AS DATE) || ' is not the load date ' "
+                f"|| {b.param('load_date_label', load_date)}",
+                ts_column,
+            )
+    else:
+        event_time = "NULL::TIMESTAMPTZ"
+
+    # --- symbol and constants -------------------------------------------------------------------
+    if rtype != "reference_data" and "symbol" not in spec.fields:
+        symbol = "sr.symbol"
+        ref = fmt.symbol_from_file_name
+        assert ref is not None
+        instrument_p = b.param("instrument", instrument or "")
+        reference_p = b.param("reference_file", reference_label or ref.reference_file)
+        b.check(
+            "k_symbol IS NULL",
+            "unknown_symbol",
+            f"'instrument ' || {instrument_p} || ' (from the file name) has no symbol in ' || {reference_p} "
+            f"|| ' on ' || CAST(timezone({tz}, c_event_time) AS DATE)",
+            "file name",
+        )
+    else:
+        symbol = "c_symbol"
+        column = spec.fields["symbol"]
+        b.check(
+            "coalesce(c_symbol, '') = ''", "missing_value", f"{b.param('label_symbol', column)} || ' is empty'", column
+        )
+        b.check(
+            f"NOT regexp_full_match(c_symbol, {b.param('symbol_pattern', fmt.symbol_pattern.strip('^$'))})",
+            "bad_symbol",
+            "'symbol ' || to_json(c_symbol) || ' is not a valid symbol'",
+            column,
+        )
+    exchange = "c_exchange" if "exchange" in spec.fields else b.param("exchange", fmt.exchange)
+    if "exchange" in spec.fields:
+        column = spec.fields["exchange"]
+        b.check(
+            "coalesce(c_exchange, '') = ''",
+            "missing_value",
+            f"{b.param('label_exchange', column)} || ' is empty'",
+            column,
+        )
+    currency = "nullif(c_currency, '')" if "currency" in spec.fields else b.param("currency", fmt.currency)
+
+    # --- typed values -------------------------------------------------------------------------
+    values: dict[str, str] = {}
+    for name, sign in DECIMAL_FIELDS[rtype].items():
+        if name in spec.fields:
+            values[name] = _decimal_checks(b, name, spec.fields[name], sign, name in ("price", "size"))
+        else:
+            values[name] = "NULL::DECIMAL(18, 8)"
+    if "sequence_number" in spec.fields:
+        label = b.param("label_seq", spec.fields["sequence_number"])
+        b.check(
+            "c_sequence_number <> '' AND NOT regexp_full_match(c_sequence_number, '[0-9]{1,18}')",
+            "bad_integer",
+            f"{label} || ' ' || to_json(c_sequence_number) || ' is not a whole number'",
+            spec.fields["sequence_number"],
+        )
+    if rtype == "quote":
+        b.check(
+            "coalesce(bid_price, 0) = 0 AND coalesce(ask_price, 0) = 0",
+            "empty_quote",
+            "'quote has neither a bid nor an ask'",
+        )
+    date_values = {}
+    for name in sorted(DATE_FIELDS & set(spec.fields)):
+        label = b.param(f"label_{name}", spec.fields[name])
+        date_format = b.param("date_format", spec.date_format)
+        date_values[name] = f"CAST(try_strptime(nullif(c_{name}, ''), {date_format}) AS DATE)"
+        b.check(
+            f"c_{name} <> '' AND {date_values[name]} IS NULL",
+            "bad_date",
+            f"{label} || ' ' || to_json(c_{name}) || ' does not match ' || {date_format}",
+            spec.fields[name],
+        )
+
+    # --- assemble --------------------------------------------------------------------------------
+    source_p, load_p = b.param("source", source), b.param("load_id", load_id)
+    ingest = f"make_timestamptz({b.param('ingest_us', ingest_time_us)})"
+    typed = ", ".join(f"{expr} AS {name}" for name, expr in values.items())
+    symbol_join = ""
+    if symbol_ranges:
+        symbol_join = (
+            "LEFT JOIN symbol_ranges sr ON CAST(timezone($tz, c_event_time) AS DATE) "
+            "BETWEEN coalesce(sr.valid_from, DATE '0001-01-01') AND coalesce(sr.valid_to, DATE '9999-12-31')"
+        )
+    trading_date = f"CAST(timezone({tz}, c_event_time) AS DATE)" if ts is not None else "NULL::DATE"
+    parsed = f"""
+        parsed AS (
+            SELECT line_no, raw, f, {select_text}
+            FROM rows
+        ),
+        timed AS (
+            SELECT *, {event_time} AS c_event_time FROM parsed
+        ),
+        typed AS (
+            SELECT timed.*, {symbol} AS k_symbol, {typed}{", " if typed else ""}{trading_date} AS k_trading_date
+            FROM timed {symbol_join}
+        ),
+        checked AS (
+            SELECT *, {b.problem()} AS problem FROM typed
+        )"""
+    if rtype == "reference_data":
+        out = _reference_output(spec, exchange, currency, date_values, source_p, load_p, ingest)
+    else:
+        out = _market_output(fmt, spec, b, exchange, currency, source_p, load_p, ingest)
+    return Statement(f"WITH {parsed} {out}", b.params)
+
+
+def _conditions(spec: RecordSpec, b: _Builder) -> str:
+    if "conditions" not in spec.fields:
+        return "[]::VARCHAR[]"
+    sep = b.param("cond_sep", spec.conditions_separator)
+    return f"list_filter(string_split(coalesce(c_conditions, ''), {sep}), x -> x <> '')"
+
+
+def _market_output(
+    fmt: Format, spec: RecordSpec, b: _Builder, exchange: str, currency: str, source: str, load: str, ingest: str
+) -> str:
+    rtype = spec.type
+    flags: list[str] = []
+    assigned = "sequence_number" not in spec.fields
+    if assigned:
+        flags.append("'sequence_assigned'")
+    if rtype == "trade" and fmt.session is not None:
+        open_p = b.param("session_open", fmt.session.open + ":00")
+        close_p = b.param("session_close", fmt.session.close + ":00")
+        local_time = "CAST(timezone($tz, event_time) AS TIME)"
+        flags.append(
+            f"CASE WHEN {local_time} < CAST({open_p} AS TIME) OR {local_time} >= CAST({close_p} AS TIME) "
+            "THEN 'outside_regular_hours' END"
+        )
+    if rtype == "quote":
+        flags += [
+            "CASE WHEN coalesce(bid_price, 0) = 0 OR coalesce(ask_price, 0) = 0 THEN 'one_sided' END",
+            "CASE WHEN bid_price > 0 AND ask_price > 0 AND bid_price > ask_price THEN 'crossed' END",
+            "CASE WHEN bid_price > 0 AND ask_price > 0 AND bid_price = ask_price THEN 'locked' END",
+        ]
+    flag_list = f"list_filter([{', '.join(flags)}]::VARCHAR[], x -> x IS NOT NULL)" if flags else "[]::VARCHAR[]"
+    if assigned:
+        sequence = (
+            "CASE WHEN problem IS NULL THEN coalesce(sb.base, 0) + row_number() OVER "
+            "(PARTITION BY problem IS NULL, k_symbol, k_trading_date ORDER BY line_no) END"
+        )
+        seq_join = "LEFT JOIN seq_base sb ON sb.symbol = k_symbol AND sb.trading_date = k_trading_date"
+    else:
+        sequence = "TRY_CAST(nullif(c_sequence_number, '') AS BIGINT)"
+        seq_join = ""
+    if rtype == "trade":
+        body = f"""
+            price, size, {currency} AS currency, sequence_number,
+            {_conditions(spec, b)} AS conditions,
+            {"nullif(c_venue, '')" if "venue" in spec.fields else "NULL::VARCHAR"} AS venue,
+            {"nullif(c_buyer_id, '')" if "buyer_id" in spec.fields else "NULL::VARCHAR"} AS buyer_id,"""
+    else:
+        body = f"""
+            CASE WHEN bid_price = 0 THEN NULL ELSE bid_price END AS bid_price,
+            CASE WHEN bid_price = 0 OR bid_price IS NULL THEN NULL ELSE bid_size END AS bid_size,
+            CASE WHEN ask_price = 0 THEN NULL ELSE ask_price END AS ask_price,
+            CASE WHEN ask_price = 0 OR ask_price IS NULL THEN NULL ELSE ask_size END AS ask_size,
+            {currency} AS currency, sequence_number,
+            {_conditions(spec, b)} AS conditions,"""
+    return f""",
+        sequenced AS (
+            SELECT checked.*, {sequence} AS sequence_number, {exchange} AS k_exchange,
+                   c_event_time AS event_time
+            FROM checked {seq_join}
+        )
+        SELECT
+            line_no, raw, problem.reason AS reason, problem.detail AS detail, problem.field AS field,
+            k_trading_date AS trading_date,
+            md5(concat_ws('|', '{rtype}', k_exchange, k_symbol, epoch_us(event_time), sequence_number)) AS event_id,
+            k_symbol AS symbol, k_exchange AS exchange, event_time,{body}
+            {flag_list} AS quality_flags,
+            {source} AS source, {load} AS load_id, {ingest} AS ingest_time
+        FROM sequenced
+        ORDER BY line_no"""
+
+
+def _reference_output(
+    spec: RecordSpec, exchange: str, currency: str, dates: dict[str, str], source: str, load: str, ingest: str
+) -> str:
+    def text(name: str) -> str:
+        return f"nullif(c_{name}, '')" if name in spec.fields else "NULL::VARCHAR"
+
+    valid_from = dates.get("valid_from", "NULL::DATE")
+    valid_to = dates.get("valid_to", "NULL::DATE")
+    return f"""
+        SELECT
+            line_no, raw, problem.reason AS reason, problem.detail AS detail, problem.field AS field,
+            NULL::DATE AS trading_date,
+            md5(concat_ws('|', 'reference_data', {exchange}, k_symbol, {text("instrument_id")}, {valid_from}))
+                AS event_id,
+            k_symbol AS symbol, {exchange} AS exchange, {text("instrument_id")} AS instrument_id,
+            {text("name")} AS name, {text("isin")} AS isin, {currency} AS currency,
+            {valid_from} AS valid_from, {valid_to} AS valid_to,
+            {source} AS source, {load} AS load_id, {ingest} AS ingest_time
+        FROM checked
+        ORDER BY line_no"""

@@ -1,0 +1,100 @@
+"""The load manifest: an append-only Iceberg table of what each batch load did.
+
+Each load appends a ``started`` row and then a ``completed`` or ``failed`` row;
+the latest row of a ``load_id`` is its state. Append-only because Iceberg
+deletes are copy-on-write and loads run concurrently: appends never conflict
+in a way that loses a row (a conflicting commit is retried). Airflow and the
+consumer read the ``offsets`` of a completed load to tell when it has landed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+from pyiceberg.expressions import EqualTo, Reference
+from pyiceberg.expressions.literals import literal
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from k2_etl.errors import K2Error
+from k2_etl.lake.tables import TABLES_BY_NAME
+
+TABLE = "load_manifest"
+
+
+@dataclass
+class ManifestEntry:
+    load_id: str
+    file: str
+    checksum: str
+    format: str
+    record_type: str
+    status: str
+    started_at: datetime
+    load_date: date | None = None
+    rows_read: int = 0
+    rows_produced: int = 0
+    rows_rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    offsets: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    finished_at: datetime | None = None
+    message: str | None = None
+    forced: bool = False
+
+    def to_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["rejected_by_reason"] = json.dumps(self.rejected_by_reason, sort_keys=True)
+        row["offsets"] = json.dumps(self.offsets, sort_keys=True)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ManifestEntry:
+        row = dict(row)
+        row["rejected_by_reason"] = json.loads(row["rejected_by_reason"])
+        row["offsets"] = json.loads(row["offsets"])
+        return cls(**row)
+
+
+class Manifest:
+    """Reads and appends manifest rows through the catalog."""
+
+    def __init__(self, catalog: Catalog, namespace: str) -> None:
+        self.catalog = catalog
+        self.identifier = (namespace, TABLE)
+        self.arrow_schema = TABLES_BY_NAME[TABLE].schema().as_arrow()
+        try:
+            self.catalog.load_table(self.identifier)
+        except NoSuchTableError:
+            raise K2Error(f"table {namespace}.{TABLE} does not exist; run `k2 init`") from None
+
+    @retry(
+        retry=retry_if_exception_type(CommitFailedException),
+        stop=stop_after_attempt(10),
+        wait=wait_random_exponential(multiplier=0.05, max=2),
+        reraise=True,
+    )
+    def append(self, entry: ManifestEntry) -> None:
+        table = self.catalog.load_table(self.identifier)  # fresh metadata on every try
+        table.append(pa.Table.from_pylist([entry.to_row()], schema=self.arrow_schema))
+
+    def history(self, load_id: str) -> list[ManifestEntry]:
+        """Every row of ``load_id``, oldest first."""
+        table = self.catalog.load_table(self.identifier)
+        # (mypy reads pyiceberg's pydantic expression models' fields, not their __init__)
+        only_this_load = EqualTo(Reference("load_id"), literal(load_id))  # type: ignore[call-arg,arg-type]
+        rows = table.scan(row_filter=only_this_load).to_arrow().to_pylist()
+        entries = [ManifestEntry.from_row(r) for r in rows]
+        return sorted(entries, key=lambda e: (e.finished_at or e.started_at, e.status != "started"))
+
+    def latest(self, load_id: str) -> ManifestEntry | None:
+        history = self.history(load_id)
+        return history[-1] if history else None
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
