@@ -281,6 +281,42 @@ def load(
 
 
 @app.command()
+def generate(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write into (created).")],
+    symbols: Annotated[int, typer.Option(help="Number of instruments.")] = 20,
+    days: Annotated[int, typer.Option(help="Number of trading days (weekends skipped).")] = 1,
+    start: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="First day.")] = datetime(2026, 11, 2),
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same files.")] = 0,
+    exchanges: Annotated[str, typer.Option(help="Comma-separated exchange codes; the first is primary.")] = "ASX,CXA",
+    trades_per_day: Annotated[int, typer.Option(help="Average trades per symbol per day (all exchanges).")] = 1000,
+    quotes_per_trade: Annotated[float, typer.Option(help="Quotes per trade (0: no quote files).")] = 2.0,
+    anomalies: Annotated[bool, typer.Option(help="Mix in out-of-hours trades, odd quotes, a sequence gap.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Write realistic synthetic trades, quotes and reference data in the `k2` format (deterministic by seed)."""
+    from k2_etl.ingest.generate import generate as run
+
+    report = run(
+        out_dir,
+        symbols=symbols,
+        days=days,
+        start=start.date(),
+        seed=seed,
+        exchanges=tuple(e.strip().upper() for e in exchanges.split(",") if e.strip()),
+        trades_per_day=trades_per_day,
+        quotes_per_trade=quotes_per_trade,
+        anomalies=anomalies,
+    )
+    if json_output:
+        _print_json({"files": report.files, "trades": report.trades, "quotes": report.quotes})
+    else:
+        out.print(
+            f"wrote {report.trades:,} trades and {report.quotes:,} quotes in {len(report.files)} files under {out_dir}",
+            markup=False,
+        )
+
+
+@app.command()
 def formats(json_output: JsonFlag = False) -> None:
     """List the available formats (built-in and K2_FORMATS_DIR) and the files each one matches."""
     from k2_etl.formats import available_formats, read_format

@@ -14,10 +14,12 @@ arrays of strings, and ``["null", T]`` unions of those.
 
 from __future__ import annotations
 
+import io
 import struct
 from decimal import Decimal
 from typing import Any
 
+import fastavro
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -165,10 +167,31 @@ def _constant(col: pa.Array) -> bool:
     return len(pc.unique(col)) == 1
 
 
-def encode_table(table: pa.Table, schema: dict[str, Any], schema_id: int) -> pa.Array:
-    """One Confluent-framed Avro message per row; ``table`` has a column per schema field."""
+def _encode_value(avro_type: Any, value: Any) -> bytes:
+    """One value, encoded by fastavro (for constants: done once, not per row)."""
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(avro_type), value)
+    return out.getvalue()
+
+
+def encode_table(
+    table: pa.Table, schema: dict[str, Any], schema_id: int, constants: dict[str, Any] | None = None
+) -> pa.Array:
+    """One Confluent-framed Avro message per row.
+
+    ``table`` has a column per schema field, except the fields given in ``constants``
+    (the same value on every row, such as lineage), which are encoded once.
+    """
+    constants = constants or {}
     pieces: list[pa.Array | bytes] = [confluent_prefix(schema_id)]
     for f in schema["fields"]:
+        if f["name"] in constants:
+            encoded = _encode_value(f["type"], constants[f["name"]])
+            if isinstance(pieces[-1], bytes):
+                pieces[-1] += encoded
+            else:
+                pieces.append(encoded)
+            continue
         col = table.column(f["name"]).combine_chunks()
         if _constant(col):
             encoded = encode_column(f["type"], col.slice(0, 1))[0].as_py()

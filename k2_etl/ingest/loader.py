@@ -27,6 +27,7 @@ from typing import Any
 
 import duckdb
 import fastavro
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka.schema_registry import Schema
@@ -128,6 +129,31 @@ class _Prepared:
     rows_read: int
     blank_lines: int
     nbytes: int
+
+
+@dataclass
+class _Job:
+    """A file being loaded: what it is, and what has happened to it so far."""
+
+    path: Path
+    spec: RecordSpec
+    root: Path | None
+    result: FileResult
+    entry: ManifestEntry
+    deliveries: Deliveries = field(default_factory=Deliveries)
+    reasons: Counter[str] = field(default_factory=Counter)
+    error: str | None = None
+    first_block_at: float | None = None
+    last_block_at: float | None = None
+    ingest_time: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def headers(self) -> Headers:
+        return [
+            ("k2-load-id", self.entry.load_id.encode()),
+            ("k2-source", str(self.path).encode()),
+            ("k2-record-type", self.spec.type.encode()),
+        ]
 
 
 class _FileFailed(K2Error):
@@ -235,13 +261,40 @@ class Loader:
 
     # --- public -----------------------------------------------------------------------------
     def load(self, paths: Iterable[Path]) -> LoadReport:
+        """Load every file; one worker thread prepares blocks of all files in turn while this one produces."""
         started = time.perf_counter()
         paths = list(paths)
         planned, results = expand(paths, self.fmt)
         roots = [p if p.is_dir() else p.parent for p in paths if p.exists()]
+        jobs: list[_Job] = []
         for path, spec in planned:
+            checksum = file_checksum(path)
+            load_id = hashlib.sha256(f"{self.fmt.name}|{spec.type}|{checksum}".encode()).hexdigest()[:32]
             root = next((r for r in roots if r == path.parent or r in path.parents), None)
-            results.append(self.load_file(path, spec, root))
+            entry = ManifestEntry(
+                load_id, str(path), checksum, self.fmt.name, spec.type, "started", now(),
+                load_date=self.load_date, forced=self.force,
+            )  # fmt: skip
+            jobs.append(_Job(path, spec, root, FileResult(str(path), spec.type, load_id=load_id), entry))
+        previous = self.manifest.latest(*(job.entry.load_id for job in jobs))
+        to_load: list[_Job] = []
+        for job in jobs:
+            done = previous.get(job.entry.load_id)
+            if done is not None and done.status == "completed" and not self.force:
+                job.result.status = "skipped"
+                job.result.offsets = done.offsets
+                job.result.message = (
+                    f"already loaded (load {done.load_id}, completed {done.finished_at:%Y-%m-%d %H:%M:%S} UTC); "
+                    "use --force to load it again"
+                )
+            else:
+                to_load.append(job)
+        self.manifest.append(*(job.entry for job in to_load))
+        self._run(to_load)
+        self.producer.flush()
+        finished = [self._finish(job) for job in to_load]
+        self.manifest.append(*finished)
+        results += [job.result for job in jobs]
         for result in results:
             INGEST_FILES.labels(self.fmt.name, result.status).inc()
         return LoadReport(results, time.perf_counter() - started)
@@ -249,53 +302,84 @@ class Loader:
     def close(self) -> None:
         self.producer.flush(30)
 
-    # --- one file -----------------------------------------------------------------------------
-    def load_file(self, path: Path, spec: RecordSpec, root: Path | None = None) -> FileResult:
-        result = FileResult(str(path), spec.type)
-        started = time.perf_counter()
-        checksum = file_checksum(path)
-        result.load_id = hashlib.sha256(f"{self.fmt.name}|{spec.type}|{checksum}".encode()).hexdigest()[:32]
-        previous = self.manifest.latest(result.load_id)
-        if previous is not None and previous.status == "completed" and not self.force:
-            result.status = "skipped"
-            result.message = (
-                f"already loaded (load {result.load_id}, completed {previous.finished_at:%Y-%m-%d %H:%M:%S} UTC); "
-                "use --force to load it again"
-            )
-            result.offsets = previous.offsets
-            return result
-        entry = ManifestEntry(
-            result.load_id, str(path), checksum, self.fmt.name, spec.type, "started", now(),
-            load_date=self.load_date, forced=self.force,
-        )  # fmt: skip
-        self.manifest.append(entry)
-        deliveries = Deliveries()
+    # --- the pipeline ---------------------------------------------------------------------------
+    def _run(self, jobs: list[_Job]) -> None:
+        items: queue.Queue[tuple[_Job, _Prepared | BaseException] | None] = queue.Queue(maxsize=QUEUE_DEPTH)
+        stop = threading.Event()
+        worker = threading.Thread(target=self._prepare_all, args=(jobs, items, stop), name="k2-load", daemon=True)
+        worker.start()
         try:
-            self._stream(path, spec, root, result, deliveries)
-            self.producer.flush()
-            if deliveries.errors:
-                raise K2Error(f"{deliveries.errors} message(s) were not delivered: {deliveries.first_error}")
-            if result.rows_read == 0:
-                raise _FileFailed("no data rows" + (" (header only)" if spec.header else ""))
-            if result.rows_produced == 0:
-                raise _FileFailed(f"every row was rejected ({_top_reasons(result.rejected_by_reason)})")
-            result.status = "loaded"
-        except (K2Error, OSError) as exc:
-            result.status = "failed"
-            result.message = str(exc)
+            while True:
+                try:
+                    item = items.get(timeout=1.0)
+                except queue.Empty:
+                    if not worker.is_alive():  # it always ends by queueing None: belt and braces
+                        raise K2Error("the reading thread ended unexpectedly") from None
+                    continue
+                if item is None:
+                    break
+                job, prepared = item
+                if isinstance(prepared, BaseException):
+                    job.error = str(prepared)
+                    continue
+                self._produce(job, prepared)
         finally:
-            result.seconds = time.perf_counter() - started
-            result.offsets = deliveries.offsets()
-            INGEST_PRODUCE_ERRORS.labels(self.fmt.name, spec.type).inc(deliveries.errors)
-            INGEST_LOAD_SECONDS.labels(self.fmt.name, spec.type).observe(result.seconds)
-        entry.status = "completed" if result.status == "loaded" else "failed"
-        entry.rows_read, entry.rows_produced, entry.rows_rejected = (
-            result.rows_read, result.rows_produced, result.rows_rejected,
+            stop.set()
+            while worker.is_alive():  # unblock a worker waiting on a full queue
+                try:
+                    items.get_nowait()
+                except queue.Empty:
+                    worker.join(0.05)
+
+    def _produce(self, job: _Job, item: _Prepared) -> None:
+        result, labels = job.result, (self.fmt.name, job.spec.type)
+        if job.first_block_at is None:
+            job.first_block_at = time.perf_counter()
+        topic = self.topics[job.spec.type]
+        produce_all(self.producer, topic, item.values, item.keys, item.timestamps, job.headers, job.deliveries)
+        self._produce_rejects(item.rejects, job)
+        codes = Counter(r["_code"] for r in item.rejects)
+        job.reasons.update(codes)
+        result.rows_read += item.rows_read
+        result.rows_produced += len(item.values)
+        result.rows_rejected += len(item.rejects)
+        result.blank_lines += item.blank_lines
+        result.bytes_read += item.nbytes
+        job.last_block_at = time.perf_counter()
+        INGEST_ROWS_READ.labels(*labels).inc(item.rows_read)
+        INGEST_ROWS_PRODUCED.labels(*labels).inc(len(item.values))
+        INGEST_BYTES.labels(*labels).inc(item.nbytes)
+        for code, count in codes.items():
+            INGEST_ROWS_REJECTED.labels(*labels, code).inc(count)
+        self.on_rows(str(job.path), item.rows_read)
+
+    def _finish(self, job: _Job) -> ManifestEntry:
+        """Decide a file's outcome once everything is delivered; the manifest row that records it."""
+        result, spec = job.result, job.spec
+        result.rejected_by_reason = dict(job.reasons)
+        result.offsets = job.deliveries.offsets()
+        if job.first_block_at is not None and job.last_block_at is not None:
+            result.seconds = job.last_block_at - job.first_block_at
+        if job.error is not None:
+            result.message = job.error
+        elif job.deliveries.errors:
+            result.message = f"{job.deliveries.errors} message(s) were not delivered: {job.deliveries.first_error}"
+        elif result.rows_read == 0:
+            result.message = "no data rows" + (" (header only)" if spec.header else "")
+        elif result.rows_produced == 0:
+            result.message = f"every row was rejected ({_top_reasons(result.rejected_by_reason)})"
+        result.status = "failed" if result.message else "loaded"
+        INGEST_PRODUCE_ERRORS.labels(self.fmt.name, spec.type).inc(job.deliveries.errors)
+        INGEST_LOAD_SECONDS.labels(self.fmt.name, spec.type).observe(result.seconds)
+        entry = job.entry
+        finished = ManifestEntry(
+            entry.load_id, entry.file, entry.checksum, entry.format, entry.record_type,
+            "completed" if result.status == "loaded" else "failed", entry.started_at,
+            load_date=entry.load_date, rows_read=result.rows_read, rows_produced=result.rows_produced,
+            rows_rejected=result.rows_rejected, rejected_by_reason=result.rejected_by_reason,
+            offsets=result.offsets, finished_at=now(), message=result.message, forced=entry.forced,
         )  # fmt: skip
-        entry.rejected_by_reason, entry.offsets = result.rejected_by_reason, result.offsets
-        entry.finished_at, entry.message = now(), result.message
-        self.manifest.append(entry)
-        return result
+        return finished
 
     def _effective_spec(self, path: Path, spec: RecordSpec) -> RecordSpec:
         """For headered files, the columns as this file's header orders them."""
@@ -367,103 +451,45 @@ class Loader:
         self._references[path] = out
         return out
 
-    def _stream(
-        self, path: Path, spec: RecordSpec, root: Path | None, result: FileResult, deliveries: Deliveries
-    ) -> None:
-        spec = self._effective_spec(path, spec)
-        instrument, ranges, reference_label = self._symbol_ranges(path, root)
-        max_ts = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    def _statement(self, job: _Job) -> tuple[RecordSpec, sql.Statement, pa.Table | None]:
+        spec = self._effective_spec(job.path, job.spec)
+        instrument, ranges, reference_label = self._symbol_ranges(job.path, job.root)
         statement = sql.build(
             self.fmt,
             spec,
-            source=str(path),
-            load_id=result.load_id or "",
-            ingest_time_us=int(time.time() * 1_000_000),
             load_date=self.load_date.isoformat() if self.load_date else None,
-            max_event_time=max_ts,
+            max_event_time=(datetime.now(UTC) + timedelta(days=1)).isoformat(),
             instrument=instrument,
             reference_label=reference_label,
         )
-        headers: Headers = [
-            ("k2-load-id", (result.load_id or "").encode()),
-            ("k2-source", str(path).encode()),
-            ("k2-record-type", spec.type.encode()),
-        ]
-        topic = self.topics[spec.type]
-        blocks: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=QUEUE_DEPTH)
-        stop = threading.Event()
-        worker = threading.Thread(
-            target=self._prepare_all,
-            args=(path, spec, statement, ranges, blocks, stop, result.load_id or ""),
-            name=f"k2-load-{path.name}",
-            daemon=True,
-        )
-        worker.start()
-        reasons: Counter[str] = Counter()
-        labels = (self.fmt.name, spec.type)
-        try:
-            while True:
-                try:
-                    item = blocks.get(timeout=1.0)
-                except queue.Empty:
-                    if not worker.is_alive():  # it always ends by queueing None or its error: belt and braces
-                        raise K2Error(f"{path}: the reading thread ended unexpectedly") from None
-                    continue
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                produce_all(self.producer, topic, item.values, item.keys, item.timestamps, headers, deliveries)
-                self._produce_rejects(item.rejects, result.load_id or "", headers, deliveries)
-                reasons.update(r["_code"] for r in item.rejects)
-                result.rows_read += item.rows_read
-                result.rows_produced += len(item.values)
-                result.rows_rejected += len(item.rejects)
-                result.blank_lines += item.blank_lines
-                result.bytes_read += item.nbytes
-                INGEST_ROWS_READ.labels(*labels).inc(item.rows_read)
-                INGEST_ROWS_PRODUCED.labels(*labels).inc(len(item.values))
-                INGEST_BYTES.labels(*labels).inc(item.nbytes)
-                for code, count in Counter(r["_code"] for r in item.rejects).items():
-                    INGEST_ROWS_REJECTED.labels(*labels, code).inc(count)
-                self.on_rows(str(path), item.rows_read)
-        finally:
-            stop.set()
-            while worker.is_alive():  # unblock a worker waiting on a full queue
-                try:
-                    blocks.get_nowait()
-                except queue.Empty:
-                    worker.join(0.05)
-            result.rejected_by_reason = dict(reasons)
+        return spec, statement, ranges
 
     def _prepare_all(
         self,
-        path: Path,
-        spec: RecordSpec,
-        statement: sql.Statement,
-        ranges: pa.Table | None,
-        out: queue.Queue[_Prepared | BaseException | None],
+        jobs: list[_Job],
+        out: queue.Queue[tuple[_Job, _Prepared | BaseException] | None],
         stop: threading.Event,
-        load_id: str,
     ) -> None:
-        """Worker thread: blocks of lines → prepared messages, in order; errors are passed on."""
-        con: duckdb.DuckDBPyConnection | None = None
+        """Worker thread: every file's blocks → prepared messages, in order; a file's error ends that file only."""
+        con = duckdb.connect()
         try:
-            con = duckdb.connect()
             con.execute("SET TimeZone = 'UTC'")
-            seq_base: dict[tuple[str, date], int] = {}
-            if ranges is not None:
-                con.register("symbol_ranges", ranges)
-            for block in read_blocks(path, skip_lines=1 if spec.header else 0):
-                if stop.is_set():
-                    return
-                out.put(self._prepare(con, spec, statement, block, seq_base, path, load_id))
-            out.put(None)
-        except BaseException as exc:  # hand everything to the producing thread
-            out.put(exc if isinstance(exc, K2Error | OSError) else K2Error(f"{path}: {type(exc).__name__}: {exc}"))
+            for job in jobs:
+                try:
+                    spec, statement, ranges = self._statement(job)
+                    if ranges is not None:
+                        con.register("symbol_ranges", ranges)
+                    seq_base: dict[tuple[str, date], int] = {}
+                    for block in read_blocks(job.path, skip_lines=1 if spec.header else 0):
+                        if stop.is_set():
+                            return
+                        out.put((job, self._prepare(con, spec, statement, block, seq_base, job)))
+                except Exception as exc:  # this file fails; the others go on
+                    error = exc if isinstance(exc, K2Error | OSError) else K2Error(f"{type(exc).__name__}: {exc}")
+                    out.put((job, error))
         finally:
-            if con is not None:
-                con.close()
+            out.put(None)
+            con.close()
 
     def _prepare(
         self,
@@ -472,9 +498,9 @@ class Loader:
         statement: sql.Statement,
         block: Block,
         seq_base: dict[tuple[str, date], int],
-        path: Path,
-        load_id: str,
+        job: _Job,
     ) -> _Prepared:
+        path, load_id = job.path, job.entry.load_id
         rejects = [
             self._reject(path, spec.type, r.line_number, r.raw, r.reason, r.detail, None, load_id)
             for r in block.rejects
@@ -492,18 +518,25 @@ class Loader:
         con.register("rows", rows)
         con.register("seq_base", _seq_base_table(seq_base))
         table = con.execute(statement.sql, statement.params).to_arrow_table()
-        valid_mask = pc.is_null(table.column("reason"))
-        valid = table.filter(valid_mask)
-        bad = table.filter(pc.invert(valid_mask))
-        for row in bad.select(["line_no", "raw", "reason", "detail", "field"]).to_pylist():
-            rejects.append(
-                self._reject(path, spec.type, row["line_no"], row["raw"], row["reason"], row["detail"], row["field"],
-                             load_id)
-            )  # fmt: skip
+        if table.column("reason").null_count == table.num_rows:  # the usual case: nothing to split off
+            valid, bad = table, table.slice(0, 0)
+        else:
+            valid_mask = pc.is_null(table.column("reason"))
+            valid, bad = table.filter(valid_mask), table.filter(pc.invert(valid_mask))
+        if bad.num_rows:
+            bad_rows = bad.select(["line_no", "reason", "detail", "field"]).to_pylist()
+            positions = np.searchsorted(block.line_numbers, [r["line_no"] for r in bad_rows])
+            raws = block.lines.take(pa.array(positions)).to_pylist()
+            for row, raw in zip(bad_rows, raws, strict=True):
+                rejects.append(
+                    self._reject(path, spec.type, row["line_no"], raw, row["reason"], row["detail"], row["field"],
+                                 load_id)
+                )  # fmt: skip
         if "sequence_number" not in spec.fields and valid.num_rows and spec.type != "reference_data":
             _advance_sequences(valid, seq_base)
         record = BY_NAME[spec.type]
-        values = encode_table(valid, record.schema, self.schema_ids[spec.type]).to_pylist()
+        lineage = {"source": str(path), "load_id": load_id, "ingest_time": job.ingest_time}
+        values = encode_table(valid, record.schema, self.schema_ids[spec.type], constants=lineage).to_pylist()
         symbols = valid.column("symbol").to_pylist()
         cache: dict[str, bytes] = {}
         keys = [cache.get(s) or cache.setdefault(s, s.encode()) for s in symbols]
@@ -548,11 +581,10 @@ class Loader:
             "load_id": load_id,
         }
 
-    def _produce_rejects(
-        self, rejects: list[dict[str, Any]], load_id: str, headers: Headers, deliveries: Deliveries
-    ) -> None:
+    def _produce_rejects(self, rejects: list[dict[str, Any]], job: _Job) -> None:
         if not rejects:
             return
+        load_id = job.entry.load_id
         prefix = confluent_prefix(self.schema_ids["reject"])
         values = []
         for reject in rejects:
@@ -567,8 +599,8 @@ class Loader:
             values,
             [load_id.encode()] * len(values),
             [stamp] * len(values),
-            headers,
-            deliveries,
+            job.headers,
+            job.deliveries,
         )
 
 

@@ -27,8 +27,9 @@ PRODUCER_SETTINGS: dict[str, Any] = {
     "compression.type": "lz4",
     "linger.ms": 20,
     "batch.size": 1_000_000,
-    "queue.buffering.max.messages": 1_000_000,
-    "queue.buffering.max.kbytes": 1_048_576,
+    # Bounded: a full queue blocks the load (back-pressure) instead of growing memory.
+    "queue.buffering.max.messages": 200_000,
+    "queue.buffering.max.kbytes": 65_536,
 }
 
 

@@ -9,12 +9,16 @@ parameter; the statement's shape comes only from the validated format file
 
 Input relation ``rows(line_no BIGINT, raw VARCHAR, f VARCHAR[])``: the file's
 line number, the raw line, and its fields.
+Rows come out in file order (DuckDB keeps insertion order; the window that
+assigns sequence numbers does not, so that statement sorts by line).
+
 Input relation ``seq_base(symbol VARCHAR, trading_date DATE, base BIGINT)``:
 sequence numbers already assigned in earlier blocks of the same file.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +66,11 @@ class _Builder:
     def check(self, condition: str, reason: str, detail: str, column: str | None = None) -> None:
         self.checks.append((condition, reason, detail, column))
 
+    def require(self, text: str, column: str) -> None:
+        """A check that ``column`` (whose text is ``text``) is not empty."""
+        label = self.param(f"label_{len(self.params)}", column)
+        self.check(f"coalesce({text}, '') = ''", "missing_value", f"{label} || ' is empty'", column)
+
     def problem(self) -> str:
         """The first failing check of a row as {reason, detail, field}, NULL when all pass."""
         branches = " ".join(
@@ -78,7 +87,7 @@ def _decimal_checks(b: _Builder, field_name: str, column: str, sign: str, requir
     scale = b.spec.scales.get(column, SCHEMA_SCALE)
     label = b.param(f"label_{field_name}", column)
     if required:
-        b.check(f"coalesce({text}, '') = ''", "missing_value", f"{label} || ' is empty'", column)
+        b.require(text, column)
     b.check(
         f"{text} <> '' AND NOT regexp_full_match({text}, '-?[0-9]+(\\.[0-9]+)?')",
         "bad_number",
@@ -112,9 +121,6 @@ def build(
     fmt: Format,
     spec: RecordSpec,
     *,
-    source: str,
-    load_id: str,
-    ingest_time_us: int,
     load_date: str | None,
     max_event_time: str,
     instrument: str | None = None,
@@ -262,8 +268,6 @@ def build(
         )
 
     # --- assemble --------------------------------------------------------------------------------
-    source_p, load_p = b.param("source", source), b.param("load_id", load_id)
-    ingest = f"make_timestamptz({b.param('ingest_us', ingest_time_us)})"
     typed = ", ".join(f"{expr} AS {name}" for name, expr in values.items())
     symbol_join = ""
     if symbol_ranges:
@@ -288,10 +292,13 @@ def build(
             SELECT *, {b.problem()} AS problem FROM typed
         )"""
     if rtype == "reference_data":
-        out = _reference_output(spec, exchange, currency, date_values, source_p, load_p, ingest)
+        out = _reference_output(spec, exchange, currency, date_values)
     else:
-        out = _market_output(fmt, spec, b, exchange, currency, source_p, load_p, ingest)
-    return Statement(f"WITH {parsed} {out}", b.params)
+        out = _market_output(fmt, spec, b, exchange, currency)
+    text = f"WITH {parsed} {out}"
+    # DuckDB refuses parameters a statement does not use; some apply to some record types only.
+    used = {name: value for name, value in b.params.items() if re.search(rf"\${name}\b", text)}
+    return Statement(text, used)
 
 
 def _conditions(spec: RecordSpec, b: _Builder) -> str:
@@ -301,9 +308,7 @@ def _conditions(spec: RecordSpec, b: _Builder) -> str:
     return f"list_filter(string_split(coalesce(c_conditions, ''), {sep}), x -> x <> '')"
 
 
-def _market_output(
-    fmt: Format, spec: RecordSpec, b: _Builder, exchange: str, currency: str, source: str, load: str, ingest: str
-) -> str:
+def _market_output(fmt: Format, spec: RecordSpec, b: _Builder, exchange: str, currency: str) -> str:
     rtype = spec.type
     flags: list[str] = []
     assigned = "sequence_number" not in spec.fields
@@ -354,19 +359,16 @@ def _market_output(
             FROM checked {seq_join}
         )
         SELECT
-            line_no, raw, problem.reason AS reason, problem.detail AS detail, problem.field AS field,
+            line_no, problem.reason AS reason, problem.detail AS detail, problem.field AS field,
             k_trading_date AS trading_date,
             md5(concat_ws('|', '{rtype}', k_exchange, k_symbol, epoch_us(event_time), sequence_number)) AS event_id,
             k_symbol AS symbol, k_exchange AS exchange, event_time,{body}
-            {flag_list} AS quality_flags,
-            {source} AS source, {load} AS load_id, {ingest} AS ingest_time
+            {flag_list} AS quality_flags
         FROM sequenced
-        ORDER BY line_no"""
+        {"ORDER BY line_no" if assigned else ""}"""
 
 
-def _reference_output(
-    spec: RecordSpec, exchange: str, currency: str, dates: dict[str, str], source: str, load: str, ingest: str
-) -> str:
+def _reference_output(spec: RecordSpec, exchange: str, currency: str, dates: dict[str, str]) -> str:
     def text(name: str) -> str:
         return f"nullif(c_{name}, '')" if name in spec.fields else "NULL::VARCHAR"
 
@@ -374,13 +376,11 @@ def _reference_output(
     valid_to = dates.get("valid_to", "NULL::DATE")
     return f"""
         SELECT
-            line_no, raw, problem.reason AS reason, problem.detail AS detail, problem.field AS field,
+            line_no, problem.reason AS reason, problem.detail AS detail, problem.field AS field,
             NULL::DATE AS trading_date,
             md5(concat_ws('|', 'reference_data', {exchange}, k_symbol, {text("instrument_id")}, {valid_from}))
                 AS event_id,
             k_symbol AS symbol, {exchange} AS exchange, {text("instrument_id")} AS instrument_id,
             {text("name")} AS name, {text("isin")} AS isin, {currency} AS currency,
-            {valid_from} AS valid_from, {valid_to} AS valid_to,
-            {source} AS source, {load} AS load_id, {ingest} AS ingest_time
-        FROM checked
-        ORDER BY line_no"""
+            {valid_from} AS valid_from, {valid_to} AS valid_to
+        FROM checked"""

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
-from pyiceberg.expressions import EqualTo, Reference
+from pyiceberg.expressions import In, Reference
 from pyiceberg.expressions.literals import literal
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
@@ -78,22 +78,31 @@ class Manifest:
         wait=wait_random_exponential(multiplier=0.05, max=2),
         reraise=True,
     )
-    def append(self, entry: ManifestEntry) -> None:
+    def append(self, *entries: ManifestEntry) -> None:
+        """Append rows in one commit (a load writes its files' rows together)."""
+        if not entries:
+            return
         table = self.catalog.load_table(self.identifier)  # fresh metadata on every try
-        table.append(pa.Table.from_pylist([entry.to_row()], schema=self.arrow_schema))
+        table.append(pa.Table.from_pylist([e.to_row() for e in entries], schema=self.arrow_schema))
 
-    def history(self, load_id: str) -> list[ManifestEntry]:
-        """Every row of ``load_id``, oldest first."""
+    def history(self, *load_ids: str) -> dict[str, list[ManifestEntry]]:
+        """Every row of each load, oldest first."""
+        if not load_ids:
+            return {}
         table = self.catalog.load_table(self.identifier)
         # (mypy reads pyiceberg's pydantic expression models' fields, not their __init__)
-        only_this_load = EqualTo(Reference("load_id"), literal(load_id))  # type: ignore[call-arg,arg-type]
-        rows = table.scan(row_filter=only_this_load).to_arrow().to_pylist()
-        entries = [ManifestEntry.from_row(r) for r in rows]
-        return sorted(entries, key=lambda e: (e.finished_at or e.started_at, e.status != "started"))
+        wanted = In(Reference("load_id"), {literal(i) for i in load_ids})  # type: ignore[call-arg,arg-type]
+        out: dict[str, list[ManifestEntry]] = {}
+        for row in table.scan(row_filter=wanted).to_arrow().to_pylist():
+            entry = ManifestEntry.from_row(row)
+            out.setdefault(entry.load_id, []).append(entry)
+        for entries in out.values():
+            entries.sort(key=lambda e: (e.finished_at or e.started_at, e.status != "started"))
+        return out
 
-    def latest(self, load_id: str) -> ManifestEntry | None:
-        history = self.history(load_id)
-        return history[-1] if history else None
+    def latest(self, *load_ids: str) -> dict[str, ManifestEntry]:
+        """The current state of each load that has one."""
+        return {load_id: entries[-1] for load_id, entries in self.history(*load_ids).items()}
 
 
 def now() -> datetime:
