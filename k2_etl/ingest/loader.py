@@ -143,7 +143,7 @@ class _Job:
     deliveries: Deliveries = field(default_factory=Deliveries)
     reasons: Counter[str] = field(default_factory=Counter)
     error: str | None = None
-    first_block_at: float | None = None
+    started_at: float | None = None  # when the worker began reading it
     last_block_at: float | None = None
     ingest_time: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -333,8 +333,6 @@ class Loader:
 
     def _produce(self, job: _Job, item: _Prepared) -> None:
         result, labels = job.result, (self.fmt.name, job.spec.type)
-        if job.first_block_at is None:
-            job.first_block_at = time.perf_counter()
         topic = self.topics[job.spec.type]
         produce_all(self.producer, topic, item.values, item.keys, item.timestamps, job.headers, job.deliveries)
         self._produce_rejects(item.rejects, job)
@@ -358,8 +356,8 @@ class Loader:
         result, spec = job.result, job.spec
         result.rejected_by_reason = dict(job.reasons)
         result.offsets = job.deliveries.offsets()
-        if job.first_block_at is not None and job.last_block_at is not None:
-            result.seconds = job.last_block_at - job.first_block_at
+        if job.started_at is not None and job.last_block_at is not None:
+            result.seconds = job.last_block_at - job.started_at
         if job.error is not None:
             result.message = job.error
         elif job.deliveries.errors:
@@ -475,6 +473,7 @@ class Loader:
         try:
             con.execute("SET TimeZone = 'UTC'")
             for job in jobs:
+                job.started_at = time.perf_counter()
                 try:
                     spec, statement, ranges = self._statement(job)
                     if ranges is not None:
