@@ -202,6 +202,29 @@ def _serve_metrics(port: int) -> None:
         print(f"k2: warning: cannot serve metrics on 127.0.0.1:{port} ({exc.strerror}); continuing", file=sys.stderr)
 
 
+def _bound_allocator_memory() -> None:
+    """Keep a long load's resident memory near what it uses, not what it once used.
+
+    Measured with bench/ingest_bench.py (2M rows): Arrow's mimalloc and glibc's
+    self-tuning trim threshold each kept freed block buffers (a few MB per
+    block, allocated by several threads) mapped, ending near 530 MB; the system
+    allocator with a fixed 1 MiB trim threshold (glibc's M_TRIM_THRESHOLD, as
+    MALLOC_TRIM_THRESHOLD_ would set) hands them back: under 400 MB, same speed.
+    """
+    import ctypes
+    import ctypes.util
+
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        libc = ctypes.CDLL(libc_name)
+        m_trim_threshold = -1
+        if hasattr(libc, "mallopt"):
+            libc.mallopt(m_trim_threshold, 1 << 20)
+
+
 def _print_load_report(report: Any) -> None:
     table = Table("file", "type", "status", "read", "produced", "rejected", "rows/s", "detail")
     for f in report.files:
@@ -240,7 +263,6 @@ def load(
     Exit codes: 0 every file loaded (rows may have been quarantined) or skipped as already loaded;
     1 a file failed entirely; 2 bad arguments or settings (unknown format); 3 broker or registry unreachable.
     """
-    import pyarrow as pa
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from k2_etl.formats import load_format
@@ -249,9 +271,7 @@ def load(
     settings = load_settings()
     fmt = load_format(format_name, settings.formats_dir)
     _serve_metrics(settings.ingest_metrics_port)
-    # Measured (bench/ingest_bench.py): the system allocator hands freed block buffers back sooner than
-    # Arrow's default mimalloc, keeping a 2M-row load under 500 MB resident, at no cost in speed.
-    pa.set_memory_pool(pa.system_memory_pool())
+    _bound_allocator_memory()
     show_progress = sys.stdout.isatty() and not json_output
     progress = Progress(
         TextColumn("{task.description}"),

@@ -131,7 +131,8 @@ def test_huge_line_without_newline_keeps_memory_bounded(ready: Settings, tmp_pat
     # A fresh Python, so RUSAGE_CHILDREN counts only this load.
     probe = textwrap.dedent(f"""
         import json, resource, subprocess
-        r = subprocess.run([{str(k2)!r}, "load", {str(huge)!r}, "--format", "k2", "--json"], capture_output=True, text=True)
+        command = [{str(k2)!r}, "load", {str(huge)!r}, "--format", "k2", "--json"]
+        r = subprocess.run(command, capture_output=True, text=True)
         print(json.dumps({{"rc": r.returncode, "out": r.stdout, "err": r.stderr,
                           "maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}}))
     """)

@@ -1,0 +1,158 @@
+"""Benchmark batch ingestion: `k2 load` of 2,000,000 generated trades against the producer's ceiling.
+
+In one run, on a broker and registry started for it:
+
+* (a) ceiling: produce pre-serialized messages of the same sizes, keys, timestamps
+  and headers, with the same client settings and delivery callback, from one
+  Python loop (what `k2 load` would do if parsing, validation and encoding were free);
+* (b) `k2 load --format k2` end to end, as a user runs it (a subprocess): rows/s
+  as it reports them and over the whole command's wall time, and its peak
+  resident memory.
+
+(a) and (b) alternate twice; the best of each is compared. Goals (issue 3):
+(b) >= 150,000 rows/s, (b) >= 0.6 x (a), peak memory <= 500 MB.
+
+    .venv/bin/python bench/ingest_bench.py [--rows 2000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from confluent_kafka import Consumer, TopicPartition  # noqa: E402
+
+from k2_etl.bootstrap import init_platform  # noqa: E402
+from k2_etl.config import load_settings  # noqa: E402
+from k2_etl.ingest.generate import generate  # noqa: E402
+from k2_etl.ingest.producer import Deliveries, make_producer, produce_all  # noqa: E402
+from k2_etl.kafka import client_config  # noqa: E402
+from k2_etl.local.components import broker, registry  # noqa: E402
+from k2_etl.local.supervisor import start, stop  # noqa: E402
+from k2_etl.schemas.registration import register_schemas  # noqa: E402
+from tests.helpers import env_of, free_port  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def sample_messages(settings, topic: str, count: int = 5000) -> list[tuple[bytes, bytes, int]]:  # type: ignore[no-untyped-def]
+    consumer = Consumer(client_config(settings, **{"group.id": "bench-sample", "enable.auto.commit": False}))
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.topic_partitions)])
+    out: list[tuple[bytes, bytes, int]] = []
+    deadline = time.monotonic() + 60
+    while len(out) < count and time.monotonic() < deadline:
+        for m in consumer.consume(num_messages=count, timeout=1):
+            if m.error() is None:
+                out.append((m.value(), m.key(), m.timestamp()[1]))
+    consumer.close()
+    return out[:count]
+
+
+def ceiling(settings, rows: int, sample: list[tuple[bytes, bytes, int]], topic: str) -> float:  # type: ignore[no-untyped-def]
+    producer = make_producer(settings)
+    values = [s[0] for s in sample]
+    keys = [s[1] for s in sample]
+    stamps = [s[2] for s in sample]
+    headers = [("k2-load-id", b"0" * 32), ("k2-source", b"/bench/trades_ASX.csv"), ("k2-record-type", b"trade")]
+    deliveries = Deliveries()
+    started = time.perf_counter()
+    sent = 0
+    while sent < rows:
+        n = min(len(values), rows - sent)
+        produce_all(producer, topic, values[:n], keys[:n], stamps[:n], headers, deliveries)
+        sent += n
+    producer.flush()
+    elapsed = time.perf_counter() - started
+    assert deliveries.errors == 0, deliveries.first_error
+    return rows / elapsed
+
+
+def k2_load(settings, folder: Path) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    env = env_of(settings)
+    env["K2_INGEST_METRICS_PORT"] = "0"
+    k2 = Path(sys.executable).with_name("k2")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    result = subprocess.run(
+        [str(k2), "load", str(folder), "--format", "k2", "--force", "--json"],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"k2 load failed: {result.stderr}\n{result.stdout[:2000]}")
+    totals = json.loads(result.stdout)["totals"]
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {
+        "rows": totals["rows_read"],
+        "rows_per_second_reported": totals["rows_per_second"],
+        "rows_per_second_wall": round(totals["rows_read"] / wall, 1),
+        "wall_seconds": round(wall, 2),
+        # ru_maxrss of children is the largest child so far: valid when this one is the largest
+        "peak_rss_mb": round(max(peak, before) / 1024, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2_000_000, help="trades to generate (about)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="k2-bench-ingest-", dir=RESULTS / "tmp" if (RESULTS / "tmp").exists() else None))
+    settings = load_settings(
+        home=work / "home",
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        schema_registry_url=f"http://127.0.0.1:{free_port()}",
+    )
+    components = [broker(settings), registry(settings)]
+    for component in components:
+        start(settings, component, lambda _: None)
+    try:
+        init_platform(settings)
+        register_schemas(settings)
+        symbols, days = 100, 10
+        gen = generate(
+            work / "data", symbols=symbols, days=days, start=date(2026, 10, 1), seed=1, exchanges=("ASX",),
+            trades_per_day=args.rows // (symbols * days), quotes_per_trade=0,
+        )  # fmt: skip
+        runs_a: list[float] = []
+        runs_b: list[dict[str, float]] = []
+        for _ in range(2):
+            runs_b.append(k2_load(settings, work / "data"))
+            sample = sample_messages(settings, settings.topic_prefix + "trades")
+            runs_a.append(ceiling(settings, runs_b[-1]["rows"], sample, settings.topic_prefix + "bench_ceiling"))
+        avg_size = sum(len(s[0]) for s in sample) / len(sample)
+    finally:
+        for component in reversed(components):
+            stop(settings, component, lambda _: None)
+    best_a = max(runs_a)
+    best_b = max(runs_b, key=lambda r: r["rows_per_second_reported"])
+    result = {
+        "benchmark": "ingest",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "trades": gen.trades,
+        "files": len(gen.files),
+        "avg_message_bytes": round(avg_size, 1),
+        "ceiling_msgs_per_second": [round(a, 1) for a in runs_a],
+        "k2_load": runs_b,
+        "best_ceiling_msgs_per_second": round(best_a, 1),
+        "best_k2_load_rows_per_second": best_b["rows_per_second_reported"],
+        "ratio_load_to_ceiling": round(best_b["rows_per_second_reported"] / best_a, 3),
+        "peak_rss_mb_max": max(r["peak_rss_mb"] for r in runs_b),
+        "goals": {"rows_per_second": 150_000, "ratio": 0.6, "peak_rss_mb": 500},
+    }
+    print(json.dumps(result, indent=2))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "ingest.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"saved {RESULTS / 'ingest.json'}")
+
+
+if __name__ == "__main__":
+    main()
