@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-k2
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint down status lock clean
+.PHONY: help install run test test-fast bench down status lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,9 +22,11 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-run: install  ## start the local platform, register the schemas, print the status
+run: install  ## start the local platform, register the schemas, load the bundled sample, print the status
 	$(BIN)/k2 up
 	$(BIN)/k2 schemas register
+	$(BIN)/k2 load data/sample/k2 --format k2
+	$(BIN)/k2 load data/sample/asx --format asx
 	$(BIN)/k2 status
 
 test: install  ## lint, then the whole test suite (unit + integration against real processes)
@@ -35,6 +37,10 @@ test: install  ## lint, then the whole test suite (unit + integration against re
 
 test-fast: install  ## unit tests only (seconds)
 	$(BIN)/pytest -m "not integration"
+
+bench: install  ## run the benchmarks (results in bench/results/)
+	$(BIN)/python bench/registry_bench.py
+	$(BIN)/python bench/ingest_bench.py
 
 down: install  ## stop the local platform
 	$(BIN)/k2 down

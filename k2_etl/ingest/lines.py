@@ -48,12 +48,11 @@ class Block:
 
 def open_binary(path: Path) -> BinaryIO:
     """The file's bytes, decompressed when it is gzip (recognised by content, not name)."""
-    raw = path.open("rb")
-    magic = raw.read(2)
-    raw.seek(0)
+    with path.open("rb") as probe:
+        magic = probe.read(2)
     if magic == GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    return raw
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return path.open("rb")
 
 
 def file_checksum(path: Path) -> str:

@@ -205,6 +205,9 @@ def test_help_on_every_command(env: dict[str, str]) -> None:
         ["schemas", "register", "--help"],
         ["schemas", "check", "--help"],
         ["registry", "serve", "--help"],
+        ["load", "--help"],
+        ["generate", "--help"],
+        ["formats", "--help"],
     ):
         result = run_k2(env, *command)
         assert result.returncode == 0, (command, result.stderr)

@@ -35,7 +35,8 @@ def expected_iceberg_type(avro_type: object) -> tuple[str, bool]:
         if avro_type["type"] == "array":
             return f"list<{avro_type['items']}>", required
         raise AssertionError(f"unexpected Avro type {avro_type}")
-    return {"string": "string", "long": "long", "int": "int", "bytes": "binary"}[str(avro_type)], required
+    primitives = {"string": "string", "long": "long", "int": "int", "bytes": "binary", "boolean": "boolean"}
+    return primitives[str(avro_type)], required
 
 
 def describe(field: NestedField) -> tuple[str, str, bool]:
