@@ -123,7 +123,7 @@ def test_huge_line_without_newline_keeps_memory_bounded(ready: Settings, tmp_pat
     with huge.open("wb") as out:
         out.write((HEADER + good_rows(2)).encode())
         chunk = b"x" * (1 << 20)
-        for _ in range(300):  # 300 MiB, no newline
+        for _ in range(768):  # 768 MiB, no newline
             out.write(chunk)
     env = env_of(ready)
     env["K2_INGEST_METRICS_PORT"] = "0"
@@ -142,7 +142,7 @@ def test_huge_line_without_newline_keeps_memory_bounded(ready: Settings, tmp_pat
     assert result["rc"] == 0, result["err"]
     [f] = json.loads(result["out"])["files"]
     assert (f["rows_produced"], f["rejected_by_reason"]) == (2, {"line_too_long": 1})
-    assert result["maxrss_kb"] < 300 * 1024  # the 300 MiB line was never held
+    assert result["maxrss_kb"] < 450 * 1024  # the 768 MiB line was never held (a normal load peaks near 200 MB)
 
 
 def test_killed_load_rerun_produces_every_event(ready: Settings, tmp_path: Path) -> None:
