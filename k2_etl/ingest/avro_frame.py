@@ -62,7 +62,15 @@ def varint(values: np.ndarray) -> pa.Array:
 
 
 def _length_prefixed(col: pa.Array) -> pa.Array:
-    """string/bytes: varint length, then the bytes."""
+    """string/bytes: varint length, then the bytes.
+
+    Market data repeats itself (symbols, exchanges, currencies): a column with
+    few distinct values is encoded once per value and gathered by index.
+    """
+    if len(col) >= 1024 and not pa.types.is_dictionary(col.type):
+        encoded = pc.dictionary_encode(col)
+        if len(encoded.dictionary) * 8 <= len(col):
+            return pc.take(_length_prefixed(encoded.dictionary), encoded.indices)
     binary = col.cast(pa.large_binary())
     lengths = pc.binary_length(binary).to_numpy(zero_copy_only=False)
     if len(lengths) and lengths.min() == lengths.max():  # fixed width (ids, codes): one prefix for all
@@ -162,7 +170,11 @@ def _constant(col: pa.Array) -> bool:
         return False
     if col.null_count == len(col):
         return True
-    if col.null_count or pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+    if col.null_count:
+        return False
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        return pc.max(pc.list_value_length(col)).as_py() == 0  # all empty, e.g. no quality flags
+    if col[0] != col[len(col) - 1]:  # cheap early "no" for ids and times
         return False
     return len(pc.unique(col)) == 1
 

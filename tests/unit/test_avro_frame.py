@@ -78,3 +78,16 @@ def test_varint_edges() -> None:
     encoded = varint(__import__("numpy").array(values, dtype="int64")).to_pylist()
     expected = [fastavro_bytes("long", v) for v in values]  # type: ignore[arg-type]
     assert encoded == expected
+
+
+def test_repetitive_columns_take_the_dictionary_path() -> None:
+    rng = random.Random(3)
+    schema = QUOTE.schema
+    rows = []
+    for i in range(5000):
+        row = {f["name"]: random_value(f["type"], rng) for f in schema["fields"]}
+        row.update(symbol=rng.choice(["BHP", "CBA", "WBC"]), exchange="ASX" if i % 2 else "CXA", conditions=[])
+        rows.append(row)
+    table = pa.Table.from_pylist(rows, schema=iceberg_schema(QUOTE).as_arrow())
+    for row, message in zip(rows, encode_table(table, schema, 9).to_pylist(), strict=True):
+        assert message == confluent_prefix(9) + fastavro_bytes(schema, row)
