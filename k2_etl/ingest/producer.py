@@ -28,8 +28,8 @@ PRODUCER_SETTINGS: dict[str, Any] = {
     "linger.ms": 20,
     "batch.size": 1_000_000,
     # Bounded: a full queue blocks the load (back-pressure) instead of growing memory.
-    "queue.buffering.max.messages": 200_000,
-    "queue.buffering.max.kbytes": 65_536,
+    "queue.buffering.max.messages": 100_000,
+    "queue.buffering.max.kbytes": 32_768,
 }
 
 
