@@ -96,6 +96,13 @@ class SymbolFromFileName(_Strict):
     date_format: str = "%Y-%m-%d"
 
 
+class KnownSymbols(_Strict):
+    """Rows' symbols must appear in this reference file, when one is found (next to the file or above)."""
+
+    reference_file: str
+    symbol_column: str = "symbol"
+
+
 class RecordSpec(_Strict):
     """One record type's files within a format."""
 
@@ -145,6 +152,7 @@ class Format(_Strict):
     currency: str | None = Field(None, description="constant currency when no column gives it")
     session: Session | None = None
     symbol_from_file_name: SymbolFromFileName | None = None
+    known_symbols: KnownSymbols | None = None
     symbol_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,31}$"
     record: list[RecordSpec] = Field(min_length=1)
 

@@ -137,7 +137,6 @@ class _Job:
 
     path: Path
     spec: RecordSpec
-    root: Path | None
     result: FileResult
     entry: ManifestEntry
     deliveries: Deliveries = field(default_factory=Deliveries)
@@ -198,13 +197,14 @@ def _split_fields(lines: pa.Array, delimiter: str) -> pa.Array:
     return pc.split_pattern(lines, delimiter)
 
 
-def _find_upwards(start: Path, name: str, stop: Path | None) -> Path | None:
-    for folder in [start, *start.parents]:
+REFERENCE_SEARCH_DEPTH = 2  # reference files are looked for next to a file and up to two folders above
+
+
+def _find_upwards(start: Path, name: str) -> Path | None:
+    for folder in [start, *start.parents][: REFERENCE_SEARCH_DEPTH + 1]:
         candidate = folder / name
         if candidate.is_file():
             return candidate
-        if stop is not None and folder == stop:
-            break
     return None
 
 
@@ -265,17 +265,15 @@ class Loader:
         started = time.perf_counter()
         paths = list(paths)
         planned, results = expand(paths, self.fmt)
-        roots = [p if p.is_dir() else p.parent for p in paths if p.exists()]
         jobs: list[_Job] = []
         for path, spec in planned:
             checksum = file_checksum(path)
             load_id = hashlib.sha256(f"{self.fmt.name}|{spec.type}|{checksum}".encode()).hexdigest()[:32]
-            root = next((r for r in roots if r == path.parent or r in path.parents), None)
             entry = ManifestEntry(
                 load_id, str(path), checksum, self.fmt.name, spec.type, "started", now(),
                 load_date=self.load_date, forced=self.force,
             )  # fmt: skip
-            jobs.append(_Job(path, spec, root, FileResult(str(path), spec.type, load_id=load_id), entry))
+            jobs.append(_Job(path, spec, FileResult(str(path), spec.type, load_id=load_id), entry))
         previous = self.manifest.latest(*(job.entry.load_id for job in jobs))
         to_load: list[_Job] = []
         for job in jobs:
@@ -400,16 +398,16 @@ class Loader:
                 hint = f" (the header contains {other!r}: is the delimiter {self.fmt.delimiter!r} right?)"
         raise _FileFailed(f"the header lacks column(s) {', '.join(missing)}; found {', '.join(header)}{hint}")
 
-    def _symbol_ranges(self, path: Path, root: Path | None) -> tuple[str | None, pa.Table | None, str | None]:
+    def _symbol_ranges(self, path: Path) -> tuple[str | None, pa.Table | None, str | None]:
         ref = self.fmt.symbol_from_file_name
         if ref is None:
             return None, None, None
         instrument = path.name.split(".")[0]
-        found = _find_upwards(path.parent, ref.reference_file, root)
+        found = _find_upwards(path.parent, ref.reference_file)
         by_key: dict[str, list[tuple[str, date | None, date | None]]] = {}
         label = ref.reference_file
         if found is None:
-            label = f"{ref.reference_file} (none found next to {path.name} or above)"
+            label = f"{ref.reference_file} (none found next to {path.name} or up to two folders above)"
         else:
             by_key = self._reference(found)
         rows = by_key.get(instrument, [])
@@ -449,9 +447,22 @@ class Loader:
         self._references[path] = out
         return out
 
-    def _statement(self, job: _Job) -> tuple[RecordSpec, sql.Statement, pa.Table | None]:
+    def _known_symbols(self, job: _Job) -> tuple[pa.Table | None, str | None]:
+        """The symbols of the format's reference file, when it declares one and one is found."""
+        known = self.fmt.known_symbols
+        if known is None or job.spec.type == "reference_data":
+            return None, None
+        found = _find_upwards(job.path.parent, known.reference_file)
+        if found is None:
+            return None, None
+        with found.open(newline="", encoding="utf-8") as handle:
+            symbols = {(row.get(known.symbol_column) or "").strip() for row in csv.DictReader(handle)}
+        return pa.table({"symbol": pa.array(sorted(symbols - {""}), pa.string())}), found.name
+
+    def _statement(self, job: _Job) -> tuple[RecordSpec, sql.Statement, dict[str, pa.Table]]:
         spec = self._effective_spec(job.path, job.spec)
-        instrument, ranges, reference_label = self._symbol_ranges(job.path, job.root)
+        instrument, ranges, reference_label = self._symbol_ranges(job.path)
+        known, known_label = self._known_symbols(job)
         statement = sql.build(
             self.fmt,
             spec,
@@ -459,8 +470,10 @@ class Loader:
             max_event_time=(datetime.now(UTC) + timedelta(days=1)).isoformat(),
             instrument=instrument,
             reference_label=reference_label,
+            known_symbols_label=known_label,
         )
-        return spec, statement, ranges
+        tables = {"symbol_ranges": ranges, "known_symbols": known}
+        return spec, statement, {name: table for name, table in tables.items() if table is not None}
 
     def _prepare_all(
         self,
@@ -475,9 +488,9 @@ class Loader:
             for job in jobs:
                 job.started_at = time.perf_counter()
                 try:
-                    spec, statement, ranges = self._statement(job)
-                    if ranges is not None:
-                        con.register("symbol_ranges", ranges)
+                    spec, statement, lookups = self._statement(job)
+                    for name, table in lookups.items():
+                        con.register(name, table)
                     seq_base: dict[tuple[str, date], int] = {}
                     for block in read_blocks(job.path, skip_lines=1 if spec.header else 0):
                         if stop.is_set():

@@ -125,12 +125,15 @@ def build(
     max_event_time: str,
     instrument: str | None = None,
     reference_label: str | None = None,
+    known_symbols_label: str | None = None,
 ) -> Statement:
     """The statement for ``spec``'s rows.
 
     ``instrument``: when the format takes symbols from file names, the file's instrument id;
     the statement then joins ``symbol_ranges(symbol, valid_from, valid_to)`` (that instrument's
     symbols over time) to give each row the symbol valid on its trading date.
+    ``known_symbols_label``: the reference file whose symbols are in ``known_symbols(symbol)``;
+    rows whose symbol is not there are rejected.
     """
     symbol_ranges = instrument is not None
     b = _Builder(fmt, spec)
@@ -223,6 +226,13 @@ def build(
             "'symbol ' || to_json(c_symbol) || ' is not a valid symbol'",
             column,
         )
+        if known_symbols_label is not None and rtype != "reference_data":
+            b.check(
+                "c_symbol NOT IN (SELECT symbol FROM known_symbols)",
+                "unknown_symbol",
+                f"'symbol ' || to_json(c_symbol) || ' is not in ' || {b.param('known_label', known_symbols_label)}",
+                column,
+            )
     exchange = "c_exchange" if "exchange" in spec.fields else b.param("exchange", fmt.exchange)
     if "exchange" in spec.fields:
         column = spec.fields["exchange"]

@@ -141,3 +141,20 @@ def test_rerun_force_and_manifest(ready: Settings, tmp_path: Path) -> None:
     assert [h.status for h in history] == ["started", "completed", "started", "completed"]
     assert history[-1].forced and history[1].rows_produced == entry["rows_produced"]
     assert history[1].offsets == entry["offsets"]
+
+
+def test_symbols_are_checked_against_the_reference_data(ready: Settings, tmp_path: Path) -> None:
+    (tmp_path / "reference_data.csv").write_text(
+        "symbol,exchange,instrument_id,name,isin,currency,valid_from,valid_to\nBHP,ASX,1,BHP,,AUD,2000-01-01,\n"
+    )
+    day = tmp_path / "2026-11-02"
+    day.mkdir()
+    (day / "trades_ASX.csv").write_text(
+        "event_time,symbol,exchange,price,size,currency,sequence_number,conditions,venue\n"
+        "2026-11-02T00:00:01Z,BHP,ASX,45.10,100,AUD,1,,\n"
+        "2026-11-02T00:00:02Z,BHPP,ASX,45.10,100,AUD,2,,\n"
+    )
+    report = load(ready, str(day / "trades_ASX.csv"), "--format", "k2")
+    assert report["files"][0]["rejected_by_reason"] == {"unknown_symbol": 1}
+    [reject] = messages_of(ready, report, "dead_letters")
+    assert reject.value["reason"] == 'trades_ASX.csv line 3: symbol "BHPP" is not in reference_data.csv'
