@@ -137,6 +137,7 @@ class RecordSpec(_Strict):
         return self
 
     def matches(self, path: PurePath) -> bool:
+        """Patterns apply to the path as given and, for folders, to the absolute path."""
         text = path.as_posix()
         return any(fnmatch.fnmatch(text, p) or fnmatch.fnmatch(path.name, p) for p in self.match)
 
@@ -174,12 +175,12 @@ class Format(_Strict):
     @model_validator(mode="after")
     def _symbol_source(self) -> Format:
         for spec in self.record:
+            if "exchange" not in spec.fields and self.exchange is None:
+                raise ValueError(f"{spec.type}: map `exchange` to a column or give a constant `exchange`")
             if spec.type == "reference_data":
                 continue
             if "symbol" not in spec.fields and self.symbol_from_file_name is None:
                 raise ValueError(f"{spec.type}: map `symbol` to a column or give [symbol_from_file_name]")
-            if "exchange" not in spec.fields and self.exchange is None:
-                raise ValueError(f"{spec.type}: map `exchange` to a column or give a constant `exchange`")
         return self
 
     def spec_for(self, path: PurePath) -> RecordSpec | None:

@@ -106,11 +106,13 @@ def generate(
     anomalies: bool = False,
 ) -> GenerateReport:
     """Write ``<out>/reference_data.csv`` and ``<out>/<day>/{trades,quotes}_<exchange>.csv``."""
+    if not exchanges:
+        raise K2Error("--exchanges needs at least one exchange code")
     unknown = [e for e in exchanges if e not in VENUES]
     if unknown:
         raise K2Error(f"unknown exchange(s) {', '.join(unknown)}; known: {', '.join(VENUES)}")
-    if symbols < 1 or days < 1 or trades_per_day < 1:
-        raise K2Error("--symbols, --days and --trades-per-day must be at least 1")
+    if not 1 <= symbols <= 100_000 or days < 1 or trades_per_day < 1:
+        raise K2Error("--symbols must be 1..100000; --days and --trades-per-day at least 1")
     rng = np.random.default_rng(seed)
     names = _symbols(symbols, rng)
     primary = VENUES[exchanges[0]]
@@ -132,7 +134,8 @@ def generate(
     files.append(str(ref_path))
     last_cents = np.round(np.exp(rng.normal(3.5, 0.8, size=symbols)) * 100).astype(np.int64)
     total_trades = total_quotes = 0
-    trading_days = [start + timedelta(days=i) for i in range(days * 2) if (start + timedelta(days=i)).weekday() < 5]
+    # `days` weekdays from `start` (a weekend start moves to Monday)
+    trading_days = [start + timedelta(days=i) for i in range(days * 2 + 3) if (start + timedelta(days=i)).weekday() < 5]
     for day in trading_days[:days]:
         for venue_index, code in enumerate(exchanges):
             venue = VENUES[code]

@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 BLOCK_BYTES = 4 * 1024 * 1024
-MAX_LINE_BYTES = 1024 * 1024
+MAX_LINE_BYTES = 64 * 1024  # market data rows are well under 1 KiB; Kafka's default message limit is 1 MB
 GZIP_MAGIC = b"\x1f\x8b"
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def _utf8_split(block: bytes, first_line: int) -> tuple[bytes, np.ndarray, list[
     return b"".join(kept), np.asarray(numbers, dtype=np.int64), rejects
 
 
-def _to_block(data: bytes, first_line: int, line_count: int) -> Block:
+def _to_block(data: bytes, first_line: int, line_count: int, max_line_bytes: int = MAX_LINE_BYTES) -> Block:
     """``data``: whole lines, each ending in a newline; their numbers start at ``first_line``."""
     rejects: list[LineReject] = []
     try:
@@ -107,9 +108,23 @@ def _to_block(data: bytes, first_line: int, line_count: int) -> Block:
         pa.large_string(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
     )
     lines = pc.utf8_rtrim(with_newlines, characters="\r\n").cast(pa.string())
+    lengths = pc.binary_length(lines)
+    too_long = pc.greater(lengths, max_line_bytes)
+    if pc.any(too_long).as_py():
+        for index in pc.indices_nonzero(too_long).to_pylist():
+            rejects.append(
+                LineReject(
+                    int(numbers[index]),
+                    _preview(lines[index].as_py().encode()),
+                    "line_too_long",
+                    f"line longer than {max_line_bytes:,} bytes; skipped",
+                )
+            )
+        lines = pc.if_else(too_long, "", lines)  # dropped below, with the blank lines, not counted as blank
     keep = pc.not_equal(pc.binary_length(lines), 0)
-    blank = len(lines) - pc.sum(keep).as_py() if len(lines) else 0
-    if blank:
+    dropped = len(lines) - (pc.sum(keep).as_py() or 0)
+    blank = dropped - (pc.sum(too_long).as_py() or 0)
+    if dropped:
         lines = lines.filter(keep)
         numbers = numbers[keep.to_numpy(zero_copy_only=False)]
     return Block(lines, numbers, rejects, blank, len(data))
@@ -126,6 +141,8 @@ def read_blocks(
         while True:
             chunk = handle.read(block_bytes)
             eof = not chunk
+            if line_no == 1 and not pending and chunk.startswith(BOM):
+                chunk = chunk[len(BOM) :]  # a UTF-8 byte order mark is not data
             pending += chunk
             if skipping:
                 cut = pending.find(b"\n")
@@ -159,7 +176,7 @@ def read_blocks(
                     cut = whole.index(b"\n", cut + 1)
                 whole, count, skip_lines, line_no = whole[cut + 1 :], count - drop, skip_lines - drop, line_no + drop
             if count:
-                block = _to_block(whole, line_no, count)
+                block = _to_block(whole, line_no, count, max_line_bytes)
                 block.rejects = rejects + block.rejects
                 yield block
             elif rejects:
@@ -175,4 +192,4 @@ def read_first_line(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> str | N
         head = handle.read(max_line_bytes)
     if not head:
         return None
-    return head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8")
+    return head.removeprefix(BOM).split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8")

@@ -163,37 +163,53 @@ def expand(paths: Iterable[Path], fmt: Format) -> tuple[list[tuple[Path, RecordS
     """Files to load with their record spec (reference data first), and results for paths that fail outright."""
     planned: list[tuple[Path, RecordSpec]] = []
     failed: list[FileResult] = []
+    seen: set[Path] = set()
+
+    def plan(path: Path, spec: RecordSpec) -> None:
+        if path.resolve() not in seen:  # a file named twice (itself and via its folder) loads once
+            seen.add(path.resolve())
+            planned.append((path, spec))
+
     for path in paths:
         if not path.exists():
             failed.append(FileResult(str(path), status="failed", message=f"{path}: no such file or folder"))
             continue
         if path.is_dir():
+            found = 0
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                spec = fmt.spec_for(child)
+                spec = fmt.spec_for(child.resolve())  # patterns such as */trades/*.csv need the folders
                 if spec is not None:
-                    planned.append((child, spec))
+                    plan(child, spec)
+                    found += 1
+            if not found:
+                message = f"{path}: no files of format {fmt.name!r} in this folder ({_patterns(fmt)})"
+                failed.append(FileResult(str(path), status="failed", message=message))
             continue
-        spec = fmt.spec_for(path)
+        spec = fmt.spec_for(path.resolve())
         if spec is None:
-            patterns = "; ".join(f"{s.type}: {', '.join(s.match)}" for s in fmt.record)
-            failed.append(
-                FileResult(
-                    str(path),
-                    status="failed",
-                    message=f"{path.name} matches no record type of format {fmt.name!r} ({patterns})",
-                )
-            )
+            message = f"{path.name} matches no record type of format {fmt.name!r} ({_patterns(fmt)})"
+            failed.append(FileResult(str(path), status="failed", message=message))
             continue
-        planned.append((path, spec))
+        plan(path, spec)
     planned.sort(key=lambda item: (RECORD_ORDER[item[1].type], str(item[0])))
     return planned, failed
+
+
+def _patterns(fmt: Format) -> str:
+    return "; ".join(f"{s.type}: {', '.join(s.match)}" for s in fmt.record)
+
+
+def _csv_fields(line: str, delimiter: str) -> list[str]:
+    try:
+        return next(csv.reader([line], delimiter=delimiter, strict=True), [])
+    except csv.Error:
+        return [line]  # unparseable quoting: one field, so the row is rejected for its field count
 
 
 def _split_fields(lines: pa.Array, delimiter: str) -> pa.Array:
     """Fields of each line. Fast path: split on the delimiter; lines with quotes go through csv."""
     if len(lines) and pc.any(pc.match_substring(lines, '"')).as_py():
-        rows = [next(csv.reader([line], delimiter=delimiter), []) for line in lines.to_pylist()]
-        return pa.array(rows, pa.list_(pa.string()))
+        return pa.array([_csv_fields(line, delimiter) for line in lines.to_pylist()], pa.list_(pa.string()))
     return pc.split_pattern(lines, delimiter)
 
 
@@ -232,6 +248,8 @@ class Loader:
         self.manifest = Manifest(open_catalog(settings), settings.namespace)
         self.producer = make_producer(settings)
         self._references: dict[Path, dict[str, list[tuple[str, date | None, date | None]]]] = {}
+        self._known: dict[Path, pa.Table] = {}
+        self._checksums: dict[Path, str] = {}
 
     def _schema_ids(self) -> dict[str, int]:
         ids: dict[str, int] = {}
@@ -268,7 +286,7 @@ class Loader:
         jobs: list[_Job] = []
         for path, spec in planned:
             checksum = file_checksum(path)
-            load_id = hashlib.sha256(f"{self.fmt.name}|{spec.type}|{checksum}".encode()).hexdigest()[:32]
+            load_id = self._load_id(path, spec, checksum)
             entry = ManifestEntry(
                 load_id, str(path), checksum, self.fmt.name, spec.type, "started", now(),
                 load_date=self.load_date, forced=self.force,
@@ -300,6 +318,28 @@ class Loader:
     def close(self) -> None:
         self.producer.flush(30)
 
+    def _load_id(self, path: Path, spec: RecordSpec, checksum: str) -> str:
+        """Deterministic: the same inputs give the same id, and any input that changes the output changes it.
+
+        Inputs: format, record type, the file's content, the load date, and where symbols come from
+        (the instrument in the file name, the content of the reference file used).
+        """
+        parts = [self.fmt.name, spec.type, checksum, self.load_date.isoformat() if self.load_date else ""]
+        if self.fmt.symbol_from_file_name is not None and spec.type != "reference_data":
+            parts.append(path.name.split(".")[0])
+            parts.append(self._reference_checksum(path, self.fmt.symbol_from_file_name.reference_file))
+        if self.fmt.known_symbols is not None and spec.type != "reference_data":
+            parts.append(self._reference_checksum(path, self.fmt.known_symbols.reference_file))
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+    def _reference_checksum(self, path: Path, name: str) -> str:
+        found = _find_upwards(path.parent, name)
+        if found is None:
+            return "none"
+        if found not in self._checksums:
+            self._checksums[found] = file_checksum(found)
+        return self._checksums[found]
+
     # --- the pipeline ---------------------------------------------------------------------------
     def _run(self, jobs: list[_Job]) -> None:
         items: queue.Queue[tuple[_Job, _Prepared | BaseException] | None] = queue.Queue(maxsize=QUEUE_DEPTH)
@@ -317,10 +357,15 @@ class Loader:
                 if item is None:
                     break
                 job, prepared = item
+                if job.error is not None:
+                    continue  # this file already failed: its remaining blocks are dropped
                 if isinstance(prepared, BaseException):
                     job.error = str(prepared)
                     continue
-                self._produce(job, prepared)
+                try:
+                    self._produce(job, prepared)
+                except K2Error as exc:
+                    job.error = str(exc)
         finally:
             stop.set()
             while worker.is_alive():  # unblock a worker waiting on a full queue
@@ -410,7 +455,7 @@ class Loader:
             label = f"{ref.reference_file} (none found next to {path.name} or up to two folders above)"
         else:
             by_key = self._reference(found)
-        rows = by_key.get(instrument, [])
+        rows = _without_overlaps(by_key.get(instrument, []))
         table = pa.table(
             {
                 "symbol": pa.array([r[0] for r in rows], pa.string()),
@@ -431,7 +476,7 @@ class Loader:
             return datetime.strptime(value, ref.date_format).date() if value else None
 
         out: dict[str, list[tuple[str, date | None, date | None]]] = {}
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             for row in csv.DictReader(handle, delimiter=self.fmt.delimiter):
                 key, symbol = (row.get(ref.key_column) or "").strip(), (row.get(ref.symbol_column) or "").strip()
                 if not key or not symbol:
@@ -455,9 +500,12 @@ class Loader:
         found = _find_upwards(job.path.parent, known.reference_file)
         if found is None:
             return None, None
-        with found.open(newline="", encoding="utf-8") as handle:
-            symbols = {(row.get(known.symbol_column) or "").strip() for row in csv.DictReader(handle)}
-        return pa.table({"symbol": pa.array(sorted(symbols - {""}), pa.string())}), found.name
+        if found not in self._known:
+            with found.open(newline="", encoding="utf-8-sig") as handle:
+                reader = csv.DictReader(handle, delimiter=self.fmt.delimiter)
+                symbols = {(row.get(known.symbol_column) or "").strip() for row in reader}
+            self._known[found] = pa.table({"symbol": pa.array(sorted(symbols - {""}), pa.string())})
+        return self._known[found], found.name
 
     def _statement(self, job: _Job) -> tuple[RecordSpec, sql.Statement, dict[str, pa.Table]]:
         spec = self._effective_spec(job.path, job.spec)
@@ -491,7 +539,7 @@ class Loader:
                     spec, statement, lookups = self._statement(job)
                     for name, table in lookups.items():
                         con.register(name, table)
-                    seq_base: dict[tuple[str, date], int] = {}
+                    seq_base: dict[tuple[str, str, date], int] = {}
                     for block in read_blocks(job.path, skip_lines=1 if spec.header else 0):
                         if stop.is_set():
                             return
@@ -509,7 +557,7 @@ class Loader:
         spec: RecordSpec,
         statement: sql.Statement,
         block: Block,
-        seq_base: dict[tuple[str, date], int],
+        seq_base: dict[tuple[str, str, date], int],
         job: _Job,
     ) -> _Prepared:
         path, load_id = job.path, job.entry.load_id
@@ -530,6 +578,8 @@ class Loader:
         con.register("rows", rows)
         con.register("seq_base", _seq_base_table(seq_base))
         table = con.execute(statement.sql, statement.params).to_arrow_table()
+        if table.num_rows != len(block.lines):  # every line is one row out, valid or not
+            raise K2Error(f"{path}: {len(block.lines)} lines became {table.num_rows} rows; not loading this file")
         if table.column("reason").null_count == table.num_rows:  # the usual case: nothing to split off
             valid, bad = table, table.slice(0, 0)
         else:
@@ -559,7 +609,7 @@ class Loader:
             micros = valid.column("event_time").combine_chunks().cast(pa.int64())
             timestamps = pc.divide(micros, 1000).to_pylist()
         return _Prepared(
-            values, keys, timestamps, rejects, len(block.rejects) + table.num_rows, block.blank_lines, block.nbytes
+            values, keys, timestamps, rejects, len(block.rejects) + len(block.lines), block.blank_lines, block.nbytes
         )
 
     def _reject(
@@ -575,7 +625,7 @@ class Loader:
     ) -> dict[str, Any]:
         return {
             "_code": code,
-            "reject_id": hashlib.md5(f"{path}|{line_number}".encode(), usedforsecurity=False).hexdigest(),
+            "reject_id": hashlib.md5(f"{path.resolve()}|{line_number}".encode(), usedforsecurity=False).hexdigest(),
             "rejected_at": now(),
             "stage": "load",
             "record_type": record_type,
@@ -616,21 +666,36 @@ class Loader:
         )
 
 
-def _seq_base_table(seq_base: dict[tuple[str, date], int]) -> pa.Table:
+def _without_overlaps(ranges: list[tuple[str, date | None, date | None]]) -> list[tuple[str, date | None, date | None]]:
+    """One symbol per day: where an instrument's ranges overlap (a rename on the boundary day,
+    a repeated row), the later-starting range wins from its first day."""
+    ordered = sorted(ranges, key=lambda r: (r[1] or date.min, r[0]))
+    out: list[tuple[str, date | None, date | None]] = []
+    for i, (symbol, start, end) in enumerate(ordered):
+        following = ordered[i + 1][1] if i + 1 < len(ordered) else None
+        if following is not None and (end is None or end >= following):
+            end = following - timedelta(days=1)
+        if start is None or end is None or start <= end:
+            out.append((symbol, start, end))
+    return out
+
+
+def _seq_base_table(seq_base: dict[tuple[str, str, date], int]) -> pa.Table:
     return pa.table(
         {
-            "symbol": pa.array([k[0] for k in seq_base], pa.string()),
-            "trading_date": pa.array([k[1] for k in seq_base], pa.date32()),
+            "exchange": pa.array([k[0] for k in seq_base], pa.string()),
+            "symbol": pa.array([k[1] for k in seq_base], pa.string()),
+            "trading_date": pa.array([k[2] for k in seq_base], pa.date32()),
             "base": pa.array(list(seq_base.values()), pa.int64()),
         }
     )
 
 
-def _advance_sequences(valid: pa.Table, seq_base: dict[tuple[str, date], int]) -> None:
-    """Remember the last sequence number assigned per (symbol, trading day) for the next block."""
-    grouped = valid.group_by(["symbol", "trading_date"]).aggregate([("sequence_number", "max")])
+def _advance_sequences(valid: pa.Table, seq_base: dict[tuple[str, str, date], int]) -> None:
+    """Remember the last sequence number assigned per (exchange, symbol, trading day) for the next block."""
+    grouped = valid.group_by(["exchange", "symbol", "trading_date"]).aggregate([("sequence_number", "max")])
     for row in grouped.to_pylist():
-        seq_base[(row["symbol"], row["trading_date"])] = row["sequence_number_max"]
+        seq_base[(row["exchange"], row["symbol"], row["trading_date"])] = row["sequence_number_max"]
 
 
 def _top_reasons(reasons: dict[str, int]) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from k2_etl.config import Settings
-from k2_etl.errors import ConfigError
+from k2_etl.errors import ConfigError, K2Error
 from k2_etl.kafka import client_config
 
 log = logging.getLogger(__name__)
@@ -92,5 +92,9 @@ def produce_all(
                 break
             except BufferError:  # librdkafka's queue is full: serve deliveries until there is room
                 poll(0.1)
+            except KafkaException as exc:  # e.g. a message larger than the broker accepts
+                raise K2Error(
+                    f"Kafka refused a message for {topic}: {exc.args[0].str() if exc.args else exc}"
+                ) from None
         if i & 0x3FFF == 0:
             poll(0)

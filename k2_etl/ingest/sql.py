@@ -12,7 +12,7 @@ line number, the raw line, and its fields.
 Rows come out in file order (DuckDB keeps insertion order; the window that
 assigns sequence numbers does not, so that statement sorts by line).
 
-Input relation ``seq_base(symbol VARCHAR, trading_date DATE, base BIGINT)``:
+Input relation ``seq_base(exchange VARCHAR, symbol VARCHAR, trading_date DATE, base BIGINT)``:
 sequence numbers already assigned in earlier blocks of the same file.
 """
 
@@ -43,10 +43,6 @@ DATE_FIELDS = {"valid_from", "valid_to"}
 class Statement:
     sql: str
     params: dict[str, Any] = field(default_factory=dict)
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 class _Builder:
@@ -161,8 +157,12 @@ def build(
         ts_label = b.param("ts_label", " ".join(ts.columns))
         if ts.format == "iso8601":
             local = "NULL::TIMESTAMP"
-            event_time = "TRY_CAST(c_ts AS TIMESTAMPTZ)"
-            fmt_label = b.param("ts_format", "ISO-8601 with a zone offset, e.g. 2026-11-25T00:00:01.5Z")
+            # With a zone offset the text says its instant; without one it is the format's local time.
+            event_time = (
+                "CASE WHEN regexp_matches(c_ts, '(Z|[+-][0-9]{2}(:?[0-9]{2})?)$') THEN TRY_CAST(c_ts AS TIMESTAMPTZ) "
+                f"ELSE timezone({tz}, TRY_CAST(c_ts AS TIMESTAMP)) END"
+            )
+            fmt_label = b.param("ts_format", "ISO-8601, e.g. 2026-11-25T00:00:01.5Z")
         else:
             fmt_param = b.param("ts_format", ts.format)
             local = f"try_strptime(c_ts, {fmt_param})"
@@ -233,7 +233,7 @@ def build(
                 f"'symbol ' || to_json(c_symbol) || ' is not in ' || {b.param('known_label', known_symbols_label)}",
                 column,
             )
-    exchange = "c_exchange" if "exchange" in spec.fields else b.param("exchange", fmt.exchange)
+    exchange = "c_exchange" if "exchange" in spec.fields else f"CAST({b.param('exchange', fmt.exchange)} AS VARCHAR)"
     if "exchange" in spec.fields:
         column = spec.fields["exchange"]
         b.check(
@@ -242,7 +242,8 @@ def build(
             f"{b.param('label_exchange', column)} || ' is empty'",
             column,
         )
-    currency = "nullif(c_currency, '')" if "currency" in spec.fields else b.param("currency", fmt.currency)
+    constant_currency = f"CAST({b.param('currency', fmt.currency)} AS VARCHAR)"
+    currency = "nullif(c_currency, '')" if "currency" in spec.fields else constant_currency
 
     # --- typed values -------------------------------------------------------------------------
     values: dict[str, str] = {}
@@ -253,6 +254,7 @@ def build(
             values[name] = "NULL::DECIMAL(18, 8)"
     if "sequence_number" in spec.fields:
         label = b.param("label_seq", spec.fields["sequence_number"])
+        b.require("c_sequence_number", spec.fields["sequence_number"])  # the event id is built from it
         b.check(
             "c_sequence_number <> '' AND NOT regexp_full_match(c_sequence_number, '[0-9]{1,18}')",
             "bad_integer",
@@ -295,7 +297,8 @@ def build(
             SELECT *, {event_time} AS c_event_time FROM parsed
         ),
         typed AS (
-            SELECT timed.*, {symbol} AS k_symbol, {typed}{", " if typed else ""}{trading_date} AS k_trading_date
+            SELECT timed.*, {symbol} AS k_symbol, {exchange} AS k_exchange,
+                   {typed}{", " if typed else ""}{trading_date} AS k_trading_date
             FROM timed {symbol_join}
         ),
         checked AS (
@@ -342,9 +345,12 @@ def _market_output(fmt: Format, spec: RecordSpec, b: _Builder, exchange: str, cu
     if assigned:
         sequence = (
             "CASE WHEN problem IS NULL THEN coalesce(sb.base, 0) + row_number() OVER "
-            "(PARTITION BY problem IS NULL, k_symbol, k_trading_date ORDER BY line_no) END"
+            "(PARTITION BY problem IS NULL, k_exchange, k_symbol, k_trading_date ORDER BY line_no) END"
         )
-        seq_join = "LEFT JOIN seq_base sb ON sb.symbol = k_symbol AND sb.trading_date = k_trading_date"
+        seq_join = (
+            "LEFT JOIN seq_base sb ON sb.exchange = k_exchange AND sb.symbol = k_symbol "
+            "AND sb.trading_date = k_trading_date"
+        )
     else:
         sequence = "TRY_CAST(nullif(c_sequence_number, '') AS BIGINT)"
         seq_join = ""
@@ -364,14 +370,15 @@ def _market_output(fmt: Format, spec: RecordSpec, b: _Builder, exchange: str, cu
             {_conditions(spec, b)} AS conditions,"""
     return f""",
         sequenced AS (
-            SELECT checked.*, {sequence} AS sequence_number, {exchange} AS k_exchange,
+            SELECT checked.*, {sequence} AS sequence_number,
                    c_event_time AS event_time
             FROM checked {seq_join}
         )
         SELECT
             line_no, problem.reason AS reason, problem.detail AS detail, problem.field AS field,
             k_trading_date AS trading_date,
-            md5(concat_ws('|', '{rtype}', k_exchange, k_symbol, epoch_us(event_time), sequence_number)) AS event_id,
+            md5(concat_ws('|', '{rtype}', k_exchange, k_symbol, epoch_us(event_time), sequence_number))
+                AS event_id,
             k_symbol AS symbol, k_exchange AS exchange, event_time,{body}
             {flag_list} AS quality_flags
         FROM sequenced
@@ -388,7 +395,8 @@ def _reference_output(spec: RecordSpec, exchange: str, currency: str, dates: dic
         SELECT
             line_no, problem.reason AS reason, problem.detail AS detail, problem.field AS field,
             NULL::DATE AS trading_date,
-            md5(concat_ws('|', 'reference_data', {exchange}, k_symbol, {text("instrument_id")}, {valid_from}))
+            md5(concat_ws('|', 'reference_data', {exchange}, k_symbol, coalesce({text("instrument_id")}, ''),
+                          coalesce(CAST({valid_from} AS VARCHAR), '')))
                 AS event_id,
             k_symbol AS symbol, {exchange} AS exchange, {text("instrument_id")} AS instrument_id,
             {text("name")} AS name, {text("isin")} AS isin, {currency} AS currency,

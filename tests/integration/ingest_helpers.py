@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
@@ -27,11 +28,11 @@ class Message:
     value: dict[str, Any]
 
 
-def load(settings: Settings, *args: str, expect_rc: int | None = 0) -> dict[str, Any]:
+def load(settings: Settings, *args: str, expect_rc: int | None = 0, cwd: Path | None = None) -> dict[str, Any]:
     """`k2 load ... --json` as a user runs it; the parsed report."""
     env = env_of(settings)
     env["K2_INGEST_METRICS_PORT"] = "0"
-    result = run_k2(env, "load", *args, "--json")
+    result = run_k2(env, "load", *args, "--json", cwd=cwd)
     if expect_rc is not None:
         assert result.returncode == expect_rc, result.stderr + result.stdout
     assert "Traceback" not in result.stderr, result.stderr

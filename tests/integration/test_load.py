@@ -62,7 +62,6 @@ def test_sample_loads_exactly(ready: Settings) -> None:
     assert len({t.value["event_id"] for t in trades}) == len(trades)
     flags = Counter(flag for q in quotes for flag in q.value["quality_flags"])
     assert flags["one_sided"] >= 1 and flags["crossed"] >= 1 and flags["locked"] >= 1  # --anomalies sample
-    assert any("outside_regular_hours" not in t.value["quality_flags"] for t in trades)
 
 
 def test_exchange_format_headerless(ready: Settings, tmp_path: Path) -> None:
@@ -158,3 +157,41 @@ def test_symbols_are_checked_against_the_reference_data(ready: Settings, tmp_pat
     assert report["files"][0]["rejected_by_reason"] == {"unknown_symbol": 1}
     [reject] = messages_of(ready, report, "dead_letters")
     assert reject.value["reason"] == 'trades_ASX.csv line 3: symbol "BHPP" is not in reference_data.csv'
+
+
+def test_edge_cases_of_time_symbols_and_sequences(ready: Settings, tmp_path: Path) -> None:
+    root = tmp_path / "asx"
+    (root / "d" / "trades").mkdir(parents=True)
+    # a rename on the boundary day: OLD until 06/30, NEW from 06/30 (overlapping by a day)
+    (root / "company_info.csv").write_text(
+        "\ufeffcompany_id,symbol,company_name,ISIN,start_date,end_date\n"
+        "7001,OLD,Old Name,AU0,01/01/2000,06/30/2026\n7001,NEW,New Name,AU0,06/30/2026,\n"
+    )
+    (root / "d" / "trades" / "7001.csv").write_text(
+        "06/29/2026,10:00:00.000,1.00,1,,,\n"
+        "06/30/2026,10:00:00.000,1.00,1,,,\n"
+        "04/05/2026,02:30:00.000,1.00,1,,,\n"  # happens twice in Sydney that night: standard time (+10) wins
+    )
+    report = load(ready, "asx", "--format", "asx", cwd=tmp_path)  # a relative folder
+    trades_file = file_result(report, "7001.csv")
+    assert (trades_file["rows_read"], trades_file["rows_produced"], trades_file["rows_rejected"]) == (3, 3, 0)
+    trades = {t.value["event_time"].isoformat(): t.value["symbol"] for t in messages_of(ready, report, "trades")}
+    assert trades == {
+        "2026-06-29T00:00:00+00:00": "OLD",
+        "2026-06-30T00:00:00+00:00": "NEW",
+        "2026-04-04T16:30:00+00:00": "OLD",
+    }
+    # ISO times without an offset are local to the format's time zone; a mapped sequence must have a value
+    fmt = (REPO / "k2_etl" / "formats" / "builtin" / "k2.toml").read_text()
+    fmt = fmt.replace('name = "k2"', 'name = "ny"').replace('timezone = "UTC"', 'timezone = "America/New_York"')
+    (tmp_path / "ny.toml").write_text(fmt)
+    (tmp_path / "trades_ny.csv").write_text(
+        "event_time,symbol,exchange,price,size,currency,sequence_number,conditions,venue\n"
+        "2026-11-02T10:00:00,IBM,XNYS,1.00,1,USD,1,,\n"
+        "2026-11-02T10:00:00Z,IBM,XNYS,1.00,1,USD,2,,\n"
+        "2026-11-02T10:00:01,IBM,XNYS,1.00,1,USD,,,\n"
+    )
+    report = load(ready, str(tmp_path / "trades_ny.csv"), "--format", str(tmp_path / "ny.toml"))
+    assert report["files"][0]["rejected_by_reason"] == {"missing_value": 1}
+    times = sorted(t.value["event_time"].isoformat() for t in messages_of(ready, report, "trades"))
+    assert times == ["2026-11-02T10:00:00+00:00", "2026-11-02T15:00:00+00:00"]

@@ -46,3 +46,12 @@ def test_empty_file(tmp_path: Path) -> None:
     path.write_bytes(b"")
     assert read_first_line(path) is None
     assert lines_of(path) == ([], [], 0)
+
+
+def test_long_complete_lines_and_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv"
+    path.write_bytes(b"\xef\xbb\xbfh,1\n" + b"x" * 3000 + b"\nok,2\n")
+    rows, rejects, blank = lines_of(path, block_bytes=1 << 20, max_line_bytes=1024)
+    assert rows == [(1, "h,1"), (3, "ok,2")]
+    assert (rejects, blank) == ([(2, "line_too_long")], 0)
+    assert read_first_line(path) == "h,1"
