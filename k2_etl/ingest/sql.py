@@ -49,7 +49,7 @@ class _Builder:
     def __init__(self, fmt: Format, spec: RecordSpec) -> None:
         self.fmt, self.spec = fmt, spec
         self.params: dict[str, Any] = {}
-        self.checks: list[tuple[str, str, str, str | None]] = []  # (condition, reason, detail expr, column)
+        self.checks: list[tuple[str, str, str, str | None]] = []  # (condition, reason expr, detail expr, column)
 
     def param(self, name: str, value: Any) -> str:
         self.params[name] = value
@@ -59,8 +59,11 @@ class _Builder:
         """The text of a column (trimmed); NULL when the row is too short."""
         return f"trim(f[{self.spec.columns.index(column) + 1}])"
 
-    def check(self, condition: str, reason: str, detail: str, column: str | None = None) -> None:
-        self.checks.append((condition, reason, detail, column))
+    def check(
+        self, condition: str, reason: str, detail: str, column: str | None = None, *, reason_is_sql: bool = False
+    ) -> None:
+        """Rows meeting ``condition`` (and no earlier check) are rejected for ``reason``, a code or SQL."""
+        self.checks.append((condition, reason if reason_is_sql else f"'{reason}'", detail, column))
 
     def require(self, text: str, column: str) -> None:
         """A check that ``column`` (whose text is ``text``) is not empty."""
@@ -70,7 +73,7 @@ class _Builder:
     def problem(self) -> str:
         """The first failing check of a row as {reason, detail, field}, NULL when all pass."""
         branches = " ".join(
-            f"WHEN {cond} THEN {{'reason': '{reason}', 'detail': {detail}, "
+            f"WHEN {cond} THEN {{'reason': {reason}, 'detail': {detail}, "
             f"'field': {self.param(f'field_{i}', column) if column else 'NULL::VARCHAR'}}}"
             for i, (cond, reason, detail, column) in enumerate(self.checks)
         )
@@ -84,25 +87,24 @@ def _decimal_checks(b: _Builder, field_name: str, column: str, sign: str, requir
     label = b.param(f"label_{field_name}", column)
     if required:
         b.require(text, column)
-    b.check(
-        f"{text} <> '' AND NOT regexp_full_match({text}, '-?[0-9]+(\\.[0-9]+)?')",
-        "bad_number",
-        f"{label} || ' ' || to_json({text}) || ' is not a decimal number'",
-        column,
+    # One regular expression passes every well-formed value; only the rows it fails are told apart.
+    well_formed = (
+        f"'-?0*[0-9]{{1,{INTEGER_DIGITS}}}(\\.[0-9]{{1,{scale}}})?'"
+        if scale
+        else (f"'-?0*[0-9]{{1,{INTEGER_DIGITS}}}'")
     )
-    b.check(
-        f"{text} <> '' AND length(split_part({text}, '.', 2)) > {scale}",
-        "too_many_decimals",
-        f"{label} || ' ' || to_json({text}) || ' has ' || length(split_part({text}, '.', 2)) "
-        f"|| ' decimal places; at most {scale}'",
-        column,
+    decimals = f"length(split_part({text}, '.', 2))"
+    why = (
+        f"CASE WHEN NOT regexp_full_match({text}, '-?[0-9]+(\\.[0-9]+)?') THEN 'bad_number' "
+        f"WHEN {decimals} > {scale} THEN 'too_many_decimals' ELSE 'out_of_range' END"
     )
-    b.check(
-        f"{text} <> '' AND length(ltrim(split_part(ltrim({text}, '-'), '.', 1), '0')) > {INTEGER_DIGITS}",
-        "out_of_range",
-        f"{label} || ' ' || to_json({text}) || ' is too large (at most {INTEGER_DIGITS} digits before the point)'",
-        column,
+    detail = (
+        f"{label} || ' ' || to_json({text}) || CASE "
+        f"WHEN NOT regexp_full_match({text}, '-?[0-9]+(\\.[0-9]+)?') THEN ' is not a decimal number' "
+        f"WHEN {decimals} > {scale} THEN ' has ' || {decimals} || ' decimal places; at most {scale}' "
+        f"ELSE ' is too large (at most {INTEGER_DIGITS} digits before the point)' END"
     )
+    b.check(f"{text} <> '' AND NOT regexp_full_match({text}, {well_formed})", why, detail, column, reason_is_sql=True)
     # TRY_CAST: this is also computed for rows an earlier check rejected.
     value = f"TRY_CAST(nullif({text}, '') AS DECIMAL(18, 8))"
     if sign == "positive":
@@ -159,8 +161,8 @@ def build(
             local = "NULL::TIMESTAMP"
             # With a zone offset the text says its instant; without one it is the format's local time.
             event_time = (
-                "CASE WHEN regexp_matches(c_ts, '(Z|[+-][0-9]{2}(:?[0-9]{2})?)$') THEN TRY_CAST(c_ts AS TIMESTAMPTZ) "
-                f"ELSE timezone({tz}, TRY_CAST(c_ts AS TIMESTAMP)) END"
+                "CASE WHEN ends_with(c_ts, 'Z') OR regexp_matches(c_ts, '[+-][0-9]{2}(:?[0-9]{2})?$') "
+                f"THEN TRY_CAST(c_ts AS TIMESTAMPTZ) ELSE timezone({tz}, TRY_CAST(c_ts AS TIMESTAMP)) END"
             )
             fmt_label = b.param("ts_format", "ISO-8601, e.g. 2026-11-25T00:00:01.5Z")
         else:
