@@ -1,18 +1,17 @@
 """`k2 load`: vendor CSV files → validated Avro records → Kafka, idempotently.
 
-For each file: its content gives a deterministic load id; a load the manifest
-records as completed is skipped (unless forced). Otherwise a worker thread
-reads blocks of lines, validates and converts them with DuckDB
-(:mod:`k2_etl.ingest.sql`) and encodes them to Avro a column at a time
-(:mod:`k2_etl.ingest.avro_frame`), while this thread produces the previous
-block: the CPU-heavy vector work releases the GIL, so parsing and producing
-overlap. Rejected rows go to the dead-letter topic with their file, line,
-raw text and reason. Per file, always: rows read = produced + rejected.
+For each file: its content (and the load's other inputs) gives a
+deterministic load id; a load the manifest records as completed is skipped
+(unless forced). Otherwise a worker thread reads blocks of lines and turns
+them into Avro messages (:mod:`k2_etl.ingest.prepare`: DuckDB validation,
+vectorized encoding), while this thread produces the previous block: the
+CPU-heavy vector work releases the GIL, so parsing and producing overlap.
+Rejected rows go to the dead-letter topic with their file, line, raw text
+and reason. Per file, always: rows read = produced + rejected.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import queue
@@ -21,24 +20,21 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import fastavro
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from k2_etl.config import Settings
 from k2_etl.errors import K2Error, SchemaError, UnavailableError
 from k2_etl.formats import Format, RecordSpec
-from k2_etl.ingest import sql
-from k2_etl.ingest.avro_frame import confluent_prefix, encode_table
-from k2_etl.ingest.lines import Block, file_checksum, read_blocks, read_first_line
+from k2_etl.ingest.avro_frame import confluent_prefix
+from k2_etl.ingest.lines import file_checksum, read_blocks
+from k2_etl.ingest.prepare import Prepared, Preparer, Source, find_upwards
 from k2_etl.ingest.producer import Deliveries, Headers, make_producer, produce_all
 from k2_etl.kafka import cluster_metadata
 from k2_etl.lake.catalog import open_catalog
@@ -56,7 +52,6 @@ from k2_etl.schemas import BY_NAME, REJECT
 from k2_etl.schemas.registration import registry_client
 
 RECORD_ORDER = {"reference_data": 0, "trade": 1, "quote": 2}  # reference data first: others look symbols up
-MAX_RAW_LINE = 10_000
 QUEUE_DEPTH = 2  # blocks prepared ahead of the producer: bounds memory
 
 
@@ -119,19 +114,6 @@ class LoadReport:
 
 
 @dataclass
-class _Prepared:
-    """One block, ready to produce."""
-
-    values: list[bytes]
-    keys: list[bytes]
-    timestamps: list[int]
-    rejects: list[dict[str, Any]]
-    rows_read: int
-    blank_lines: int
-    nbytes: int
-
-
-@dataclass
 class _Job:
     """A file being loaded: what it is, and what has happened to it so far."""
 
@@ -153,10 +135,6 @@ class _Job:
             ("k2-source", str(self.path).encode()),
             ("k2-record-type", self.spec.type.encode()),
         ]
-
-
-class _FileFailed(K2Error):
-    """The whole file cannot be loaded (empty, bad header, no matching record type)."""
 
 
 def expand(paths: Iterable[Path], fmt: Format) -> tuple[list[tuple[Path, RecordSpec]], list[FileResult]]:
@@ -199,31 +177,6 @@ def _patterns(fmt: Format) -> str:
     return "; ".join(f"{s.type}: {', '.join(s.match)}" for s in fmt.record)
 
 
-def _csv_fields(line: str, delimiter: str) -> list[str]:
-    try:
-        return next(csv.reader([line], delimiter=delimiter, strict=True), [])
-    except csv.Error:
-        return [line]  # unparseable quoting: one field, so the row is rejected for its field count
-
-
-def _split_fields(lines: pa.Array, delimiter: str) -> pa.Array:
-    """Fields of each line. Fast path: split on the delimiter; lines with quotes go through csv."""
-    if len(lines) and pc.any(pc.match_substring(lines, '"')).as_py():
-        return pa.array([_csv_fields(line, delimiter) for line in lines.to_pylist()], pa.list_(pa.string()))
-    return pc.split_pattern(lines, delimiter)
-
-
-REFERENCE_SEARCH_DEPTH = 2  # reference files are looked for next to a file and up to two folders above
-
-
-def _find_upwards(start: Path, name: str) -> Path | None:
-    for folder in [start, *start.parents][: REFERENCE_SEARCH_DEPTH + 1]:
-        candidate = folder / name
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 class Loader:
     """Loads files of one format. Create it once per `k2 load` (it holds the producer and clients)."""
 
@@ -247,8 +200,7 @@ class Loader:
         self.reject_schema = fastavro.parse_schema(REJECT.schema)
         self.manifest = Manifest(open_catalog(settings), settings.namespace)
         self.producer = make_producer(settings)
-        self._references: dict[Path, dict[str, list[tuple[str, date | None, date | None]]]] = {}
-        self._known: dict[Path, pa.Table] = {}
+        self.preparer = Preparer(fmt, self.schema_ids, load_date)
         self._checksums: dict[Path, str] = {}
 
     def _schema_ids(self) -> dict[str, int]:
@@ -333,7 +285,7 @@ class Loader:
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
     def _reference_checksum(self, path: Path, name: str) -> str:
-        found = _find_upwards(path.parent, name)
+        found = find_upwards(path.parent, name)
         if found is None:
             return "none"
         if found not in self._checksums:
@@ -342,7 +294,7 @@ class Loader:
 
     # --- the pipeline ---------------------------------------------------------------------------
     def _run(self, jobs: list[_Job]) -> None:
-        items: queue.Queue[tuple[_Job, _Prepared | BaseException] | None] = queue.Queue(maxsize=QUEUE_DEPTH)
+        items: queue.Queue[tuple[_Job, Prepared | BaseException] | None] = queue.Queue(maxsize=QUEUE_DEPTH)
         stop = threading.Event()
         worker = threading.Thread(target=self._prepare_all, args=(jobs, items, stop), name="k2-load", daemon=True)
         worker.start()
@@ -374,7 +326,7 @@ class Loader:
                 except queue.Empty:
                     worker.join(0.05)
 
-    def _produce(self, job: _Job, item: _Prepared) -> None:
+    def _produce(self, job: _Job, item: Prepared) -> None:
         result, labels = job.result, (self.fmt.name, job.spec.type)
         topic = self.topics[job.spec.type]
         produce_all(self.producer, topic, item.values, item.keys, item.timestamps, job.headers, job.deliveries)
@@ -422,111 +374,10 @@ class Loader:
         )  # fmt: skip
         return finished
 
-    def _effective_spec(self, path: Path, spec: RecordSpec) -> RecordSpec:
-        """For headered files, the columns as this file's header orders them."""
-        if not spec.header:
-            return spec
-        try:
-            first = read_first_line(path)
-        except UnicodeDecodeError:
-            raise _FileFailed("the header line is not valid UTF-8") from None
-        if first is None or not first.strip():
-            raise _FileFailed("empty file")
-        header = [h.strip() for h in next(csv.reader([first], delimiter=self.fmt.delimiter))]
-        missing = [c for c in spec.columns if c not in header]
-        if not missing:
-            return spec.model_copy(update={"columns": header})
-        hint = ""
-        if len(header) == 1:
-            other = next((d for d in ";\t|" if d in first), None)
-            if other:
-                hint = f" (the header contains {other!r}: is the delimiter {self.fmt.delimiter!r} right?)"
-        raise _FileFailed(f"the header lacks column(s) {', '.join(missing)}; found {', '.join(header)}{hint}")
-
-    def _symbol_ranges(self, path: Path) -> tuple[str | None, pa.Table | None, str | None]:
-        ref = self.fmt.symbol_from_file_name
-        if ref is None:
-            return None, None, None
-        instrument = path.name.split(".")[0]
-        found = _find_upwards(path.parent, ref.reference_file)
-        by_key: dict[str, list[tuple[str, date | None, date | None]]] = {}
-        label = ref.reference_file
-        if found is None:
-            label = f"{ref.reference_file} (none found next to {path.name} or up to two folders above)"
-        else:
-            by_key = self._reference(found)
-        rows = _without_overlaps(by_key.get(instrument, []))
-        table = pa.table(
-            {
-                "symbol": pa.array([r[0] for r in rows], pa.string()),
-                "valid_from": pa.array([r[1] for r in rows], pa.date32()),
-                "valid_to": pa.array([r[2] for r in rows], pa.date32()),
-            }
-        )
-        return instrument, table, label
-
-    def _reference(self, path: Path) -> dict[str, list[tuple[str, date | None, date | None]]]:
-        if path in self._references:
-            return self._references[path]
-        ref = self.fmt.symbol_from_file_name
-        assert ref is not None
-
-        def parse(value: str | None) -> date | None:
-            value = (value or "").strip()
-            return datetime.strptime(value, ref.date_format).date() if value else None
-
-        out: dict[str, list[tuple[str, date | None, date | None]]] = {}
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            for row in csv.DictReader(handle, delimiter=self.fmt.delimiter):
-                key, symbol = (row.get(ref.key_column) or "").strip(), (row.get(ref.symbol_column) or "").strip()
-                if not key or not symbol:
-                    continue
-                try:
-                    span = (
-                        parse(row.get(ref.valid_from_column or "")),
-                        parse(row.get(ref.valid_to_column or "")),
-                    )
-                except ValueError:
-                    continue  # an unusable reference row: the reference_data load itself rejects it
-                out.setdefault(key, []).append((symbol, *span))
-        self._references[path] = out
-        return out
-
-    def _known_symbols(self, job: _Job) -> tuple[pa.Table | None, str | None]:
-        """The symbols of the format's reference file, when it declares one and one is found."""
-        known = self.fmt.known_symbols
-        if known is None or job.spec.type == "reference_data":
-            return None, None
-        found = _find_upwards(job.path.parent, known.reference_file)
-        if found is None:
-            return None, None
-        if found not in self._known:
-            with found.open(newline="", encoding="utf-8-sig") as handle:
-                reader = csv.DictReader(handle, delimiter=self.fmt.delimiter)
-                symbols = {(row.get(known.symbol_column) or "").strip() for row in reader}
-            self._known[found] = pa.table({"symbol": pa.array(sorted(symbols - {""}), pa.string())})
-        return self._known[found], found.name
-
-    def _statement(self, job: _Job) -> tuple[RecordSpec, sql.Statement, dict[str, pa.Table]]:
-        spec = self._effective_spec(job.path, job.spec)
-        instrument, ranges, reference_label = self._symbol_ranges(job.path)
-        known, known_label = self._known_symbols(job)
-        statement = sql.build(
-            self.fmt,
-            spec,
-            load_date=self.load_date.isoformat() if self.load_date else None,
-            max_event_time=(datetime.now(UTC) + timedelta(days=1)).isoformat(),
-            instrument=instrument,
-            reference_label=reference_label,
-            known_symbols_label=known_label,
-        )
-        tables = {"symbol_ranges": ranges, "known_symbols": known}
-        return spec, statement, {name: table for name, table in tables.items() if table is not None}
-
     def _prepare_all(
         self,
         jobs: list[_Job],
-        out: queue.Queue[tuple[_Job, _Prepared | BaseException] | None],
+        out: queue.Queue[tuple[_Job, Prepared | BaseException] | None],
         stop: threading.Event,
     ) -> None:
         """Worker thread: every file's blocks → prepared messages, in order; a file's error ends that file only."""
@@ -536,112 +387,21 @@ class Loader:
             for job in jobs:
                 job.started_at = time.perf_counter()
                 try:
-                    spec, statement, lookups = self._statement(job)
+                    spec, statement, lookups = self.preparer.statement(job.path, job.spec)
+                    source = Source(job.path, job.entry.load_id, job.ingest_time)
                     for name, table in lookups.items():
                         con.register(name, table)
                     seq_base: dict[tuple[str, str, date], int] = {}
                     for block in read_blocks(job.path, skip_lines=1 if spec.header else 0):
                         if stop.is_set():
                             return
-                        out.put((job, self._prepare(con, spec, statement, block, seq_base, job)))
+                        out.put((job, self.preparer.prepare(con, spec, statement, block, seq_base, source)))
                 except Exception as exc:  # this file fails; the others go on
                     error = exc if isinstance(exc, K2Error | OSError) else K2Error(f"{type(exc).__name__}: {exc}")
                     out.put((job, error))
         finally:
             out.put(None)
             con.close()
-
-    def _prepare(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        spec: RecordSpec,
-        statement: sql.Statement,
-        block: Block,
-        seq_base: dict[tuple[str, str, date], int],
-        job: _Job,
-    ) -> _Prepared:
-        path, load_id = job.path, job.entry.load_id
-        rejects = [
-            self._reject(path, spec.type, r.line_number, r.raw, r.reason, r.detail, None, load_id)
-            for r in block.rejects
-        ]
-        empty = _Prepared([], [], [], rejects, len(block.rejects), block.blank_lines, block.nbytes)
-        if len(block.lines) == 0:
-            return empty
-        rows = pa.table(
-            {
-                "line_no": pa.array(block.line_numbers, pa.int64()),
-                "raw": block.lines,
-                "f": _split_fields(block.lines, self.fmt.delimiter),
-            }
-        )
-        con.register("rows", rows)
-        con.register("seq_base", _seq_base_table(seq_base))
-        table = con.execute(statement.sql, statement.params).to_arrow_table()
-        if table.num_rows != len(block.lines):  # every line is one row out, valid or not
-            raise K2Error(f"{path}: {len(block.lines)} lines became {table.num_rows} rows; not loading this file")
-        if table.column("reason").null_count == table.num_rows:  # the usual case: nothing to split off
-            valid, bad = table, table.slice(0, 0)
-        else:
-            valid_mask = pc.is_null(table.column("reason"))
-            valid, bad = table.filter(valid_mask), table.filter(pc.invert(valid_mask))
-        if bad.num_rows:
-            bad_rows = bad.select(["line_no", "reason", "detail", "field"]).to_pylist()
-            positions = np.searchsorted(block.line_numbers, [r["line_no"] for r in bad_rows])
-            raws = block.lines.take(pa.array(positions)).to_pylist()
-            for row, raw in zip(bad_rows, raws, strict=True):
-                rejects.append(
-                    self._reject(path, spec.type, row["line_no"], raw, row["reason"], row["detail"], row["field"],
-                                 load_id)
-                )  # fmt: skip
-        if "sequence_number" not in spec.fields and valid.num_rows and spec.type != "reference_data":
-            _advance_sequences(valid, seq_base)
-        record = BY_NAME[spec.type]
-        lineage = {"source": str(path), "load_id": load_id, "ingest_time": job.ingest_time}
-        values = encode_table(valid, record.schema, self.schema_ids[spec.type], constants=lineage).to_pylist()
-        symbols = valid.column("symbol").to_pylist()
-        cache: dict[str, bytes] = {}
-        keys = [cache.get(s) or cache.setdefault(s, s.encode()) for s in symbols]
-        if spec.type == "reference_data":
-            stamp = int(time.time() * 1000)
-            timestamps = [stamp] * valid.num_rows
-        else:
-            micros = valid.column("event_time").combine_chunks().cast(pa.int64())
-            timestamps = pc.divide(micros, 1000).to_pylist()
-        return _Prepared(
-            values, keys, timestamps, rejects, len(block.rejects) + len(block.lines), block.blank_lines, block.nbytes
-        )
-
-    def _reject(
-        self,
-        path: Path,
-        record_type: str,
-        line_number: int,
-        raw: str,
-        code: str,
-        detail: str,
-        column: str | None,
-        load_id: str,
-    ) -> dict[str, Any]:
-        return {
-            "_code": code,
-            "reject_id": hashlib.md5(f"{path.resolve()}|{line_number}".encode(), usedforsecurity=False).hexdigest(),
-            "rejected_at": now(),
-            "stage": "load",
-            "record_type": record_type,
-            "reason": f"{path.name} line {line_number}: {detail}",
-            "field": column,
-            "value": None,
-            "source": str(path),
-            "line_number": line_number,
-            "raw_line": raw[:MAX_RAW_LINE],
-            "kafka_topic": None,
-            "kafka_partition": None,
-            "kafka_offset": None,
-            "raw_bytes": None,
-            "headers": None,
-            "load_id": load_id,
-        }
 
     def _produce_rejects(self, rejects: list[dict[str, Any]], job: _Job) -> None:
         if not rejects:
@@ -664,38 +424,6 @@ class Loader:
             job.headers,
             job.deliveries,
         )
-
-
-def _without_overlaps(ranges: list[tuple[str, date | None, date | None]]) -> list[tuple[str, date | None, date | None]]:
-    """One symbol per day: where an instrument's ranges overlap (a rename on the boundary day,
-    a repeated row), the later-starting range wins from its first day."""
-    ordered = sorted(ranges, key=lambda r: (r[1] or date.min, r[0]))
-    out: list[tuple[str, date | None, date | None]] = []
-    for i, (symbol, start, end) in enumerate(ordered):
-        following = ordered[i + 1][1] if i + 1 < len(ordered) else None
-        if following is not None and (end is None or end >= following):
-            end = following - timedelta(days=1)
-        if start is None or end is None or start <= end:
-            out.append((symbol, start, end))
-    return out
-
-
-def _seq_base_table(seq_base: dict[tuple[str, str, date], int]) -> pa.Table:
-    return pa.table(
-        {
-            "exchange": pa.array([k[0] for k in seq_base], pa.string()),
-            "symbol": pa.array([k[1] for k in seq_base], pa.string()),
-            "trading_date": pa.array([k[2] for k in seq_base], pa.date32()),
-            "base": pa.array(list(seq_base.values()), pa.int64()),
-        }
-    )
-
-
-def _advance_sequences(valid: pa.Table, seq_base: dict[tuple[str, str, date], int]) -> None:
-    """Remember the last sequence number assigned per (exchange, symbol, trading day) for the next block."""
-    grouped = valid.group_by(["exchange", "symbol", "trading_date"]).aggregate([("sequence_number", "max")])
-    for row in grouped.to_pylist():
-        seq_base[(row["exchange"], row["symbol"], row["trading_date"])] = row["sequence_number_max"]
 
 
 def _top_reasons(reasons: dict[str, int]) -> str:
