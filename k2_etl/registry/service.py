@@ -148,6 +148,10 @@ class RegistryService:
     @_retry_write
     def register(self, subject: str, body: Any) -> dict[str, Any]:
         canonical, parsed = parse_schema(body)
+        with self.store.read() as conn:  # the common case, re-registering, needs no write lock
+            for existing in self._live_versions(conn, subject):
+                if existing.schema == canonical:
+                    return {"id": existing.schema_id, "version": existing.version}
         with self.store.write() as conn:
             live = self._live_versions(conn, subject)
             for existing in live:
