@@ -70,10 +70,10 @@ def _csv_fields(line: str, delimiter: str) -> list[str]:
 
 
 def split_fields(lines: pa.Array, delimiter: str) -> pa.Array:
-    """Fields of each line. Fast path: split on the delimiter; lines with quotes go through csv."""
+    """Fields of lines with quotes (csv rules); NULL for the rest, which the SQL splits on the delimiter."""
     if len(lines) and pc.any(pc.match_substring(lines, '"')).as_py():
         return pa.array([_csv_fields(line, delimiter) for line in lines.to_pylist()], pa.list_(pa.string()))
-    return pc.split_pattern(lines, delimiter)
+    return pa.nulls(len(lines), pa.list_(pa.string()))
 
 
 def find_upwards(start: Path, name: str) -> Path | None:

@@ -8,7 +8,8 @@ parameter; the statement's shape comes only from the validated format file
 (column positions are integers, field names come from the Avro schema).
 
 Input relation ``rows(line_no BIGINT, raw VARCHAR, f VARCHAR[])``: the file's
-line number, the raw line, and its fields.
+line number, the raw line, and its fields when the caller split it (lines
+with quotes); where ``f`` is NULL the statement splits on the delimiter.
 Rows come out in file order (DuckDB keeps insertion order; the window that
 assigns sequence numbers does not, so that statement sorts by line).
 
@@ -291,9 +292,12 @@ def build(
         )
     trading_date = f"CAST(timezone({tz}, c_event_time) AS DATE)" if ts is not None else "NULL::DATE"
     parsed = f"""
+        split AS (
+            SELECT line_no, raw, coalesce(f, string_split(raw, {delim})) AS f FROM rows
+        ),
         parsed AS (
             SELECT line_no, raw, f, {select_text}
-            FROM rows
+            FROM split
         ),
         timed AS (
             SELECT *, {event_time} AS c_event_time FROM parsed
