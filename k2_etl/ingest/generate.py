@@ -87,6 +87,13 @@ def _iso(micros: np.ndarray) -> pa.Array:
     return pa.array(np.char.add(np.datetime_as_string(micros.astype("datetime64[us]"), unit="us"), "Z"))
 
 
+def _time_ordered(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    """All symbols' columns joined, rows in time order (a file is one venue's day, as it happened)."""
+    joined = {k: np.concatenate(v) for k, v in parts.items()}
+    order = np.argsort(joined["t"], kind="stable")
+    return {k: v[order] for k, v in joined.items()}
+
+
 def _write(path: Path, columns: dict[str, pa.Array]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table({k: (v if isinstance(v, pa.Array) else pa.array(v)) for k, v in columns.items()})
@@ -180,9 +187,8 @@ def generate(
                     quotes["aq"].append(aq)
                     quotes["seq"].append(np.arange(1, m + 1))
             folder = out / day.isoformat()
-            tr = {k: np.concatenate(v) for k, v in trades.items()}
-            order = np.argsort(tr["t"], kind="stable")
-            tr = {k: v[order] for k, v in tr.items()}
+            tr = _time_ordered(trades)
+            order = tr["t"]
             trade_path = folder / f"trades_{code}.csv"
             _write(
                 trade_path,
@@ -201,9 +207,8 @@ def generate(
             files.append(str(trade_path))
             total_trades += len(order)
             if quotes["t"]:
-                qu = {k: np.concatenate(v) for k, v in quotes.items()}
-                order = np.argsort(qu["t"], kind="stable")
-                qu = {k: v[order] for k, v in qu.items()}
+                qu = _time_ordered(quotes)
+                order = qu["t"]
                 bid_text = pc.if_else(pa.array(qu["bid"] == 0), "", _money(qu["bid"]))
                 bid_size = pc.if_else(pa.array(qu["bid"] == 0), "", pa.array(qu["bq"]).cast(pa.string()))
                 quote_path = folder / f"quotes_{code}.csv"

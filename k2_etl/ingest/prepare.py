@@ -59,7 +59,7 @@ class Prepared:
 
 
 class FileFailed(K2Error):
-    """The whole file cannot be loaded (empty, bad header, no matching record type)."""
+    """The whole file cannot be loaded (empty, or a header without the format's columns)."""
 
 
 def _csv_fields(line: str, delimiter: str) -> list[str]:
@@ -208,9 +208,8 @@ class Preparer:
         rejects = [
             self.reject(path, spec.type, r.line_number, r.raw, r.reason, r.detail, None, load_id) for r in block.rejects
         ]
-        empty = Prepared([], [], [], rejects, len(block.rejects), block.blank_lines, block.nbytes)
         if len(block.lines) == 0:
-            return empty
+            return Prepared([], [], [], rejects, len(block.rejects), block.blank_lines, block.nbytes)
         rows = pa.table(
             {
                 "line_no": pa.array(block.line_numbers, pa.int64()),
