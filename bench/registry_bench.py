@@ -31,11 +31,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from k2_etl.config import load_settings  # noqa: E402
-from k2_etl.local.components import registry  # noqa: E402
-from k2_etl.local.supervisor import start, stop  # noqa: E402
-from k2_etl.schemas import TRADE  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
+from k2_etl.config import load_settings
+from k2_etl.local.components import registry
+from k2_etl.local.supervisor import start, stop
+from k2_etl.schemas import TRADE
+from tests.helpers import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -110,7 +110,7 @@ def main() -> None:
         "operations": rows,
     }
     print(f"registry start → healthy: {startup_s:.2f} s")
-    print(f"{'operation':45} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'p50 × base':>10}")
+    print(f"{'operation':45} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'p50 x base':>10}")
     for row in rows:
         print(
             f"{row['operation']:45} {row['p50_ms']:>8} {row['p99_ms']:>8} {row['per_second']:>8} "

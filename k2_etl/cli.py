@@ -203,13 +203,16 @@ def _serve_metrics(port: int) -> None:
 
 
 def _bound_allocator_memory() -> None:
-    """Keep a long load's resident memory near what it uses, not what it once used.
+    """Keep a long load's resident memory near what it uses, and its buffers cheap to allocate.
 
     Measured with bench/ingest_bench.py (2M rows): Arrow's mimalloc and glibc's
     self-tuning trim threshold each kept freed block buffers (a few MB per
-    block, allocated by several threads) mapped, ending near 530 MB; the system
-    allocator with a fixed 1 MiB trim threshold (glibc's M_TRIM_THRESHOLD, as
-    MALLOC_TRIM_THRESHOLD_ would set) hands them back: under 400 MB, same speed.
+    block, allocated by several threads) mapped, ending near 530 MB. The system
+    allocator with a fixed 1 MiB trim threshold hands them back. Fixing it also
+    pins glibc's mmap threshold at 128 KiB, so every column buffer was a fresh
+    mmap, page-faulted in and unmapped again (a fifth of the reading thread's
+    time went to the kernel); buffers up to 4 MiB now come from the heap: 13%
+    less CPU preparing a block, about 20 MB more at peak.
     """
     import ctypes
     import ctypes.util
@@ -220,9 +223,10 @@ def _bound_allocator_memory() -> None:
     libc_name = ctypes.util.find_library("c")
     if libc_name:
         libc = ctypes.CDLL(libc_name)
-        m_trim_threshold = -1
+        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
         if hasattr(libc, "mallopt"):
             libc.mallopt(m_trim_threshold, 1 << 20)
+            libc.mallopt(m_mmap_threshold, 4 << 20)
 
 
 def _print_load_report(report: Any) -> None:

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 MAGIC = b"\x00"
-_EMPTY = pa.scalar(b"", pa.large_binary())  # the separator when joining encoded pieces
+_EMPTY = pa.scalar(b"", pa.binary())  # the separator when joining encoded pieces
 
 
 def confluent_prefix(schema_id: int) -> bytes:
@@ -34,10 +34,10 @@ def confluent_prefix(schema_id: int) -> bytes:
 
 
 def _binary(lengths: np.ndarray, data: np.ndarray) -> pa.Array:
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)  # a block's messages are far below 2 GiB
     np.cumsum(lengths, out=offsets[1:])
     return pa.Array.from_buffers(
-        pa.large_binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))]
+        pa.binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))]
     )
 
 
@@ -67,15 +67,22 @@ def _length_prefixed(col: pa.Array) -> pa.Array:
     Market data repeats itself (symbols, exchanges, currencies): a column with
     few distinct values is encoded once per value and gathered by index.
     """
-    if len(col) >= 1024 and not pa.types.is_dictionary(col.type):
+    few = len(col) >= 1024 and pc.count_distinct(col.slice(0, 1024)).as_py() * 8 <= 1024  # ids never are
+    if few and not pa.types.is_dictionary(col.type):
         encoded = pc.dictionary_encode(col)
         if len(encoded.dictionary) * 8 <= len(col):
             return pc.take(_length_prefixed(encoded.dictionary), encoded.indices)
-    binary = col.cast(pa.large_binary())
+    binary = col.cast(pa.binary())
     lengths = pc.binary_length(binary).to_numpy(zero_copy_only=False)
-    if len(lengths) and lengths.min() == lengths.max():  # fixed width (ids, codes): one prefix for all
-        prefix = pa.scalar(varint(lengths[:1])[0].as_py(), pa.large_binary())
-        return pc.binary_join_element_wise(prefix, binary, _EMPTY)
+    if len(lengths) and lengths.min() == lengths.max():  # fixed width (ids, codes): rows of a byte matrix
+        width = int(lengths[0])
+        prefix = np.frombuffer(varint(lengths[:1])[0].as_py(), dtype=np.uint8)
+        start = int(np.frombuffer(binary.buffers()[1], dtype=np.int32, count=binary.offset + 1)[-1])
+        data = np.frombuffer(binary.buffers()[2], dtype=np.uint8, count=start + len(lengths) * width)[start:]
+        out = np.empty((len(lengths), len(prefix) + width), dtype=np.uint8)
+        out[:, : len(prefix)] = prefix
+        out[:, len(prefix) :] = data.reshape(len(lengths), width)
+        return _binary(np.full(len(lengths), out.shape[1], dtype=np.int64), out.ravel())
     return pc.binary_join_element_wise(varint(lengths), binary, _EMPTY)
 
 
@@ -88,23 +95,31 @@ def _decimal(col: pa.Array) -> pa.Array:
     for k in range(1, 8):
         limit = np.int64(1) << np.int64(8 * k - 1)
         nbytes += (unscaled >= limit) | (unscaled < -limit)
-    big = unscaled.astype(">i8").view(np.uint8).reshape(-1, 8)
-    mask = np.arange(8) >= (8 - nbytes)[:, None]
-    return pc.binary_join_element_wise(varint(nbytes), _binary(nbytes, big[mask]), _EMPTY)
+    # A 9-byte row per value: its big-endian bytes right-aligned, the length (1..8, so a one-byte
+    # varint: 2 * n) just before the significant ones; the mask keeps length and significant bytes.
+    out = np.empty((len(unscaled), 9), dtype=np.uint8)
+    out[:, 1:] = unscaled.astype(">i8").view(np.uint8).reshape(-1, 8)
+    out[np.arange(len(unscaled)), 8 - nbytes] = (2 * nbytes).astype(np.uint8)
+    mask = np.arange(9) >= (8 - nbytes)[:, None]
+    return _binary(nbytes + 1, out[mask])
 
 
 def _string_array(col: pa.Array) -> pa.Array:
     """array<string>: one block with the count and the items, then the 0 terminator; empty is just 0."""
-    lists = col.cast(pa.large_list(pa.large_string()))
+    lists = col.cast(pa.list_(pa.string()))
     counts = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
+    filled = counts > 0
+    if len(counts) and not filled.all():  # often most lists are empty (no trade conditions): encode the others
+        encoded = _string_array(lists.filter(pa.array(filled))) if filled.any() else pa.array([], pa.binary())
+        which = np.where(filled, np.cumsum(filled), 0)  # 0: the empty array's encoding, i: the i-th filled row
+        return pa.concat_arrays([pa.array([b"\x00"], pa.binary()), encoded]).take(pa.array(which))
     flat = pc.list_flatten(lists)
-    items = _length_prefixed(flat) if len(flat) else pa.array([], pa.large_binary())
-    offsets = lists.offsets
+    items = _length_prefixed(flat) if len(flat) else pa.array([], pa.binary())
     if lists.offset or len(lists) != len(col):  # pragma: no cover - arrays come unsliced from DuckDB
         raise ValueError("sliced list arrays are not supported")
-    per_row = pc.binary_join(pa.LargeListArray.from_arrays(offsets, items), _EMPTY)
-    blocks = pc.binary_join_element_wise(varint(counts), per_row, pa.scalar(b"\x00", pa.large_binary()), _EMPTY)
-    return pc.if_else(pa.array(counts == 0), pa.scalar(b"\x00", pa.large_binary()), blocks)
+    offsets = pc.subtract(lists.offsets, lists.offsets[0])  # list_flatten's items start at the first offset
+    per_row = pc.binary_join(pa.ListArray.from_arrays(offsets, items), _EMPTY)
+    return pc.binary_join_element_wise(varint(counts), per_row, pa.scalar(b"\x00", pa.binary()), _EMPTY)
 
 
 def _plain(avro_type: Any, col: pa.Array) -> pa.Array:
@@ -130,8 +145,8 @@ def _plain(avro_type: Any, col: pa.Array) -> pa.Array:
     raise TypeError(f"unsupported Avro type {avro_type!r}")
 
 
-_NULL_BRANCH = pa.scalar(b"\x00", pa.large_binary())
-_VALUE_BRANCH = pa.scalar(b"\x02", pa.large_binary())
+_NULL_BRANCH = pa.scalar(b"\x00", pa.binary())
+_VALUE_BRANCH = pa.scalar(b"\x02", pa.binary())
 
 
 def _filler(avro_type: Any, arrow_type: pa.DataType) -> pa.Scalar:
@@ -176,7 +191,7 @@ def _constant(col: pa.Array) -> bool:
         return pc.max(pc.list_value_length(col)).as_py() == 0  # all empty, e.g. no quality flags
     if col[0] != col[len(col) - 1]:  # cheap early "no" for ids and times
         return False
-    return len(pc.unique(col)) == 1
+    return bool(pc.all(pc.equal(col, col[0])).as_py())
 
 
 def _encode_value(avro_type: Any, value: Any) -> bytes:
@@ -213,7 +228,7 @@ def encode_table(
                 pieces.append(encoded)
         else:
             pieces.append(encode_column(f["type"], col))
-    args = [pa.scalar(p, pa.large_binary()) if isinstance(p, bytes) else p for p in pieces]
+    args = [pa.scalar(p, pa.binary()) if isinstance(p, bytes) else p for p in pieces]
     if len(args) == 1:
-        return pa.array([pieces[0]] * table.num_rows, pa.large_binary())
+        return pa.array([pieces[0]] * table.num_rows, pa.binary())
     return pc.binary_join_element_wise(*args, _EMPTY)

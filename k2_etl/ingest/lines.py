@@ -45,6 +45,7 @@ class Block:
     rejects: list[LineReject] = field(default_factory=list)
     blank_lines: int = 0
     nbytes: int = 0
+    quoted: bool = True  # whether any line may contain a double quote (then fields follow CSV quoting rules)
 
 
 def open_binary(path: Path) -> BinaryIO:
@@ -127,7 +128,7 @@ def _to_block(data: bytes, first_line: int, line_count: int, max_line_bytes: int
     if dropped:
         lines = lines.filter(keep)
         numbers = numbers[keep.to_numpy(zero_copy_only=False)]
-    return Block(lines, numbers, rejects, blank, len(data))
+    return Block(lines, numbers, rejects, blank, len(data), quoted=b'"' in data)
 
 
 def read_blocks(

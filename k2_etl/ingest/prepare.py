@@ -69,11 +69,31 @@ def _csv_fields(line: str, delimiter: str) -> list[str]:
         return [line]  # unparseable quoting: one field, so the row is rejected for its field count
 
 
-def split_fields(lines: pa.Array, delimiter: str) -> pa.Array:
-    """Fields of lines with quotes (csv rules); NULL for the rest, which the SQL splits on the delimiter."""
-    if len(lines) and pc.any(pc.match_substring(lines, '"')).as_py():
-        return pa.array([_csv_fields(line, delimiter) for line in lines.to_pylist()], pa.list_(pa.string()))
-    return pa.nulls(len(lines), pa.list_(pa.string()))
+def split_fields(lines: pa.Array, delimiter: str, count: int, quoted: bool = True) -> tuple[pa.Array, list[pa.Array]]:
+    """Each line's number of fields, and its fields as ``count`` columns, trimmed of spaces.
+
+    Lines without quotes are split on the delimiter by Arrow (vectorized); a block
+    with quotes goes through Python's csv rules (``quoted=False`` says none has one).
+    The fields of a line with another number of fields are NULL: the statement
+    rejects it for its count.
+    """
+    if quoted and len(lines) and pc.any(pc.match_substring(lines, '"')).as_py():
+        lists = pa.array([_csv_fields(line, delimiter) for line in lines.to_pylist()], pa.list_(pa.string()))
+    else:
+        lists = pc.split_pattern(lines, delimiter)
+    counts = pc.list_value_length(lists)
+    usable = pc.equal(counts, count)
+    spread = None  # where the usable lines' fields go among all lines (NULL for the others)
+    if not pc.all(usable).as_py():
+        keep = usable.to_numpy(zero_copy_only=False)
+        spread = pa.array(np.cumsum(keep) - 1, pa.int64(), mask=~keep)
+        lists = lists.filter(usable)
+    flat = pc.list_flatten(lists)  # every remaining line has exactly `count` fields: field k is every count-th
+    fields = []
+    for k in range(count):
+        column = pc.utf8_trim(flat.take(pa.array(np.arange(k, len(flat), count))), " ")
+        fields.append(column if spread is None else column.take(spread))
+    return counts, fields
 
 
 def find_upwards(start: Path, name: str) -> Path | None:
@@ -210,16 +230,20 @@ class Preparer:
         ]
         if len(block.lines) == 0:
             return Prepared([], [], [], rejects, len(block.rejects), block.blank_lines, block.nbytes)
+        counts, fields = split_fields(block.lines, self.fmt.delimiter, len(spec.columns), block.quoted)
         rows = pa.table(
             {
                 "line_no": pa.array(block.line_numbers, pa.int64()),
                 "raw": block.lines,
-                "f": split_fields(block.lines, self.fmt.delimiter),
+                "nf": counts,
+                **{f"f{k + 1}": column for k, column in enumerate(fields)},
             }
         )
         con.register("rows", rows)
         con.register("seq_base", _seq_base_table(seq_base))
         table = con.execute(statement.sql, statement.params).to_arrow_table()
+        con.unregister("rows")  # DuckDB would keep the block's input alive until the next one
+        del rows, fields  # peak memory: a block's intermediates are dropped as soon as they are used
         if table.num_rows != len(block.lines):  # every line is one row out, valid or not
             raise K2Error(f"{path}: {len(block.lines)} lines became {table.num_rows} rows; not loading this file")
         if table.column("reason").null_count == table.num_rows:  # the usual case: nothing to split off
@@ -240,16 +264,18 @@ class Preparer:
             _advance_sequences(valid, seq_base)
         record = BY_NAME[spec.type]
         lineage = {"source": str(path), "load_id": load_id, "ingest_time": source.ingest_time}
-        values = encode_table(valid, record.schema, self.schema_ids[spec.type], constants=lineage).to_pylist()
-        symbols = valid.column("symbol").to_pylist()
-        cache: dict[str, bytes] = {}
-        keys = [cache.get(s) or cache.setdefault(s, s.encode()) for s in symbols]
+        encoded = encode_table(valid, record.schema, self.schema_ids[spec.type], constants=lineage)
+        symbols = pc.dictionary_encode(valid.column("symbol").combine_chunks())  # one bytes object per symbol
+        distinct = np.array([s.encode() for s in symbols.dictionary.to_pylist()], dtype=object)
+        keys = distinct[symbols.indices.to_numpy(zero_copy_only=False)].tolist()
         if spec.type == "reference_data":
             stamp = int(time.time() * 1000)
             timestamps = [stamp] * valid.num_rows
         else:
             micros = valid.column("event_time").combine_chunks().cast(pa.int64())
-            timestamps = pc.divide(micros, 1000).to_pylist()
+            timestamps = (micros.to_numpy(zero_copy_only=False) // 1000).tolist()
+        del table, valid, bad, symbols
+        values = encoded.to_pylist()
         return Prepared(
             values, keys, timestamps, rejects, len(block.rejects) + len(block.lines), block.blank_lines, block.nbytes
         )

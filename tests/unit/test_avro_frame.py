@@ -91,3 +91,19 @@ def test_repetitive_columns_take_the_dictionary_path() -> None:
     table = pa.Table.from_pylist(rows, schema=iceberg_schema(QUOTE).as_arrow())
     for row, message in zip(rows, encode_table(table, schema, 9).to_pylist(), strict=True):
         assert message == confluent_prefix(9) + fastavro_bytes(schema, row)
+
+
+def test_fixed_width_strings_and_sliced_columns() -> None:
+    """Ids (every value the same length) are encoded as rows of a byte matrix; a slice must not shift them."""
+    rng = random.Random(11)
+    schema = TRADE.schema
+    rows = []
+    for i in range(3000):
+        row = {f["name"]: random_value(f["type"], rng) for f in schema["fields"]}
+        row.update(event_id=f"{i:032x}", symbol=f"S{i % 500:03d}", conditions=["XT"] if i % 97 == 0 else [])
+        rows.append(row)
+    table = pa.Table.from_pylist(rows, schema=iceberg_schema(TRADE).as_arrow())
+    for start, length in [(0, 3000), (1234, 1500)]:
+        sliced = rows[start : start + length]
+        encoded = encode_table(table.slice(start, length), schema, 5).to_pylist()
+        assert encoded == [confluent_prefix(5) + fastavro_bytes(schema, row) for row in sliced]
