@@ -415,6 +415,39 @@ def schemas_check(json_output: JsonFlag = False) -> None:
         raise typer.Exit(1)
 
 
+# --- streaming --------------------------------------------------------------------------
+
+
+@app.command()
+def consume(
+    topics: Annotated[
+        list[str] | None, typer.Option("--topic", "-t", help="A topic to consume (repeatable; default: all four).")
+    ] = None,
+    group: Annotated[str | None, typer.Option(help="Consumer group (default: K2_STREAM_GROUP).")] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Land the trades, quotes, reference-data and dead-letter topics in Iceberg, exactly once.
+
+    Runs until SIGTERM or Ctrl-C, then commits the batch in hand and exits 0.
+    Partitions resume from the offsets the tables record. Logs go to stderr.
+    """
+    import logging
+
+    from k2_etl.stream.consumer import StreamConsumer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "httpx2"):  # one line per registry request
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = load_settings()
+    consumer = StreamConsumer(settings, topics=topics, group=group)
+    consumer.install_signal_handlers()
+    counts = consumer.run()
+    if json_output:
+        _print_json(counts.to_dict())
+    else:
+        out.print(f"consumed {counts.consumed:,}, landed {counts.landed:,}, rejected {counts.rejected:,}")
+
+
 # --- registry ----------------------------------------------------------------------------
 
 

@@ -116,6 +116,28 @@ class Settings(BaseSettings):
         9102, ge=0, le=65535, description="Port where `k2 load` serves /metrics while it runs (0: off)."
     )
 
+    # --- Streaming consumer ----------------------------------------------------
+    stream_group: str = Field(
+        "k2-stream", min_length=1, description="Kafka consumer group of `k2 consume` (its offsets live in the tables)."
+    )
+    stream_batch_rows: int = Field(
+        20_000, ge=1, le=1_000_000, description="`k2 consume` commits a batch when it holds this many records..."
+    )
+    stream_batch_seconds: float = Field(
+        1.0, gt=0, le=3600, allow_inf_nan=False, description="...or when its oldest record has waited this long."
+    )
+    stream_session_timeout_seconds: float = Field(
+        10.0, ge=1, le=3600, allow_inf_nan=False, description="Consumer-group session timeout (heartbeats: a fifth)."
+    )
+    stream_max_poll_interval_seconds: float = Field(
+        60.0,
+        ge=1,
+        le=86_400,
+        allow_inf_nan=False,
+        description="Longest pause between polls (a slow Iceberg commit) before the group reassigns partitions; "
+        "also how long a rebalance waits for members.",
+    )
+
     # --- API (served in a later issue) ---------------------------------------
     api_host: str = Field("127.0.0.1", description="Address the REST API binds to.")
     api_port: int = Field(8000, ge=1, le=65535, description="Port of the REST API.")

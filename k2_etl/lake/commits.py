@@ -1,0 +1,92 @@
+"""Appends that carry the Kafka offsets they cover: what makes landing exactly once.
+
+Each append by the streaming consumer stores, in the new snapshot's summary,
+the next offset to read for every topic-partition it has landed, per consumer
+group (one JSON property). Data and offsets commit atomically, so the table
+alone says where to resume: a crash before the commit re-reads the batch, a
+crash after it does not.
+
+Fencing: a consumer remembers, per partition, the offset the table recorded
+when it took the partition (or when it last committed). At commit time the
+table must still record exactly that; otherwise another consumer has
+committed the partition since (a rebalance moved it) and this batch is stale:
+:class:`Fenced` is raised and nothing is written. Commit conflicts with other
+writers (another consumer, maintenance) are retried on a refreshed table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import pyarrow as pa
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.table import Table
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from k2_etl.errors import K2Error
+
+OFFSETS_PROPERTY = "k2.kafka-offsets"  # {"group": {"topic": {"partition": next offset}}}
+
+#: Offsets of one group: topic -> partition -> next offset to read.
+Offsets = dict[str, dict[int, int]]
+
+
+class Fenced(K2Error):
+    """Another consumer committed a partition of this batch since this one took it."""
+
+
+def _recorded(table: Table) -> dict[str, dict[str, dict[str, int]]]:
+    """The offsets property of the newest snapshot that has one (maintenance snapshots do not)."""
+    snapshot = table.current_snapshot()
+    while snapshot is not None:
+        summary = snapshot.summary
+        value = summary.additional_properties.get(OFFSETS_PROPERTY) if summary is not None else None
+        if value is not None:
+            return json.loads(value)
+        snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id else None
+    return {}
+
+
+def committed_offsets(table: Table, group: str) -> Offsets:
+    """Next offsets to read for ``group``, as the table's current state records them."""
+    return {
+        topic: {int(p): offset for p, offset in partitions.items()}
+        for topic, partitions in _recorded(table).get(group, {}).items()
+    }
+
+
+@retry(
+    retry=retry_if_exception_type(CommitFailedException),
+    stop=stop_after_attempt(10),
+    wait=wait_random_exponential(multiplier=0.05, max=2),
+    reraise=True,
+)
+def append_with_offsets(
+    table: Table,
+    data: pa.Table,
+    group: str,
+    expected: Mapping[str, Mapping[int, int | None]],
+    next_offsets: Offsets,
+) -> None:
+    """Append ``data`` and record ``next_offsets`` for ``group``, if the table still records ``expected``.
+
+    ``expected``: per topic-partition of the batch, the next offset the table recorded when the
+    batch began (None: nothing recorded). Raises :class:`Fenced` when it records anything else.
+    """
+    table.refresh()
+    recorded = _recorded(table)
+    mine = recorded.get(group, {})
+    for topic, partitions in expected.items():
+        for partition, offset in partitions.items():
+            now = mine.get(topic, {}).get(str(partition))
+            if now != offset:
+                raise Fenced(
+                    f"{table.name()[-1]}: {topic}[{partition}] is at offset {now} in the table, "
+                    f"not {offset}: another consumer committed it; dropping this batch"
+                )
+    merged = {topic: dict(partitions) for topic, partitions in mine.items()}
+    for topic, partitions in next_offsets.items():
+        merged.setdefault(topic, {}).update({str(p): o for p, o in partitions.items()})
+    recorded[group] = merged
+    table.append(data, snapshot_properties={OFFSETS_PROPERTY: json.dumps(recorded, sort_keys=True)})

@@ -1,0 +1,286 @@
+"""`k2 consume`: Kafka topics → Iceberg tables, exactly once, about a second after production.
+
+One consumer-group member. Each message is decoded with its registered
+schema and buffered for its table; when the buffer holds
+``K2_STREAM_BATCH_ROWS`` records or its oldest has waited
+``K2_STREAM_BATCH_SECONDS``, every table with records gets one append
+carrying the offsets it covers (:mod:`k2_etl.lake.commits`). Partitions
+resume from the offsets the tables record, never from Kafka's committed
+offsets (those are committed too, after each append, so lag shows in the
+usual tools).
+
+A message that cannot be decoded goes to the dead-letter topic with its
+bytes, headers, position and the reason (flushed before the append that
+moves past it) and lands in the ``rejects`` table from there; an
+undecodable message on the dead-letter topic itself becomes a reject row
+directly. SIGTERM or SIGINT: the batch in hand is committed, then exit 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+import fastavro
+import pyarrow as pa
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka.schema_registry import Schema
+from pyiceberg.table import Table
+from tenacity import retry, retry_if_exception_type, wait_random_exponential
+
+from k2_etl.config import Settings
+from k2_etl.errors import K2Error, SchemaError, UnavailableError
+from k2_etl.ingest.avro_frame import confluent_prefix
+from k2_etl.ingest.producer import make_producer
+from k2_etl.kafka import client_config
+from k2_etl.lake.catalog import open_catalog
+from k2_etl.lake.commits import Fenced, append_with_offsets, committed_offsets
+from k2_etl.lake.tables import TABLES
+from k2_etl.schemas import REJECT, TOPIC_RECORD_TYPES
+from k2_etl.schemas.registration import registry_client
+from k2_etl.stream.decode import Decoder, Undecodable
+
+log = logging.getLogger(__name__)
+
+POLL_MESSAGES = 5_000
+POLL_SECONDS = 0.2
+
+
+@dataclass
+class _Pending:
+    """Records of one topic waiting for their table's next append, and the offsets they take it to."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset to read
+    since: float | None = None  # when the oldest record arrived
+
+
+@dataclass
+class Counts:
+    consumed: int = 0
+    landed: int = 0
+    rejected: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"consumed": self.consumed, "landed": self.landed, "rejected": self.rejected}
+
+
+class StreamConsumer:
+    """Create once per process; :meth:`run` until :meth:`stop` (or a signal)."""
+
+    def __init__(self, settings: Settings, *, topics: list[str] | None = None, group: str | None = None) -> None:
+        self.settings = settings
+        self.group = group or settings.stream_group
+        by_topic = {r.topic_name(settings): r for r in TOPIC_RECORD_TYPES}
+        self.topics = topics or list(by_topic)
+        unknown = [t for t in self.topics if t not in by_topic]
+        if unknown:
+            raise K2Error(f"not K2 topics: {', '.join(unknown)} (known: {', '.join(by_topic)})")
+        self.record_types = {t: by_topic[t].name for t in self.topics}
+        catalog = open_catalog(settings)
+        table_of = {d.record.name: d.name for d in TABLES}
+        self.tables: dict[str, Table] = {
+            t: catalog.load_table((settings.namespace, table_of[self.record_types[t]])) for t in self.topics
+        }
+        self.dead_letters = REJECT.topic_name(settings)
+        self.decoder = Decoder(registry_client(settings))
+        self.producer = make_producer(settings)
+        self.reject_schema = fastavro.parse_schema(REJECT.schema)
+        self.reject_prefix = confluent_prefix(self._reject_schema_id())
+        self.expected: dict[str, dict[int, int | None]] = {}  # owned partitions -> offset the table records
+        self.pending: dict[str, _Pending] = {}
+        self.counts = Counts()
+        self._stopping = False
+
+    def _reject_schema_id(self) -> int:
+        subject = REJECT.subject(self.settings)
+        try:
+            with registry_client(self.settings) as client:
+                return client.lookup_schema(subject, Schema(REJECT.schema_str, "AVRO")).schema_id
+        except Exception as exc:
+            raise SchemaError(
+                f"cannot find the reject schema under {subject} ({exc}); run `k2 schemas register`"
+            ) from None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def stop(self, *_: object) -> None:
+        self._stopping = True
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("%s: committing the batch in hand, then stopping", signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self, on_commit: Callable[[Counts], None] | None = None) -> Counts:
+        consumer = Consumer(
+            client_config(
+                self.settings,
+                **{
+                    "group.id": self.group,
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "session.timeout.ms": int(self.settings.stream_session_timeout_seconds * 1000),
+                    "heartbeat.interval.ms": int(self.settings.stream_session_timeout_seconds * 200),
+                    "max.poll.interval.ms": int(self.settings.stream_max_poll_interval_seconds * 1000),
+                    "logger": log,
+                },
+            )
+        )
+        consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        log.info("consuming %s as group %s", ", ".join(self.topics), self.group)
+        try:
+            while not self._stopping:
+                for message in consumer.consume(POLL_MESSAGES, POLL_SECONDS):
+                    self._take(message)
+                if self._due():
+                    self._commit(consumer)
+                    if on_commit is not None:
+                        on_commit(self.counts)
+            self._commit(consumer)
+        finally:
+            consumer.close()
+            self.producer.flush(10)
+        log.info("stopped: %s", json.dumps(self.counts.to_dict()))
+        return self.counts
+
+    # --- rebalances ------------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            table = self.tables[tp.topic]
+            table.refresh()
+            offset = committed_offsets(table, self.group).get(tp.topic, {}).get(tp.partition)
+            self.expected.setdefault(tp.topic, {})[tp.partition] = offset
+            tp.offset = OFFSET_BEGINNING if offset is None else offset
+            log.info("assigned %s[%d]: resuming at %s", tp.topic, tp.partition, offset or "the beginning")
+        consumer.assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit(consumer)  # what is in hand is still ours: land it before the partitions move
+        self._forget(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget(partitions)  # no longer ours: a commit would be fenced anyway
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.expected.get(tp.topic, {}).pop(tp.partition, None)
+            pending = self.pending.get(tp.topic)
+            if pending is not None and tp.partition in pending.next_offsets:
+                self.pending.pop(tp.topic)  # a batch spans the topic's partitions: drop it whole, it is re-read
+
+    # --- records ---------------------------------------------------------------------------------
+    def _take(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", error.str())
+            return
+        topic, partition, offset = message.topic() or "", message.partition() or 0, message.offset() or 0
+        if partition not in self.expected.get(topic, {}):
+            return  # a partition given up in a rebalance: its new owner reads it
+        self.counts.consumed += 1
+        pending = self.pending.setdefault(topic, _Pending())
+        if pending.since is None:
+            pending.since = time.monotonic()
+        pending.next_offsets[partition] = offset + 1
+        try:
+            _, record = self._decode(message.value())
+        except Undecodable as exc:
+            self.counts.rejected += 1
+            reject = self._reject(message, str(exc))
+            if topic == self.dead_letters:
+                pending.rows.append(reject)  # never send the dead-letter topic's own poison back to it
+            else:
+                self._send_dead_letter(reject)
+            return
+        pending.rows.append(record)
+
+    @retry(retry=retry_if_exception_type(UnavailableError), wait=wait_random_exponential(multiplier=0.5, max=30))
+    def _decode(self, value: bytes | None) -> tuple[int, dict[str, Any]]:
+        return self.decoder.decode(value)  # an unreachable registry is waited for, forever
+
+    def _reject(self, message: Message, reason: str) -> dict[str, Any]:
+        topic, partition, offset = message.topic() or "", message.partition() or 0, message.offset() or 0
+        raw_headers = [
+            (str(h[0]), h[1] if isinstance(h[1], bytes) else str(h[1] or "").encode()) for h in message.headers() or []
+        ]
+        headers = {k: base64.b64encode(v).decode() for k, v in raw_headers}
+        load_id = next((v.decode(errors="replace") for k, v in raw_headers if k == "k2-load-id" and v), None)
+        return {
+            "reject_id": hashlib.md5(f"{topic}|{partition}|{offset}".encode(), usedforsecurity=False).hexdigest(),
+            "rejected_at": datetime.now(UTC),
+            "stage": "consume",
+            "record_type": self.record_types.get(topic) if topic != self.dead_letters else None,
+            "reason": f"{topic}[{partition}] offset {offset}: {reason}",
+            "field": None,
+            "value": None,
+            "source": topic,
+            "line_number": None,
+            "raw_line": None,
+            "kafka_topic": topic,
+            "kafka_partition": partition,
+            "kafka_offset": offset,
+            "raw_bytes": message.value(),
+            "headers": json.dumps(headers, sort_keys=True) if headers else None,
+            "load_id": load_id,
+        }
+
+    def _send_dead_letter(self, reject: dict[str, Any]) -> None:
+        buffer = io.BytesIO()
+        buffer.write(self.reject_prefix)
+        fastavro.schemaless_writer(buffer, self.reject_schema, reject)
+        self.producer.produce(self.dead_letters, buffer.getvalue(), (reject["kafka_topic"] or "").encode())
+        self.producer.poll(0)
+
+    # --- commits ---------------------------------------------------------------------------------
+    def _due(self) -> bool:
+        held = sum(len(p.rows) for p in self.pending.values())
+        oldest = min((p.since for p in self.pending.values() if p.since is not None), default=None)
+        return held >= self.settings.stream_batch_rows or (
+            oldest is not None and time.monotonic() - oldest >= self.settings.stream_batch_seconds
+        )
+
+    def _commit(self, consumer: Consumer) -> None:
+        if not self.pending:
+            return
+        if self.producer.flush(30) > 0:  # dead letters must be durable before the offsets move past them
+            raise UnavailableError("dead letters could not be delivered to Kafka within 30 s")
+        for topic, pending in list(self.pending.items()):
+            table = self.tables[topic]
+            data = pa.Table.from_pylist(pending.rows, schema=table.schema().as_arrow())
+            expected = {topic: {p: self.expected[topic].get(p) for p in pending.next_offsets}}
+            try:
+                append_with_offsets(table, data, self.group, expected, {topic: pending.next_offsets})
+            except Fenced as exc:
+                log.warning("%s", exc)
+                self._resume_from_table(consumer, topic, list(pending.next_offsets))
+                continue
+            finally:
+                self.pending.pop(topic, None)
+            self.expected[topic].update(pending.next_offsets)
+            self.counts.landed += len(pending.rows)
+            consumer.commit(
+                offsets=[TopicPartition(topic, p, o) for p, o in pending.next_offsets.items()], asynchronous=True
+            )
+
+    def _resume_from_table(self, consumer: Consumer, topic: str, partitions: list[int]) -> None:
+        table = self.tables[topic]
+        table.refresh()
+        recorded = committed_offsets(table, self.group).get(topic, {})
+        for partition in partitions:
+            offset = recorded.get(partition)
+            self.expected[topic][partition] = offset
+            consumer.seek(TopicPartition(topic, partition, OFFSET_BEGINNING if offset is None else offset))

@@ -1,0 +1,180 @@
+"""`k2 consume` end to end: real broker, registry and Iceberg tables; what lands is read back."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from k2_etl.bootstrap import init_platform
+from k2_etl.config import Settings, load_settings
+from k2_etl.kafka import client_config
+from k2_etl.lake.catalog import open_catalog
+from k2_etl.lake.commits import committed_offsets
+from k2_etl.schemas import TRADE
+from k2_etl.schemas.registration import register_schemas
+from tests.helpers import REPO, a_trade, env_of, poll, run_k2
+from tests.integration.ingest_helpers import load, messages_of
+
+pytestmark = pytest.mark.integration
+SAMPLE = REPO / "data" / "sample" / "k2"
+TABLE_OF_TOPIC = {"trades": "trades", "quotes": "quotes", "reference_data": "reference_data"}
+
+
+@pytest.fixture
+def ready(own_settings: Settings) -> Settings:
+    """Topics, tables and schemas of this test's own; consumer timeouts short (the local broker's
+    group join waits for the rebalance timeout, see PLATFORM-NOTES) and commits every half second."""
+    settings = load_settings(
+        **{
+            **own_settings.model_dump(include={"home", "kafka_bootstrap", "schema_registry_url", "topic_prefix"}),
+            "stream_session_timeout_seconds": 6,
+            "stream_max_poll_interval_seconds": 7,
+            "stream_batch_seconds": 0.5,
+        }
+    )
+    init_platform(settings)
+    register_schemas(settings)
+    return settings
+
+
+class ConsumerProcess:
+    """`k2 consume --json` as a subprocess, its log in a file."""
+
+    def __init__(self, settings: Settings, log: Path) -> None:
+        self.log = log
+        k2 = Path(sys.executable).with_name("k2")
+        self._log_handle = log.open("w")
+        self.process = subprocess.Popen(
+            [str(k2), "consume", "--json"],
+            env=env_of(settings),
+            stdout=subprocess.PIPE,
+            stderr=self._log_handle,
+            text=True,
+        )
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> tuple[int, dict[str, int]]:
+        self.process.send_signal(sig)
+        out, _ = self.process.communicate(timeout=60)
+        self._log_handle.close()
+        assert "Traceback" not in self.log_text(), self.log_text()
+        return self.process.returncode, json.loads(out)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+        self._log_handle.close()
+
+
+def table(settings: Settings, name: str) -> pa.Table:
+    return open_catalog(settings).load_table((settings.namespace, name)).scan().to_arrow()
+
+
+def landed_counts(settings: Settings, names: list[str]) -> dict[str, int]:
+    return {name: table(settings, name).num_rows for name in names}
+
+
+def test_a_load_lands_exactly_once_and_a_restart_resumes_after_it(ready: Settings, tmp_path: Path) -> None:
+    report = load(ready, str(SAMPLE), "--format", "k2")
+    produced = {topic: messages_of(ready, report, topic) for topic in TABLE_OF_TOPIC}
+    expected = {TABLE_OF_TOPIC[t]: len(m) for t, m in produced.items()}
+    consumer = ConsumerProcess(ready, tmp_path / "consume.log")
+    try:
+        poll(lambda: landed_counts(ready, list(expected)) == expected or None, timeout=90, what="the load to land")
+        rc, counts = consumer.stop()
+    finally:
+        consumer.kill()
+    assert rc == 0
+    total = sum(expected.values())
+    assert counts == {"consumed": total, "landed": total, "rejected": 0}
+    for topic, messages in produced.items():
+        rows = table(ready, TABLE_OF_TOPIC[topic])
+        if "event_id" in rows.column_names:
+            landed = Counter(rows.column("event_id").to_pylist())
+            assert landed == Counter(m.value["event_id"] for m in messages)  # each exactly once
+            assert max(landed.values()) == 1
+        # the table records the next offset of every partition, as the broker numbered them
+        last = {}
+        for m in messages:
+            last[m.partition] = max(last.get(m.partition, -1), m.offset)
+        recorded = committed_offsets(open_catalog(ready).load_table((ready.namespace, TABLE_OF_TOPIC[topic])),
+                                     ready.stream_group)  # fmt: skip
+        assert recorded == {ready.topic_prefix + topic: {p: o + 1 for p, o in last.items()}}
+    # values survive the trip: a trade's decimals and times as the CSV had them
+    trades = {r["event_id"]: r for r in table(ready, "trades").to_pylist()}
+    for message in produced["trades"][:50]:
+        row = trades[message.value["event_id"]]
+        for name in ("symbol", "exchange", "event_time", "price", "size", "sequence_number"):
+            assert row[name] == message.value[name]
+
+    # A restart resumes where the tables say: it lands nothing more.
+    snapshots = len(open_catalog(ready).load_table((ready.namespace, "trades")).snapshots())
+    again = ConsumerProcess(ready, tmp_path / "again.log")
+    try:
+        poll(lambda: again.log_text().count("resuming at") >= 4 * ready.topic_partitions or None,
+             timeout=60, what="partitions assigned")  # fmt: skip
+        assert "assigned" in again.log_text()
+        rc, counts = again.stop(signal.SIGINT)
+    finally:
+        again.kill()
+    assert rc == 0 and counts == {"consumed": 0, "landed": 0, "rejected": 0}
+    assert len(open_catalog(ready).load_table((ready.namespace, "trades")).snapshots()) == snapshots
+    assert landed_counts(ready, list(expected)) == expected
+
+
+def test_poison_messages_go_to_the_dead_letters_and_the_stream_goes_on(ready: Settings, tmp_path: Path) -> None:
+    topic = TRADE.topic_name(ready)
+    producer = Producer(client_config(ready))
+    with SchemaRegistryClient({"url": ready.schema_registry_url}) as registry:
+        serialize = AvroSerializer(registry, TRADE.schema_str, conf={"auto.register.schemas": False})
+        good = serialize(a_trade(), SerializationContext(topic, MessageField.VALUE))
+    poison: list[tuple[bytes, str]] = [
+        (b"not avro at all", "not Confluent-framed Avro"),
+        (b"\x00" + (99_999).to_bytes(4, "big") + b"\x02", "schema id 99999 is unknown"),
+        (good[:5] + b"\xff", "do not decode with schema id"),
+    ]
+    for value, _ in poison:
+        producer.produce(topic, value, b"BHP", headers=[("k2-load-id", b"L1")])
+    producer.produce(topic, good, b"BHP")
+    assert producer.flush(30) == 0
+    consumer = ConsumerProcess(ready, tmp_path / "consume.log")
+    try:
+        poll(lambda: landed_counts(ready, ["trades", "rejects"]) == {"trades": 1, "rejects": 3} or None,
+             timeout=90, what="the trade and the three rejects to land")  # fmt: skip
+        rc, counts = consumer.stop()
+    finally:
+        consumer.kill()
+    assert rc == 0
+    # consumed: 4 trades-topic messages + 3 dead letters; landed: 1 trade + 3 reject rows; rejected: 3
+    assert counts == {"consumed": 7, "landed": 4, "rejected": 3}
+    rejects: list[dict[str, Any]] = sorted(table(ready, "rejects").to_pylist(), key=lambda r: r["kafka_offset"])
+    for (value, why), reject in zip(poison, rejects, strict=True):
+        assert why in reject["reason"], reject["reason"]
+        assert reject["raw_bytes"] == value
+        assert reject["stage"] == "consume" and reject["kafka_topic"] == topic
+        assert reject["record_type"] == "trade" and reject["load_id"] == "L1"
+        assert json.loads(reject["headers"]) == {"k2-load-id": "TDE="}
+    assert [r["kafka_offset"] for r in rejects] == sorted({r["kafka_offset"] for r in rejects})
+    assert table(ready, "trades").column("event_id").to_pylist() == ["e1"]
+
+
+def test_consume_refuses_an_unknown_topic(ready: Settings) -> None:
+    result = run_k2(env_of(ready), "consume", "--topic", "nope")
+    assert result.returncode != 0
+    assert "not K2 topics: nope" in result.stderr
+    assert "Traceback" not in result.stderr
