@@ -9,6 +9,9 @@ resume from the offsets the tables record, never from Kafka's committed
 offsets (those are committed too, after each append, so lag shows in the
 usual tools).
 
+Records whose id the table already holds are dropped at the append
+(:mod:`k2_etl.stream.dedup`): re-sent loads never show twice.
+
 A message that cannot be decoded goes to the dead-letter topic with its
 bytes, headers, position and the reason (flushed before the append that
 moves past it) and lands in the ``rejects`` table from there; an
@@ -36,6 +39,7 @@ import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.schema_registry import Schema
 from pyiceberg.table import Table
+from pyiceberg.transforms import DayTransform
 from tenacity import retry, retry_if_exception_type, wait_random_exponential
 
 from k2_etl.config import Settings
@@ -49,6 +53,7 @@ from k2_etl.lake.tables import TABLES
 from k2_etl.schemas import REJECT, TOPIC_RECORD_TYPES
 from k2_etl.schemas.registration import registry_client
 from k2_etl.stream.decode import Decoder, Undecodable
+from k2_etl.stream.dedup import IdIndex
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +72,20 @@ class _Pending:
 
 @dataclass
 class Counts:
+    """They reconcile: consumed = landed + rejected + deduplicated (once the batch in hand is committed)."""
+
     consumed: int = 0
     landed: int = 0
     rejected: int = 0
+    deduplicated: int = 0
 
     def to_dict(self) -> dict[str, int]:
-        return {"consumed": self.consumed, "landed": self.landed, "rejected": self.rejected}
+        return {
+            "consumed": self.consumed,
+            "landed": self.landed,
+            "rejected": self.rejected,
+            "deduplicated": self.deduplicated,
+        }
 
 
 class StreamConsumer:
@@ -88,10 +101,16 @@ class StreamConsumer:
             raise K2Error(f"not K2 topics: {', '.join(unknown)} (known: {', '.join(by_topic)})")
         self.record_types = {t: by_topic[t].name for t in self.topics}
         catalog = open_catalog(settings)
-        table_of = {d.record.name: d.name for d in TABLES}
+        table_of = {d.record.name: d for d in TABLES}
         self.tables: dict[str, Table] = {
-            t: catalog.load_table((settings.namespace, table_of[self.record_types[t]])) for t in self.topics
+            t: catalog.load_table((settings.namespace, table_of[self.record_types[t]].name)) for t in self.topics
         }
+        self.indexes: dict[str, IdIndex] = {}
+        for t in self.topics:
+            definition = table_of[self.record_types[t]]
+            day = next((c for c, transform, _ in definition.partition if isinstance(transform, DayTransform)), None)
+            id_column = "reject_id" if definition.record is REJECT else "event_id"
+            self.indexes[t] = IdIndex(self.tables[t], id_column, day)
         self.dead_letters = REJECT.topic_name(settings)
         self.decoder = Decoder(registry_client(settings))
         self.producer = make_producer(settings)
@@ -158,6 +177,8 @@ class StreamConsumer:
 
     # --- rebalances ------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for index in self.indexes.values():
+            index.clear()
         for tp in partitions:
             table = self.tables[tp.topic]
             table.refresh()
@@ -175,6 +196,8 @@ class StreamConsumer:
         self._forget(partitions)  # no longer ours: a commit would be fenced anyway
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
+        for index in self.indexes.values():
+            index.clear()  # partitions move: reload what the tables hold, including the previous owner's rows
         for tp in partitions:
             self.expected.get(tp.topic, {}).pop(tp.partition, None)
             pending = self.pending.get(tp.topic)
@@ -260,7 +283,9 @@ class StreamConsumer:
             raise UnavailableError("dead letters could not be delivered to Kafka within 30 s")
         for topic, pending in list(self.pending.items()):
             table = self.tables[topic]
-            data = pa.Table.from_pylist(pending.rows, schema=table.schema().as_arrow())
+            table.refresh()
+            rows = self.indexes[topic].fresh(pending.rows)
+            data = pa.Table.from_pylist(rows, schema=table.schema().as_arrow())
             expected = {topic: {p: self.expected[topic].get(p) for p in pending.next_offsets}}
             try:
                 append_with_offsets(table, data, self.group, expected, {topic: pending.next_offsets})
@@ -271,7 +296,9 @@ class StreamConsumer:
             finally:
                 self.pending.pop(topic, None)
             self.expected[topic].update(pending.next_offsets)
-            self.counts.landed += len(pending.rows)
+            self.indexes[topic].add(rows)
+            self.counts.landed += len(rows)
+            self.counts.deduplicated += len(pending.rows) - len(rows)
             consumer.commit(
                 offsets=[TopicPartition(topic, p, o) for p, o in pending.next_offsets.items()], asynchronous=True
             )

@@ -101,7 +101,7 @@ def test_a_load_lands_exactly_once_and_a_restart_resumes_after_it(ready: Setting
         consumer.kill()
     assert rc == 0
     total = sum(expected.values())
-    assert counts == {"consumed": total, "landed": total, "rejected": 0}
+    assert counts == {"consumed": total, "landed": total, "rejected": 0, "deduplicated": 0}
     for topic, messages in produced.items():
         rows = table(ready, TABLE_OF_TOPIC[topic])
         if "event_id" in rows.column_names:
@@ -132,7 +132,7 @@ def test_a_load_lands_exactly_once_and_a_restart_resumes_after_it(ready: Setting
         rc, counts = again.stop(signal.SIGINT)
     finally:
         again.kill()
-    assert rc == 0 and counts == {"consumed": 0, "landed": 0, "rejected": 0}
+    assert rc == 0 and counts == {"consumed": 0, "landed": 0, "rejected": 0, "deduplicated": 0}
     assert len(open_catalog(ready).load_table((ready.namespace, "trades")).snapshots()) == snapshots
     assert landed_counts(ready, list(expected)) == expected
 
@@ -161,7 +161,7 @@ def test_poison_messages_go_to_the_dead_letters_and_the_stream_goes_on(ready: Se
         consumer.kill()
     assert rc == 0
     # consumed: 4 trades-topic messages + 3 dead letters; landed: 1 trade + 3 reject rows; rejected: 3
-    assert counts == {"consumed": 7, "landed": 4, "rejected": 3}
+    assert counts == {"consumed": 7, "landed": 4, "rejected": 3, "deduplicated": 0}
     rejects: list[dict[str, Any]] = sorted(table(ready, "rejects").to_pylist(), key=lambda r: r["kafka_offset"])
     for (value, why), reject in zip(poison, rejects, strict=True):
         assert why in reject["reason"], reject["reason"]
@@ -178,3 +178,38 @@ def test_consume_refuses_an_unknown_topic(ready: Settings) -> None:
     assert result.returncode != 0
     assert "not K2 topics: nope" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_forced_reload_lands_nothing_twice(ready: Settings, tmp_path: Path) -> None:
+    first = load(ready, str(SAMPLE), "--format", "k2")
+    expected = {TABLE_OF_TOPIC[t]: len(messages_of(ready, first, t)) for t in TABLE_OF_TOPIC}
+    consumer = ConsumerProcess(ready, tmp_path / "consume.log")
+    try:
+        poll(lambda: landed_counts(ready, list(expected)) == expected or None, timeout=90, what="the load to land")
+        again = load(ready, str(SAMPLE), "--format", "k2", "--force")  # the same event ids, new offsets
+        ends = {}
+        for f in again["files"]:
+            for topic, parts in f["offsets"].items():
+                for p, (_, last) in parts.items():
+                    ends.setdefault(topic, {})[int(p)] = max(ends.get(topic, {}).get(int(p), 0), last + 1)
+
+        def caught_up() -> bool | None:
+            catalog = open_catalog(ready)
+            for topic, partitions in ends.items():
+                name = TABLE_OF_TOPIC[topic.removeprefix(ready.topic_prefix)]
+                recorded = committed_offsets(catalog.load_table((ready.namespace, name)), ready.stream_group)
+                if recorded.get(topic) != partitions:
+                    return None
+            return True
+
+        poll(caught_up, timeout=90, what="the re-sent records to be consumed")
+        rc, counts = consumer.stop()
+    finally:
+        consumer.kill()
+    total = sum(expected.values())
+    assert rc == 0
+    assert counts == {"consumed": 2 * total, "landed": total, "rejected": 0, "deduplicated": total}
+    assert landed_counts(ready, list(expected)) == expected
+    for name in expected:
+        ids = table(ready, name).column("event_id").to_pylist()
+        assert len(ids) == len(set(ids))

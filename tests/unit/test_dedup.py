@@ -1,0 +1,65 @@
+"""Id keys and the in-memory part of deduplication (the table side is tested end to end)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from k2_etl.stream.dedup import IdIndex, keys
+
+
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def test_md5_ids_become_their_16_bytes_and_others_their_text() -> None:
+    ids = [md5(str(i)) for i in range(100)]
+    packed = keys(ids)
+    assert packed.dtype == np.dtype("S16")
+    assert [bytes(k).ljust(16, b"\0").hex() for k in packed.tolist()] == ids
+    assert keys(["e1", "x" * 40]).tolist() == [b"e1", b"x" * 40]
+    assert keys(["z" * 32]).tolist() == [b"z" * 32]  # 32 characters that are not hex
+
+
+class FakeScan:
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = ids
+
+    def to_arrow(self) -> pa.Table:
+        return pa.table({"event_id": self.ids})
+
+
+class FakeTable:
+    """Stands in for an Iceberg table: records which scopes were loaded."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self.ids, self.scans = ids, 0
+
+    def scan(self, **_: Any) -> FakeScan:
+        self.scans += 1
+        return FakeScan(self.ids)
+
+
+def row(event_id: str, day: int = 1) -> dict[str, Any]:
+    return {"event_id": event_id, "event_time": datetime(2026, 10, day, 12, tzinfo=UTC)}
+
+
+def test_fresh_drops_ids_the_table_or_the_batch_already_has() -> None:
+    held = [md5(f"old{i}") for i in range(1000)]
+    table = FakeTable(held)
+    index = IdIndex(table, "event_id", "event_time")  # type: ignore[arg-type]
+    batch = [row(held[5]), row(md5("new1")), row(md5("new1")), row(md5("new2")), row(held[999])]
+    assert [r["event_id"] for r in index.fresh(batch)] == [md5("new1"), md5("new2")]
+    assert table.scans == 1  # one day: loaded once
+    index.add([row(md5("new1")), row(md5("new2"))])
+    assert index.fresh([row(md5("new1")), row(md5("new3"))]) == [row(md5("new3"))]
+    assert table.scans == 1
+    index.fresh([row(md5("x"), day=2)])
+    assert table.scans == 2  # another day is another scope
+    index.clear()
+    assert index.fresh([row(held[0])]) == []
+    assert table.scans == 3  # cleared: reloaded from the table
