@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,8 @@ class ConsumerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(30)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         self._log_handle.close()
 
 
@@ -213,3 +217,59 @@ def test_a_forced_reload_lands_nothing_twice(ready: Settings, tmp_path: Path) ->
     for name in expected:
         ids = table(ready, name).column("event_id").to_pylist()
         assert len(ids) == len(set(ids))
+
+
+def test_kill_9_at_random_moments_loses_and_duplicates_nothing(ready: Settings, tmp_path: Path) -> None:
+    """Ten consumers killed with SIGKILL mid-stream while loads run; a last one finishes the job."""
+    settings = load_settings(
+        **{
+            **ready.model_dump(include={"home", "kafka_bootstrap", "schema_registry_url", "topic_prefix"}),
+            "stream_session_timeout_seconds": 3,
+            "stream_max_poll_interval_seconds": 4,
+            "stream_batch_seconds": 0.2,
+            "stream_batch_rows": 500,
+        }
+    )
+    env = env_of(settings)
+    env["K2_INGEST_METRICS_PORT"] = "0"
+    rng = random.Random(7)
+    expected: dict[str, set[str]] = {"trades": set(), "quotes": set()}
+    catalog = open_catalog(settings)
+
+    def snapshots() -> int:
+        return sum(len(catalog.load_table((settings.namespace, n)).snapshots()) for n in ("trades", "quotes"))
+
+    for i in range(10):
+        data = tmp_path / f"day{i}"
+        generated = run_k2(env, "generate", "--out", str(data), "--symbols", "4", "--days", "1",
+                           "--start", f"2026-09-{i + 1:02d}", "--trades-per-day", "1500", "--seed", str(i))  # fmt: skip
+        assert generated.returncode == 0, generated.stderr
+        k2 = Path(sys.executable).with_name("k2")
+        loader = subprocess.Popen([str(k2), "load", str(data), "--format", "k2", "--json"],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        consumer = ConsumerProcess(settings, tmp_path / f"consume{i}.log")
+        try:
+            seen = snapshots()
+            poll(lambda: snapshots() > seen or None, timeout=60, what="this consumer to commit something")  # noqa: B023
+            # Fault injection, not synchronisation: a random moment within the next batches.
+            time.sleep(rng.uniform(0, 0.6))
+        finally:
+            consumer.kill()  # SIGKILL: no clean-up of any kind
+        out, err = loader.communicate(timeout=120)
+        assert loader.returncode == 0, err
+        report = json.loads(out)
+        for topic in ("trades", "quotes"):
+            expected[topic] |= {m.value["event_id"] for m in messages_of(settings, report, topic)}
+
+    last = ConsumerProcess(settings, tmp_path / "last.log")
+    want = {name: len(ids) for name, ids in expected.items()}
+    try:
+        poll(lambda: landed_counts(settings, list(want)) == want or None, timeout=120, what="everything to land")
+        rc, _ = last.stop()
+    finally:
+        last.kill()
+    assert rc == 0
+    for name, ids in expected.items():
+        landed = Counter(table(settings, name).column("event_id").to_pylist())
+        assert set(landed) == ids
+        assert max(landed.values()) == 1
