@@ -93,7 +93,7 @@ def _print_status(rows: Sequence[Any]) -> None:
 
 @app.command()
 def up(json_output: JsonFlag = False) -> None:
-    """Start the local platform (broker, schema registry), wait until healthy, then `k2 init`.
+    """Start the local platform (broker, schema registry), `k2 init`, then the streaming consumer.
 
     Harmless when already up. Processes run in the background; pid files and
     logs are under K2_HOME (run/, logs/). Stop them with `k2 down`.
@@ -104,12 +104,14 @@ def up(json_output: JsonFlag = False) -> None:
 
     settings = load_settings()
     say = _say(json_output)
-    for component in platform(settings):
-        if component.command is not None:
-            start(settings, component, say)
+    components = [c for c in platform(settings) if c.command is not None]
+    for component in (c for c in components if not c.after_init):
+        start(settings, component, say)
     report = init_platform(settings)
     created = [n for n, c in report.topics.items() if c] + [t.name for t in report.tables if t.action != "unchanged"]
     say("init: " + (f"created or evolved {', '.join(created)}" if created else "topics and tables already in place"))
+    for component in (c for c in components if c.after_init):
+        start(settings, component, say)
     rows = _status_rows(settings)
     if json_output:
         _print_json(
@@ -441,6 +443,7 @@ def consume(
     settings = load_settings()
     consumer = StreamConsumer(settings, topics=topics, group=group)
     consumer.install_signal_handlers()
+    consumer.serve_health()
     counts = consumer.run()
     if json_output:
         _print_json(counts.to_dict())

@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     stream_batch_seconds: float = Field(
         1.0, gt=0, le=3600, allow_inf_nan=False, description="...or when its oldest record has waited this long."
     )
+    stream_metrics_host: str = Field(
+        "127.0.0.1", description="Address `k2 consume` serves /healthz and /metrics on (0.0.0.0 in a container)."
+    )
+    stream_metrics_port: int = Field(
+        9103, ge=0, le=65535, description="Port of `k2 consume`'s /healthz and /metrics (0: off)."
+    )
     stream_session_timeout_seconds: float = Field(
         10.0, ge=1, le=3600, allow_inf_nan=False, description="Consumer-group session timeout (heartbeats: a fifth)."
     )

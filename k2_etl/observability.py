@@ -37,3 +37,35 @@ INGEST_LOAD_SECONDS = Histogram(
     _INGEST,
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )
+
+# --- streaming (k2 consume) ------------------------------------------------------------------
+STREAM_CONSUMED = Counter("k2_stream_records_consumed_total", "Messages read from Kafka.", ["table"])
+STREAM_LANDED = Counter("k2_stream_records_landed_total", "Records appended to the Iceberg table.", ["table"])
+STREAM_REJECTED = Counter("k2_stream_records_rejected_total", "Messages sent to the dead letters.", ["table"])
+STREAM_DEDUPLICATED = Counter(
+    "k2_stream_records_deduplicated_total", "Records dropped because the table already held their id.", ["table"]
+)
+STREAM_COMMIT_SECONDS = Histogram(
+    "k2_stream_commit_duration_seconds",
+    "Time of one append with its offsets (including conflict retries).",
+    ["table"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+STREAM_BATCH_ROWS = Histogram(
+    "k2_stream_batch_rows",
+    "Records per append.",
+    ["table"],
+    buckets=(1, 10, 100, 1_000, 5_000, 10_000, 20_000, 50_000, 100_000),
+)
+STREAM_FRESHNESS_SECONDS = Histogram(
+    "k2_stream_freshness_seconds",
+    "Commit time minus the Kafka timestamp of the batch's oldest record (batch loads stamp event time).",
+    ["table"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86_400),
+)
+STREAM_FENCED = Counter("k2_stream_fenced_batches_total", "Batches dropped: another consumer owned them.", ["table"])
+STREAM_COMMIT_FAILURES = Counter(
+    "k2_stream_commit_failures_total",
+    "Appends that failed (catalog or storage unreachable) and were retried.",
+    ["table"],
+)

@@ -47,6 +47,7 @@ class Component:
     command: Callable[[], list[str]] | None = None
     host: str = ""
     port: int = 0
+    after_init: bool = False  # started once `k2 init` has made the topics and tables it needs
 
     @property
     def startable(self) -> bool:
@@ -132,9 +133,28 @@ def catalog(settings: Settings) -> Component:
     return Component("catalog", redact_url(settings.catalog_uri) or "", "K2_CATALOG_URI", check)
 
 
+def consumer(settings: Settings) -> Component:
+    """The streaming consumer (`k2 consume`), checked through its /healthz."""
+    host, port = settings.stream_metrics_host, settings.stream_metrics_port
+    address = f"http://{format_host_port(host, port)}"
+
+    def check() -> str:
+        response = httpx.get(f"{address}/healthz", timeout=HEALTH_TIMEOUT_SECONDS)
+        body = response.json()
+        if response.status_code != 200:
+            raise ComponentError(str(body.get("problem") or f"HTTP {response.status_code}"))
+        return f"group {body['group']}: landed {body['landed']:,}, rejected {body['rejected']:,}"
+
+    def command() -> list[str]:
+        return [sys.executable, "-m", "k2_etl", "consume"]
+
+    return Component("consumer", address, "K2_STREAM_METRICS_PORT", check, command, host, port, after_init=True)
+
+
 def platform(settings: Settings) -> list[Component]:
-    """Every component, in start order."""
-    return [broker(settings), registry(settings), catalog(settings)]
+    """Every component, in start order (the consumer only when it serves a health endpoint)."""
+    parts = [broker(settings), registry(settings), catalog(settings)]
+    return parts + ([consumer(settings)] if settings.stream_metrics_port else [])
 
 
 def port_holder(host: str, port: int) -> str | None:

@@ -40,7 +40,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from confluent_kafka.schema_registry import Schema
 from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
-from tenacity import retry, retry_if_exception_type, wait_random_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    wait_random_exponential,
+)
 
 from k2_etl.config import Settings
 from k2_etl.errors import K2Error, SchemaError, UnavailableError
@@ -50,10 +57,22 @@ from k2_etl.kafka import client_config
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import Fenced, append_with_offsets, committed_offsets
 from k2_etl.lake.tables import TABLES
+from k2_etl.observability import (
+    STREAM_BATCH_ROWS,
+    STREAM_COMMIT_FAILURES,
+    STREAM_COMMIT_SECONDS,
+    STREAM_CONSUMED,
+    STREAM_DEDUPLICATED,
+    STREAM_FENCED,
+    STREAM_FRESHNESS_SECONDS,
+    STREAM_LANDED,
+    STREAM_REJECTED,
+)
 from k2_etl.schemas import REJECT, TOPIC_RECORD_TYPES
 from k2_etl.schemas.registration import registry_client
 from k2_etl.stream.decode import Decoder, Undecodable
 from k2_etl.stream.dedup import IdIndex
+from k2_etl.stream.health import Health, serve
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +87,7 @@ class _Pending:
     rows: list[dict[str, Any]] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset to read
     since: float | None = None  # when the oldest record arrived
+    oldest_timestamp_ms: int | None = None  # Kafka timestamp of the oldest record (for freshness)
 
 
 @dataclass
@@ -115,11 +135,13 @@ class StreamConsumer:
         self.decoder = Decoder(registry_client(settings))
         self.producer = make_producer(settings)
         self.reject_schema = fastavro.parse_schema(REJECT.schema)
-        self.reject_prefix = confluent_prefix(self._reject_schema_id())
+        self._reject_prefix: bytes | None = None  # looked up at the first dead letter (schemas may come later)
         self.expected: dict[str, dict[int, int | None]] = {}  # owned partitions -> offset the table records
         self.pending: dict[str, _Pending] = {}
         self.counts = Counts()
         self._stopping = False
+        self.health = Health(stale_after_seconds=max(10.0, 3 * settings.stream_batch_seconds))
+        self.health.details = lambda: {"group": self.group, **self.counts.to_dict()}
 
     def _reject_schema_id(self) -> int:
         subject = REJECT.subject(self.settings)
@@ -143,6 +165,18 @@ class StreamConsumer:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
+    def serve_health(self) -> None:
+        """/healthz and /metrics on K2_STREAM_METRICS_PORT (0: not served); a busy port costs a warning."""
+        if self.settings.stream_metrics_port == 0:
+            return
+        host, port = self.settings.stream_metrics_host, self.settings.stream_metrics_port
+        try:
+            serve(self.health, host, port)
+        except OSError as exc:
+            log.warning("cannot serve /healthz and /metrics on %s:%d (%s); consuming anyway", host, port, exc.strerror)
+        else:
+            log.info("health and metrics at http://%s:%d/healthz and /metrics", host, port)
+
     def run(self, on_commit: Callable[[Counts], None] | None = None) -> Counts:
         consumer = Consumer(
             client_config(
@@ -162,6 +196,7 @@ class StreamConsumer:
         log.info("consuming %s as group %s", ", ".join(self.topics), self.group)
         try:
             while not self._stopping:
+                self.health.beat()
                 for message in consumer.consume(POLL_MESSAGES, POLL_SECONDS):
                     self._take(message)
                 if self._due():
@@ -215,14 +250,17 @@ class StreamConsumer:
         if partition not in self.expected.get(topic, {}):
             return  # a partition given up in a rebalance: its new owner reads it
         self.counts.consumed += 1
+        STREAM_CONSUMED.labels(self.tables[topic].name()[-1]).inc()
         pending = self.pending.setdefault(topic, _Pending())
         if pending.since is None:
             pending.since = time.monotonic()
+            pending.oldest_timestamp_ms = message.timestamp()[1]
         pending.next_offsets[partition] = offset + 1
         try:
             _, record = self._decode(message.value())
         except Undecodable as exc:
             self.counts.rejected += 1
+            STREAM_REJECTED.labels(self.tables[topic].name()[-1]).inc()
             reject = self._reject(message, str(exc))
             if topic == self.dead_letters:
                 pending.rows.append(reject)  # never send the dead-letter topic's own poison back to it
@@ -262,8 +300,10 @@ class StreamConsumer:
         }
 
     def _send_dead_letter(self, reject: dict[str, Any]) -> None:
+        if self._reject_prefix is None:
+            self._reject_prefix = confluent_prefix(self._reject_schema_id())
         buffer = io.BytesIO()
-        buffer.write(self.reject_prefix)
+        buffer.write(self._reject_prefix)
         fastavro.schemaless_writer(buffer, self.reject_schema, reject)
         self.producer.produce(self.dead_letters, buffer.getvalue(), (reject["kafka_topic"] or "").encode())
         self.producer.poll(0)
@@ -287,10 +327,13 @@ class StreamConsumer:
             rows = self.indexes[topic].fresh(pending.rows)
             data = pa.Table.from_pylist(rows, schema=table.schema().as_arrow())
             expected = {topic: {p: self.expected[topic].get(p) for p in pending.next_offsets}}
+            name = table.name()[-1]
             try:
-                append_with_offsets(table, data, self.group, expected, {topic: pending.next_offsets})
+                with STREAM_COMMIT_SECONDS.labels(name).time():
+                    self._append(table, data, expected, {topic: pending.next_offsets})
             except Fenced as exc:
                 log.warning("%s", exc)
+                STREAM_FENCED.labels(name).inc()
                 self._resume_from_table(consumer, topic, list(pending.next_offsets))
                 continue
             finally:
@@ -299,9 +342,34 @@ class StreamConsumer:
             self.indexes[topic].add(rows)
             self.counts.landed += len(rows)
             self.counts.deduplicated += len(pending.rows) - len(rows)
+            STREAM_LANDED.labels(name).inc(len(rows))
+            STREAM_DEDUPLICATED.labels(name).inc(len(pending.rows) - len(rows))
+            STREAM_BATCH_ROWS.labels(name).observe(len(rows))
+            if pending.oldest_timestamp_ms is not None and pending.oldest_timestamp_ms > 0:
+                STREAM_FRESHNESS_SECONDS.labels(name).observe(time.time() - pending.oldest_timestamp_ms / 1000)
             consumer.commit(
                 offsets=[TopicPartition(topic, p, o) for p, o in pending.next_offsets.items()], asynchronous=True
             )
+
+    def _append(self, table: Table, data: pa.Table, expected: Any, next_offsets: dict[str, dict[int, int]]) -> None:
+        """Append, retrying an unreachable catalog or storage forever (unhealthy meanwhile); not a fenced batch."""
+
+        def failed(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            self.health.problem = f"cannot append to {table.name()[-1]}: {type(error).__name__}: {error}"
+            STREAM_COMMIT_FAILURES.labels(table.name()[-1]).inc()
+            log.warning("%s; retrying", self.health.problem)
+
+        for attempt in Retrying(
+            retry=retry_if_not_exception_type(Fenced),
+            wait=wait_random_exponential(multiplier=0.5, max=30),
+            stop=lambda _: self._stopping,  # a stop request ends the retries: the batch is read again later
+            before_sleep=failed,
+            reraise=True,
+        ):
+            with attempt:
+                append_with_offsets(table, data, self.group, expected, next_offsets)
+        self.health.problem = None
 
     def _resume_from_table(self, consumer: Consumer, topic: str, partitions: list[int]) -> None:
         table = self.tables[topic]

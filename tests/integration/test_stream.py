@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pyarrow as pa
 import pytest
 from confluent_kafka import Producer
@@ -26,7 +27,7 @@ from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import committed_offsets
 from k2_etl.schemas import TRADE
 from k2_etl.schemas.registration import register_schemas
-from tests.helpers import REPO, a_trade, env_of, poll, run_k2
+from tests.helpers import REPO, a_trade, env_of, free_port, poll, run_k2
 from tests.integration.ingest_helpers import load, messages_of
 
 pytestmark = pytest.mark.integration
@@ -44,6 +45,7 @@ def ready(own_settings: Settings) -> Settings:
             "stream_session_timeout_seconds": 6,
             "stream_max_poll_interval_seconds": 7,
             "stream_batch_seconds": 0.5,
+            "stream_metrics_port": free_port(),
         }
     )
     init_platform(settings)
@@ -100,11 +102,20 @@ def test_a_load_lands_exactly_once_and_a_restart_resumes_after_it(ready: Setting
     consumer = ConsumerProcess(ready, tmp_path / "consume.log")
     try:
         poll(lambda: landed_counts(ready, list(expected)) == expected or None, timeout=90, what="the load to land")
+        base = f"http://127.0.0.1:{ready.stream_metrics_port}"
+        health = httpx.get(f"{base}/healthz", timeout=5)
+        metrics = httpx.get(f"{base}/metrics", timeout=5).text
         rc, counts = consumer.stop()
     finally:
         consumer.kill()
     assert rc == 0
     total = sum(expected.values())
+    assert health.status_code == 200 and health.json()["status"] == "healthy", health.text
+    assert health.json()["landed"] == total and health.json()["group"] == ready.stream_group
+    for name, count in expected.items():
+        assert f'k2_stream_records_landed_total{{table="{name}"}} {float(count)}' in metrics
+        assert f'k2_stream_records_consumed_total{{table="{name}"}} {float(count)}' in metrics
+    assert "k2_stream_commit_duration_seconds_bucket" in metrics and "k2_stream_freshness_seconds_count" in metrics
     assert counts == {"consumed": total, "landed": total, "rejected": 0, "deduplicated": 0}
     for topic, messages in produced.items():
         rows = table(ready, TABLE_OF_TOPIC[topic])
