@@ -88,6 +88,8 @@ class _Pending:
     next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset to read
     since: float | None = None  # when the oldest record arrived
     oldest_timestamp_ms: int | None = None  # Kafka timestamp of the oldest record (for freshness)
+    consumed: int = 0  # messages taken (metrics are counted per batch: per message they cost more than decoding)
+    rejected: int = 0
 
 
 @dataclass
@@ -250,17 +252,20 @@ class StreamConsumer:
         if partition not in self.expected.get(topic, {}):
             return  # a partition given up in a rebalance: its new owner reads it
         self.counts.consumed += 1
-        STREAM_CONSUMED.labels(self.tables[topic].name()[-1]).inc()
         pending = self.pending.setdefault(topic, _Pending())
+        pending.consumed += 1
         if pending.since is None:
             pending.since = time.monotonic()
             pending.oldest_timestamp_ms = message.timestamp()[1]
         pending.next_offsets[partition] = offset + 1
         try:
-            _, record = self._decode(message.value())
+            try:
+                _, record = self.decoder.decode(message.value())
+            except UnavailableError:  # the registry is down: wait for it (rare; no retry machinery per message)
+                _, record = self._decode_when_available(message.value())
         except Undecodable as exc:
             self.counts.rejected += 1
-            STREAM_REJECTED.labels(self.tables[topic].name()[-1]).inc()
+            pending.rejected += 1
             reject = self._reject(message, str(exc))
             if topic == self.dead_letters:
                 pending.rows.append(reject)  # never send the dead-letter topic's own poison back to it
@@ -270,7 +275,7 @@ class StreamConsumer:
         pending.rows.append(record)
 
     @retry(retry=retry_if_exception_type(UnavailableError), wait=wait_random_exponential(multiplier=0.5, max=30))
-    def _decode(self, value: bytes | None) -> tuple[int, dict[str, Any]]:
+    def _decode_when_available(self, value: bytes | None) -> tuple[int, dict[str, Any]]:
         return self.decoder.decode(value)  # an unreachable registry is waited for, forever
 
     def _reject(self, message: Message, reason: str) -> dict[str, Any]:
@@ -328,6 +333,8 @@ class StreamConsumer:
             data = pa.Table.from_pylist(rows, schema=table.schema().as_arrow())
             expected = {topic: {p: self.expected[topic].get(p) for p in pending.next_offsets}}
             name = table.name()[-1]
+            STREAM_CONSUMED.labels(name).inc(pending.consumed)
+            STREAM_REJECTED.labels(name).inc(pending.rejected)
             try:
                 with STREAM_COMMIT_SECONDS.labels(name).time():
                     self._append(table, data, expected, {topic: pending.next_offsets})

@@ -59,18 +59,18 @@ class IdIndex:
             return rows
         row_keys = keys([r[self.id_column] for r in rows])
         scopes = [self._scope_of(r) for r in rows]
-        seen: set[tuple[date, bytes]] = set()
-        out = []
-        for row, key, scope in zip(rows, row_keys.tolist(), scopes, strict=True):
-            if (scope, key) in seen:
-                continue
-            seen.add((scope, key))
+        keep = np.zeros(len(rows), dtype=bool)
+        for scope in dict.fromkeys(scopes):  # each scope once, in order of appearance
+            where = np.flatnonzero(np.fromiter((s == scope for s in scopes), dtype=bool, count=len(scopes)))
+            scoped = row_keys[where]
+            _, first = np.unique(scoped, return_index=True)  # the first row of each id in the batch
+            candidates = where[np.sort(first)]
+            wanted = row_keys[candidates]
             held = self._held(scope)
-            at = int(np.searchsorted(held, key))
-            if at < len(held) and held[at] == key:
-                continue
-            out.append(row)
-        return out
+            at = np.minimum(np.searchsorted(held, wanted), max(len(held) - 1, 0))
+            known = (held[at] == wanted) if len(held) else np.zeros(len(wanted), dtype=bool)
+            keep[candidates[~known]] = True
+        return [row for row, kept in zip(rows, keep.tolist(), strict=True) if kept]
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         """Record ids just appended (the scopes already loaded; others load them from the table)."""

@@ -1,0 +1,135 @@
+"""Benchmark streaming: `k2 consume` landing pre-filled topics in Iceberg, against the consumer's ceiling.
+
+In one run, on a broker, registry and catalog started for it, topics pre-filled
+by `k2 load` with generated trades:
+
+* (a) ceiling: the same client consuming the same messages, doing nothing per message;
+* (b) `k2 consume` as a user runs it (a subprocess) until the trades table holds
+  every row: rows/s from its start, and its peak resident memory.
+
+Goals (issue 4): (b) >= 150,000 rows/s in one process and >= 0.5 x (a); RSS <= 500 MB.
+
+    .venv/bin/python bench/stream_bench.py [--rows 2000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from confluent_kafka import Consumer, TopicPartition
+
+from k2_etl.bootstrap import init_platform
+from k2_etl.config import load_settings
+from k2_etl.ingest.generate import generate
+from k2_etl.kafka import client_config
+from k2_etl.lake.catalog import open_catalog
+from k2_etl.local.components import broker, registry
+from k2_etl.local.supervisor import start, stop
+from k2_etl.schemas.registration import register_schemas
+from tests.helpers import env_of, free_port, run_k2
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def ceiling(settings, topic: str, rows: int) -> float:  # type: ignore[no-untyped-def]
+    consumer = Consumer(client_config(settings, **{"group.id": f"bench-{time.time()}", "enable.auto.commit": False}))
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.topic_partitions)])
+    seen = 0
+    started = time.perf_counter()
+    while seen < rows:
+        for message in consumer.consume(10_000, 1.0):
+            if message.error() is None:
+                seen += 1
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return rows / elapsed
+
+
+def k2_consume(settings, rows: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    env = env_of(settings)
+    k2 = Path(sys.executable).with_name("k2")
+    catalog = open_catalog(settings)
+    trades = catalog.load_table((settings.namespace, "trades"))
+    started = time.perf_counter()
+    process = subprocess.Popen([str(k2), "consume", "--json"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    watched = psutil.Process(process.pid)
+    peak, landed = 0, 0
+    while landed < rows:
+        time.sleep(0.2)
+        peak = max(peak, watched.memory_info().rss)
+        trades.refresh()
+        snapshot = trades.current_snapshot()
+        landed = int(snapshot.summary.get("total-records", 0)) if snapshot and snapshot.summary else 0
+        if process.poll() is not None:
+            raise SystemExit("k2 consume exited early")
+    elapsed = time.perf_counter() - started
+    process.terminate()
+    out, _ = process.communicate(timeout=60)
+    return {"rows": landed, "rows_per_second": round(landed / elapsed, 1), "seconds": round(elapsed, 2),
+            "peak_rss_mb": round(peak / 2**20, 1), "counts": json.loads(out)}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2_000_000, help="trades to generate (about)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="k2-bench-stream-"))
+    settings = load_settings(
+        home=work / "home",
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        schema_registry_url=f"http://127.0.0.1:{free_port()}",
+        stream_metrics_port=free_port(),
+        stream_batch_rows=50_000,
+        stream_session_timeout_seconds=6,  # the local broker's group join waits these out (PLATFORM-NOTES)
+        stream_max_poll_interval_seconds=7,
+    )
+    components = [broker(settings), registry(settings)]
+    for component in components:
+        start(settings, component, lambda _: None)
+    try:
+        init_platform(settings)
+        register_schemas(settings)
+        symbols, days = 100, 10
+        gen = generate(
+            work / "data", symbols=symbols, days=days, start=date(2026, 10, 1), seed=1, exchanges=("ASX",),
+            trades_per_day=args.rows // (symbols * days), quotes_per_trade=0,
+        )  # fmt: skip
+        env = env_of(settings)
+        env["K2_INGEST_METRICS_PORT"] = "0"
+        loaded = run_k2(env, "load", str(work / "data"), "--format", "k2", "--json", timeout=900)
+        assert loaded.returncode == 0, loaded.stderr
+        rows = json.loads(loaded.stdout)["totals"]["rows_produced"] - 100  # minus reference data
+        a = ceiling(settings, settings.topic_prefix + "trades", rows)
+        b = k2_consume(settings, rows)
+    finally:
+        for component in reversed(components):
+            stop(settings, component, lambda _: None)
+    result = {
+        "benchmark": "stream",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "trades": gen.trades,
+        "ceiling_msgs_per_second": round(a, 1),
+        "k2_consume": b,
+        "ratio_consume_to_ceiling": round(b["rows_per_second"] / a, 3),
+        "goals": {"rows_per_second": 150_000, "ratio": 0.5, "peak_rss_mb": 500},
+    }
+    print(json.dumps(result, indent=2))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "stream.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"saved {RESULTS / 'stream.json'}")
+
+
+if __name__ == "__main__":
+    main()
