@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -284,3 +285,50 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(ready: Settings, 
         landed = Counter(table(settings, name).column("event_id").to_pylist())
         assert set(landed) == ids
         assert max(landed.values()) == 1
+
+
+def test_two_consumers_split_the_partitions_and_one_takes_over_when_the_other_dies(
+    ready: Settings, tmp_path: Path
+) -> None:
+    other = load_settings(**{**ready.model_dump(include={"home", "kafka_bootstrap", "schema_registry_url",
+                                                         "topic_prefix", "stream_session_timeout_seconds",
+                                                         "stream_max_poll_interval_seconds", "stream_batch_seconds"}),
+                             "stream_metrics_port": free_port()})  # fmt: skip
+    a = ConsumerProcess(ready, tmp_path / "a.log")
+    b = ConsumerProcess(other, tmp_path / "b.log")
+    expected: dict[str, set[str]] = {"trades": set(), "quotes": set()}
+
+    def assigned(process: ConsumerProcess) -> set[str]:
+        return set(re.findall(r"assigned (\S+\[\d+\])", process.log_text()))
+
+    def remember(report: dict[str, Any]) -> None:
+        for topic in expected:
+            expected[topic] |= {m.value["event_id"] for m in messages_of(ready, report, topic)}
+
+    def all_landed() -> bool | None:
+        want = {name: len(ids) for name, ids in expected.items()}
+        return landed_counts(ready, list(want)) == want or None
+
+    try:
+        everything = {f"{ready.topic_prefix}{t}[{p}]" for t in ("trades", "quotes", "reference_data", "dead_letters")
+                      for p in range(ready.topic_partitions)}  # fmt: skip
+        both = "both consumers to get partitions"
+        poll(lambda: (assigned(a) and assigned(b) and assigned(a) | assigned(b) >= everything) or None,
+             timeout=90, what=both)  # fmt: skip
+        remember(load(ready, str(SAMPLE), "--format", "k2"))
+        poll(all_landed, timeout=90, what="the first load to land")
+        b.kill()  # SIGKILL: its partitions go to the survivor after the session timeout
+        data = tmp_path / "more"
+        generated = run_k2(env_of(ready), "generate", "--out", str(data), "--symbols", "6", "--days", "1",
+                           "--start", "2026-08-03", "--trades-per-day", "2000", "--seed", "5")  # fmt: skip
+        assert generated.returncode == 0, generated.stderr
+        remember(load(ready, str(data), "--format", "k2"))
+        poll(all_landed, timeout=120, what="the survivor to land the second load")
+        rc, _ = a.stop()
+    finally:
+        a.kill()
+        b.kill()
+    assert rc == 0
+    for name, ids in expected.items():
+        landed = Counter(table(ready, name).column("event_id").to_pylist())
+        assert set(landed) == ids and max(landed.values()) == 1

@@ -1,0 +1,49 @@
+"""Appends with offsets on a real Iceberg table: resume points, fencing, several groups."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from pyiceberg.table import Table
+
+from k2_etl.bootstrap import init_platform
+from k2_etl.config import Settings
+from k2_etl.lake.catalog import open_catalog
+from k2_etl.lake.commits import Fenced, append_with_offsets, committed_offsets
+from tests.helpers import a_trade
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def trades(own_settings: Settings) -> Table:
+    init_platform(own_settings)
+    return open_catalog(own_settings).load_table((own_settings.namespace, "trades"))
+
+
+def rows(table: Table, *ids: str) -> pa.Table:
+    return pa.Table.from_pylist([{**a_trade(), "event_id": i} for i in ids], schema=table.schema().as_arrow())
+
+
+def test_offsets_resume_and_a_stale_batch_is_fenced(trades: Table) -> None:
+    assert committed_offsets(trades, "g") == {}
+    append_with_offsets(trades, rows(trades, "a", "b"), "g", {"t": {0: None, 1: None}}, {"t": {0: 10, 1: 5}})
+    assert committed_offsets(trades, "g") == {"t": {0: 10, 1: 5}}
+    # the new owner of partition 1 commits from 5 to 8 ...
+    append_with_offsets(trades, rows(trades, "c"), "g", {"t": {1: 5}}, {"t": {1: 8}})
+    # ... so the old owner, who still thinks partition 1 is at 5, is fenced and writes nothing
+    snapshots = len(trades.snapshots())
+    with pytest.raises(Fenced, match=r"t\[1\] is at offset 8 in the table, not 5"):
+        append_with_offsets(trades, rows(trades, "stale"), "g", {"t": {0: 10, 1: 5}}, {"t": {0: 12, 1: 7}})
+    trades.refresh()
+    assert len(trades.snapshots()) == snapshots
+    assert sorted(trades.scan().to_arrow().column("event_id").to_pylist()) == ["a", "b", "c"]
+    assert committed_offsets(trades, "g") == {"t": {0: 10, 1: 8}}
+
+
+def test_groups_keep_their_own_offsets_and_maintenance_snapshots_are_skipped(trades: Table) -> None:
+    append_with_offsets(trades, rows(trades, "a"), "g1", {"t": {0: None}}, {"t": {0: 3}})
+    append_with_offsets(trades, rows(trades, "b"), "g2", {"t": {0: None}}, {"t": {0: 7}})
+    trades.append(rows(trades, "c"))  # another writer (say, maintenance) records no offsets
+    assert committed_offsets(trades, "g1") == {"t": {0: 3}}
+    assert committed_offsets(trades, "g2") == {"t": {0: 7}}
