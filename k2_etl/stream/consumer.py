@@ -9,7 +9,9 @@ resume from the offsets the tables record, never from Kafka's committed
 offsets (those are committed too, after each append, so lag shows in the
 usual tools).
 
-Records whose id the table already holds are dropped at the append
+Bodies are decoded at commit time, all of a writer schema at once, by
+DuckDB's Avro reader (:mod:`k2_etl.stream.decode`). Records whose id the
+table already holds are dropped at the append
 (:mod:`k2_etl.stream.dedup`): re-sent loads never show twice.
 
 A message that cannot be decoded goes to the dead-letter topic with its
@@ -34,6 +36,7 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
+import duckdb
 import fastavro
 import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
@@ -70,7 +73,7 @@ from k2_etl.observability import (
 )
 from k2_etl.schemas import REJECT, TOPIC_RECORD_TYPES
 from k2_etl.schemas.registration import registry_client
-from k2_etl.stream.decode import Decoder, Undecodable
+from k2_etl.stream.decode import BatchDecoder, Decoder, Undecodable, frame
 from k2_etl.stream.dedup import IdIndex
 from k2_etl.stream.health import Health, serve
 
@@ -84,7 +87,8 @@ POLL_SECONDS = 0.2
 class _Pending:
     """Records of one topic waiting for their table's next append, and the offsets they take it to."""
 
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[tuple[int, Message]] = field(default_factory=list)  # (writer schema id, message), decoded at commit
+    rows: list[dict[str, Any]] = field(default_factory=list)  # rejects of undecodable dead letters, as rows
     next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset to read
     since: float | None = None  # when the oldest record arrived
     oldest_timestamp_ms: int | None = None  # Kafka timestamp of the oldest record (for freshness)
@@ -135,6 +139,7 @@ class StreamConsumer:
             self.indexes[t] = IdIndex(self.tables[t], id_column, day)
         self.dead_letters = REJECT.topic_name(settings)
         self.decoder = Decoder(registry_client(settings))
+        self.batch_decoder = BatchDecoder(settings.home / "tmp" / "stream")
         self.producer = make_producer(settings)
         self.reject_schema = fastavro.parse_schema(REJECT.schema)
         self._reject_prefix: bytes | None = None  # looked up at the first dead letter (schemas may come later)
@@ -259,24 +264,54 @@ class StreamConsumer:
             pending.oldest_timestamp_ms = message.timestamp()[1]
         pending.next_offsets[partition] = offset + 1
         try:
+            schema_id = frame(message.value())
             try:
-                _, record = self.decoder.decode(message.value())
+                self.decoder.schema_text(schema_id)  # a known schema id (fetched once)
             except UnavailableError:  # the registry is down: wait for it (rare; no retry machinery per message)
-                _, record = self._decode_when_available(message.value())
+                self._schema_when_available(schema_id)
         except Undecodable as exc:
-            self.counts.rejected += 1
-            pending.rejected += 1
-            reject = self._reject(message, str(exc))
-            if topic == self.dead_letters:
-                pending.rows.append(reject)  # never send the dead-letter topic's own poison back to it
-            else:
-                self._send_dead_letter(reject)
+            self._poison(topic, pending, message, str(exc))
             return
-        pending.rows.append(record)
+        pending.messages.append((schema_id, message))
+
+    def _poison(self, topic: str, pending: _Pending, message: Message, reason: str) -> None:
+        self.counts.rejected += 1
+        pending.rejected += 1
+        reject = self._reject(message, reason)
+        if topic == self.dead_letters:
+            pending.rows.append(reject)  # never send the dead-letter topic's own poison back to it
+        else:
+            self._send_dead_letter(reject)
 
     @retry(retry=retry_if_exception_type(UnavailableError), wait=wait_random_exponential(multiplier=0.5, max=30))
-    def _decode_when_available(self, value: bytes | None) -> tuple[int, dict[str, Any]]:
-        return self.decoder.decode(value)  # an unreachable registry is waited for, forever
+    def _schema_when_available(self, schema_id: int) -> str:
+        return self.decoder.schema_text(schema_id)  # an unreachable registry is waited for, forever
+
+    def _decode(self, topic: str, pending: _Pending, target: pa.Schema) -> pa.Table:
+        """The batch's records as the table's Arrow schema: per writer schema, all at once with DuckDB.
+
+        A group with a malformed body fails as a whole; it is then decoded message by message
+        (fastavro) so that only the bad ones go to the dead letters.
+        """
+        groups: dict[int, list[Message]] = {}
+        for schema_id, message in pending.messages:
+            groups.setdefault(schema_id, []).append(message)
+        parts = []
+        for schema_id, messages in groups.items():
+            bodies = [(m.value() or b"")[5:] for m in messages]
+            try:
+                parts.append(self.batch_decoder.decode(self.decoder.schema_text(schema_id), bodies, target))
+            except (duckdb.Error, Undecodable):
+                good = []
+                for message in messages:
+                    try:
+                        good.append(self.decoder.decode(message.value())[1])
+                    except Undecodable as exc:
+                        self._poison(topic, pending, message, str(exc))
+                parts.append(pa.Table.from_pylist(good, schema=target))
+        if pending.rows:
+            parts.append(pa.Table.from_pylist(pending.rows, schema=target))
+        return pa.concat_tables(parts) if parts else target.empty_table()
 
     def _reject(self, message: Message, reason: str) -> dict[str, Any]:
         topic, partition, offset = message.topic() or "", message.partition() or 0, message.offset() or 0
@@ -315,7 +350,7 @@ class StreamConsumer:
 
     # --- commits ---------------------------------------------------------------------------------
     def _due(self) -> bool:
-        held = sum(len(p.rows) for p in self.pending.values())
+        held = sum(len(p.messages) + len(p.rows) for p in self.pending.values())
         oldest = min((p.since for p in self.pending.values() if p.since is not None), default=None)
         return held >= self.settings.stream_batch_rows or (
             oldest is not None and time.monotonic() - oldest >= self.settings.stream_batch_seconds
@@ -324,13 +359,17 @@ class StreamConsumer:
     def _commit(self, consumer: Consumer) -> None:
         if not self.pending:
             return
+        decoded = {}
+        for topic, pending in self.pending.items():
+            table = self.tables[topic]
+            table.refresh()
+            decoded[topic] = self._decode(topic, pending, table.schema().as_arrow())
         if self.producer.flush(30) > 0:  # dead letters must be durable before the offsets move past them
             raise UnavailableError("dead letters could not be delivered to Kafka within 30 s")
         for topic, pending in list(self.pending.items()):
             table = self.tables[topic]
-            table.refresh()
-            rows = self.indexes[topic].fresh(pending.rows)
-            data = pa.Table.from_pylist(rows, schema=table.schema().as_arrow())
+            data = self.indexes[topic].fresh(decoded[topic])
+            received = decoded[topic].num_rows
             expected = {topic: {p: self.expected[topic].get(p) for p in pending.next_offsets}}
             name = table.name()[-1]
             STREAM_CONSUMED.labels(name).inc(pending.consumed)
@@ -346,12 +385,12 @@ class StreamConsumer:
             finally:
                 self.pending.pop(topic, None)
             self.expected[topic].update(pending.next_offsets)
-            self.indexes[topic].add(rows)
-            self.counts.landed += len(rows)
-            self.counts.deduplicated += len(pending.rows) - len(rows)
-            STREAM_LANDED.labels(name).inc(len(rows))
-            STREAM_DEDUPLICATED.labels(name).inc(len(pending.rows) - len(rows))
-            STREAM_BATCH_ROWS.labels(name).observe(len(rows))
+            self.indexes[topic].add(data)
+            self.counts.landed += data.num_rows
+            self.counts.deduplicated += received - data.num_rows
+            STREAM_LANDED.labels(name).inc(data.num_rows)
+            STREAM_DEDUPLICATED.labels(name).inc(received - data.num_rows)
+            STREAM_BATCH_ROWS.labels(name).observe(data.num_rows)
             if pending.oldest_timestamp_ms is not None and pending.oldest_timestamp_ms > 0:
                 STREAM_FRESHNESS_SECONDS.labels(name).observe(time.time() - pending.oldest_timestamp_ms / 1000)
             consumer.commit(

@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta
-from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, GreaterThanOrEqual, LessThan
 from pyiceberg.table import Table
 
@@ -53,40 +53,39 @@ class IdIndex:
     def clear(self) -> None:
         self._scopes.clear()
 
-    def fresh(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The rows whose id neither the table nor an earlier row of ``rows`` has, in order."""
-        if not rows:
-            return rows
-        row_keys = keys([r[self.id_column] for r in rows])
-        scopes = [self._scope_of(r) for r in rows]
-        keep = np.zeros(len(rows), dtype=bool)
+    def fresh(self, batch: pa.Table) -> pa.Table:
+        """The rows whose id neither the table nor an earlier row of ``batch`` has, in order."""
+        if batch.num_rows == 0:
+            return batch
+        row_keys = keys(batch.column(self.id_column).to_pylist())
+        scopes = self._scopes_of(batch)
+        keep = np.zeros(batch.num_rows, dtype=bool)
         for scope in dict.fromkeys(scopes):  # each scope once, in order of appearance
             where = np.flatnonzero(np.fromiter((s == scope for s in scopes), dtype=bool, count=len(scopes)))
-            scoped = row_keys[where]
-            _, first = np.unique(scoped, return_index=True)  # the first row of each id in the batch
+            _, first = np.unique(row_keys[where], return_index=True)  # the first row of each id in the batch
             candidates = where[np.sort(first)]
             wanted = row_keys[candidates]
             held = self._held(scope)
             at = np.minimum(np.searchsorted(held, wanted), max(len(held) - 1, 0))
             known = (held[at] == wanted) if len(held) else np.zeros(len(wanted), dtype=bool)
             keep[candidates[~known]] = True
-        return [row for row, kept in zip(rows, keep.tolist(), strict=True) if kept]
+        return batch.filter(pa.array(keep))
 
-    def add(self, rows: list[dict[str, Any]]) -> None:
+    def add(self, batch: pa.Table) -> None:
         """Record ids just appended (the scopes already loaded; others load them from the table)."""
+        ids = batch.column(self.id_column).to_pylist()
         by_scope: dict[date, list[str]] = {}
-        for row in rows:
-            by_scope.setdefault(self._scope_of(row), []).append(row[self.id_column])
-        for scope, ids in by_scope.items():
+        for scope, id_ in zip(self._scopes_of(batch), ids, strict=True):
+            by_scope.setdefault(scope, []).append(id_)
+        for scope, scoped in by_scope.items():
             if scope in self._scopes:
-                merged = np.concatenate([self._scopes[scope], keys(ids)])
-                self._scopes[scope] = np.sort(merged)
+                self._scopes[scope] = np.sort(np.concatenate([self._scopes[scope], keys(scoped)]))
 
-    def _scope_of(self, row: dict[str, Any]) -> date:
+    def _scopes_of(self, batch: pa.Table) -> list[date]:
         if self.day_column is None:
-            return WHOLE_TABLE
-        value = row[self.day_column]
-        return value.date() if isinstance(value, datetime) else WHOLE_TABLE
+            return [WHOLE_TABLE] * batch.num_rows
+        days = batch.column(self.day_column).cast(pa.date32()).to_pylist()  # UTC days: the partitions
+        return [d if d is not None else WHOLE_TABLE for d in days]
 
     def _held(self, scope: date) -> np.ndarray:
         if scope in self._scopes:

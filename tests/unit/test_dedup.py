@@ -44,22 +44,27 @@ class FakeTable:
         return FakeScan(self.ids)
 
 
-def row(event_id: str, day: int = 1) -> dict[str, Any]:
-    return {"event_id": event_id, "event_time": datetime(2026, 10, day, 12, tzinfo=UTC)}
+def rows(*ids: str, day: int = 1) -> pa.Table:
+    time = datetime(2026, 10, day, 12, tzinfo=UTC)
+    return pa.table({"event_id": list(ids), "event_time": pa.array([time] * len(ids), pa.timestamp("us", "UTC"))})
+
+
+def ids(table: pa.Table) -> list[str]:
+    return table.column("event_id").to_pylist()
 
 
 def test_fresh_drops_ids_the_table_or_the_batch_already_has() -> None:
     held = [md5(f"old{i}") for i in range(1000)]
     table = FakeTable(held)
     index = IdIndex(table, "event_id", "event_time")  # type: ignore[arg-type]
-    batch = [row(held[5]), row(md5("new1")), row(md5("new1")), row(md5("new2")), row(held[999])]
-    assert [r["event_id"] for r in index.fresh(batch)] == [md5("new1"), md5("new2")]
+    batch = rows(held[5], md5("new1"), md5("new1"), md5("new2"), held[999])
+    assert ids(index.fresh(batch)) == [md5("new1"), md5("new2")]
     assert table.scans == 1  # one day: loaded once
-    index.add([row(md5("new1")), row(md5("new2"))])
-    assert index.fresh([row(md5("new1")), row(md5("new3"))]) == [row(md5("new3"))]
+    index.add(rows(md5("new1"), md5("new2")))
+    assert ids(index.fresh(rows(md5("new1"), md5("new3")))) == [md5("new3")]
     assert table.scans == 1
-    index.fresh([row(md5("x"), day=2)])
+    index.fresh(rows(md5("x"), day=2))
     assert table.scans == 2  # another day is another scope
     index.clear()
-    assert index.fresh([row(held[0])]) == []
+    assert ids(index.fresh(rows(held[0]))) == []
     assert table.scans == 3  # cleared: reloaded from the table
