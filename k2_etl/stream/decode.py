@@ -153,6 +153,8 @@ class BatchDecoder:
         from k2_etl.query.duckdb_conn import connect  # the pinned, offline Avro extension
 
         self._con = connect()
+        # DuckDB caches the files it reads; every batch is a new file, so the cache only grows.
+        self._con.execute("SET enable_external_file_cache = false")
         self._scratch = scratch
 
     def decode(self, schema_json: str, bodies: list[bytes], target: pa.Schema) -> pa.Table:
