@@ -150,15 +150,19 @@ class StreamConsumer:
         self.health = Health(stale_after_seconds=max(10.0, 3 * settings.stream_batch_seconds))
         self.health.details = lambda: {"group": self.group, **self.counts.to_dict()}
 
+    @retry(retry=retry_if_exception_type(K2Error), wait=wait_random_exponential(multiplier=0.5, max=30))
     def _reject_schema_id(self) -> int:
+        """Waited for (unhealthy meanwhile) while the registry is down or the schema not yet registered."""
         subject = REJECT.subject(self.settings)
         try:
             with registry_client(self.settings) as client:
-                return client.lookup_schema(subject, Schema(REJECT.schema_str, "AVRO")).schema_id
+                schema_id = client.lookup_schema(subject, Schema(REJECT.schema_str, "AVRO")).schema_id
         except Exception as exc:
-            raise SchemaError(
-                f"cannot find the reject schema under {subject} ({exc}); run `k2 schemas register`"
-            ) from None
+            self.health.problem = f"cannot look up the reject schema under {subject} ({exc}); run `k2 schemas register`"
+            log.warning("%s", self.health.problem)
+            raise SchemaError(self.health.problem) from None
+        self.health.problem = None
+        return schema_id
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -232,19 +236,27 @@ class StreamConsumer:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._commit(consumer)  # what is in hand is still ours: land it before the partitions move
-        self._forget(partitions)
+        self._forget(consumer, partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._forget(partitions)  # no longer ours: a commit would be fenced anyway
+        self._forget(consumer, partitions)  # no longer ours: a commit would be fenced anyway
 
-    def _forget(self, partitions: list[TopicPartition]) -> None:
+    def _forget(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for index in self.indexes.values():
             index.clear()  # partitions move: reload what the tables hold, including the previous owner's rows
+        gone = {(tp.topic, tp.partition) for tp in partitions}
         for tp in partitions:
             self.expected.get(tp.topic, {}).pop(tp.partition, None)
-            pending = self.pending.get(tp.topic)
-            if pending is not None and tp.partition in pending.next_offsets:
-                self.pending.pop(tp.topic)  # a batch spans the topic's partitions: drop it whole, it is re-read
+        for topic in {tp.topic for tp in partitions}:
+            pending = self.pending.get(topic)
+            if pending is None or not gone & {(topic, p) for p in pending.next_offsets}:
+                continue
+            # A batch spans the topic's partitions: drop it whole. The lost partitions' new owner reads
+            # their part; the part of partitions still ours is read again from where the table stands.
+            self.pending.pop(topic)
+            kept = [p for p in pending.next_offsets if (topic, p) not in gone]
+            if kept:
+                self._resume_from_table(consumer, topic, kept)
 
     # --- records ---------------------------------------------------------------------------------
     def _take(self, message: Message) -> None:
