@@ -254,6 +254,7 @@ class StreamConsumer:
             # A batch spans the topic's partitions: drop it whole. The lost partitions' new owner reads
             # their part; the part of partitions still ours is read again from where the table stands.
             self.pending.pop(topic)
+            self._uncount(pending)
             kept = [p for p in pending.next_offsets if (topic, p) not in gone]
             if kept:
                 self._resume_from_table(consumer, topic, kept)
@@ -392,6 +393,7 @@ class StreamConsumer:
             except Fenced as exc:
                 log.warning("%s", exc)
                 STREAM_FENCED.labels(name).inc()
+                self._uncount(pending)
                 self._resume_from_table(consumer, topic, list(pending.next_offsets))
                 continue
             finally:
@@ -409,6 +411,11 @@ class StreamConsumer:
                 offsets=[TopicPartition(topic, p, o) for p, o in pending.next_offsets.items()], asynchronous=True
             )
 
+    def _uncount(self, pending: _Pending) -> None:
+        """A dropped batch is read again (by this consumer or another): its messages are not counted twice."""
+        self.counts.consumed -= pending.consumed
+        self.counts.rejected -= pending.rejected
+
     def _append(self, table: Table, data: pa.Table, expected: Any, next_offsets: dict[str, dict[int, int]]) -> None:
         """Append, retrying an unreachable catalog or storage forever (unhealthy meanwhile); not a fenced batch."""
 
@@ -418,15 +425,22 @@ class StreamConsumer:
             STREAM_COMMIT_FAILURES.labels(table.name()[-1]).inc()
             log.warning("%s; retrying", self.health.problem)
 
-        for attempt in Retrying(
-            retry=retry_if_not_exception_type(Fenced),
-            wait=wait_random_exponential(multiplier=0.5, max=30),
-            stop=lambda _: self._stopping,  # a stop request ends the retries: the batch is read again later
-            before_sleep=failed,
-            reraise=True,
-        ):
-            with attempt:
-                append_with_offsets(table, data, self.group, expected, next_offsets)
+        try:
+            for attempt in Retrying(
+                retry=retry_if_not_exception_type(Fenced),
+                wait=wait_random_exponential(multiplier=0.5, max=30),
+                stop=lambda _: self._stopping,  # a stop request ends the retries: the batch is read again later
+                before_sleep=failed,
+                reraise=True,
+            ):
+                with attempt:
+                    append_with_offsets(table, data, self.group, expected, next_offsets)
+        except (Fenced, K2Error):
+            raise
+        except Exception as exc:  # stopped while the catalog or storage was still failing
+            raise UnavailableError(
+                f"stopped without landing the batch in hand ({type(exc).__name__}: {exc}); it is read again on restart"
+            ) from None
         self.health.problem = None
 
     def _resume_from_table(self, consumer: Consumer, topic: str, partitions: list[int]) -> None:
