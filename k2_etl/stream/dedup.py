@@ -8,8 +8,8 @@ append only takes ids the table does not hold yet.
 The ids a table holds are loaded lazily, per scope, from the table itself
 (only the id column, only the scope's partitions): per UTC day of
 ``event_time`` for trades and quotes (their partitions), the whole table for
-the small ones. Each scope is a sorted array of 16-byte digests (the ids are
-MD5 hex), so membership is a binary search and a day of 2M trades costs
+the small ones. Each scope is a sorted array of 16-byte keys (the ids are
+MD5 hex: their bytes; any other id: its MD5), so membership is a binary search and a day of 2M trades costs
 32 MB; at most :data:`MAX_SCOPES` scopes per table stay in memory.
 
 Why this is exact across processes: records with the same id have the same
@@ -20,6 +20,7 @@ from the table, which then includes what the previous owner landed.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta
@@ -34,13 +35,25 @@ WHOLE_TABLE = date.min  # the scope of tables that are not deduplicated per day
 
 
 def keys(ids: Sequence[str]) -> np.ndarray:
-    """Sortable byte keys: the 16 bytes of MD5 hex ids (the usual case), else the ids' UTF-8 text."""
+    """16-byte keys: the bytes of MD5 hex ids (K2's ids always are), else the MD5 of the id's text.
+
+    One width for every key, so an id is found whatever else its batch holds.
+    """
     if ids and all(len(i) == 32 for i in ids):
         try:
             return np.frombuffer(bytes.fromhex("".join(ids)), dtype="S16").copy()
         except ValueError:
             pass
-    return np.array([i.encode() for i in ids], dtype=np.bytes_) if ids else np.empty(0, dtype="S16")
+    return np.array([_key(i) for i in ids], dtype="S16") if ids else np.empty(0, dtype="S16")
+
+
+def _key(id_: str) -> bytes:
+    if len(id_) == 32:
+        try:
+            return bytes.fromhex(id_)
+        except ValueError:
+            pass
+    return hashlib.md5(id_.encode(), usedforsecurity=False).digest()
 
 
 class IdIndex:
