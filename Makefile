@@ -41,6 +41,7 @@ test-fast: install  ## unit tests only (seconds)
 bench: install  ## run the benchmarks (results in bench/results/)
 	$(BIN)/python bench/registry_bench.py
 	$(BIN)/python bench/ingest_bench.py
+	$(BIN)/python bench/stream_bench.py
 
 down: install  ## stop the local platform
 	$(BIN)/k2 down

@@ -24,9 +24,8 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,15 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from k2_etl.bootstrap import init_platform
-from k2_etl.config import load_settings
-from k2_etl.ingest.generate import generate
+from bench.harness import bench_platform
 from k2_etl.ingest.producer import Deliveries, make_producer, produce_all
 from k2_etl.kafka import admin_client, client_config
-from k2_etl.local.components import broker, registry
-from k2_etl.local.supervisor import start, stop
-from k2_etl.schemas.registration import register_schemas
-from tests.helpers import env_of, free_port
+from tests.helpers import env_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -109,24 +103,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2_000_000, help="trades to generate (about)")
     parser.add_argument("--runs", type=int, default=3, help="alternating runs of (a) and (b)")
     args = parser.parse_args()
-    scratch = RESULTS / "tmp" if (RESULTS / "tmp").exists() else None
-    work = Path(tempfile.mkdtemp(prefix="k2-bench-ingest-", dir=scratch))
-    settings = load_settings(
-        home=work / "home",
-        kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        schema_registry_url=f"http://127.0.0.1:{free_port()}",
-    )
-    components = [broker(settings), registry(settings)]
-    for component in components:
-        start(settings, component, lambda _: None)
-    try:
-        init_platform(settings)
-        register_schemas(settings)
-        symbols, days = 100, 10
-        gen = generate(
-            work / "data", symbols=symbols, days=days, start=date(2026, 10, 1), seed=1, exchanges=("ASX",),
-            trades_per_day=args.rows // (symbols * days), quotes_per_trade=0,
-        )  # fmt: skip
+    with bench_platform("ingest", args.rows) as (settings, work, gen):
         ceiling_topic = settings.topic_prefix + "bench_ceiling"  # laid out like the trades topic
         admin = admin_client(settings)
         admin.create_topics([NewTopic(ceiling_topic, settings.topic_partitions, 1)])[ceiling_topic].result(30)
@@ -137,9 +114,6 @@ def main() -> None:
             sample = sample_messages(settings, settings.topic_prefix + "trades")
             runs_a.append(ceiling(settings, runs_b[-1]["rows"], sample, ceiling_topic))
         avg_size = sum(len(s[0]) for s in sample) / len(sample)
-    finally:
-        for component in reversed(components):
-            stop(settings, component, lambda _: None)
     best_a = max(runs_a)
     best_b = max(runs_b, key=lambda r: r["rows_per_second_reported"])
     result = {

@@ -18,9 +18,8 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -29,14 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from confluent_kafka import Consumer, TopicPartition
 
-from k2_etl.bootstrap import init_platform
-from k2_etl.config import load_settings
-from k2_etl.ingest.generate import generate
+from bench.harness import bench_platform
 from k2_etl.kafka import client_config
 from k2_etl.lake.catalog import open_catalog
-from k2_etl.local.components import broker, registry
-from k2_etl.local.supervisor import start, stop
-from k2_etl.schemas.registration import register_schemas
 from tests.helpers import env_of, free_port, run_k2
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -85,37 +79,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000, help="trades to generate (about)")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="k2-bench-stream-"))
-    settings = load_settings(
-        home=work / "home",
-        kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        schema_registry_url=f"http://127.0.0.1:{free_port()}",
+    with bench_platform(
+        "stream",
+        args.rows,
         stream_metrics_port=free_port(),
         stream_batch_rows=50_000,
         stream_session_timeout_seconds=6,  # the local broker's group join waits these out (PLATFORM-NOTES)
         stream_max_poll_interval_seconds=7,
-    )
-    components = [broker(settings), registry(settings)]
-    for component in components:
-        start(settings, component, lambda _: None)
-    try:
-        init_platform(settings)
-        register_schemas(settings)
-        symbols, days = 100, 10
-        gen = generate(
-            work / "data", symbols=symbols, days=days, start=date(2026, 10, 1), seed=1, exchanges=("ASX",),
-            trades_per_day=args.rows // (symbols * days), quotes_per_trade=0,
-        )  # fmt: skip
+    ) as (settings, work, gen):
         env = env_of(settings)
         env["K2_INGEST_METRICS_PORT"] = "0"
         loaded = run_k2(env, "load", str(work / "data"), "--format", "k2", "--json", timeout=900)
         assert loaded.returncode == 0, loaded.stderr
-        rows = json.loads(loaded.stdout)["totals"]["rows_produced"] - 100  # minus reference data
-        a = ceiling(settings, settings.topic_prefix + "trades", rows)
-        b = k2_consume(settings, rows)
-    finally:
-        for component in reversed(components):
-            stop(settings, component, lambda _: None)
+        a = ceiling(settings, settings.topic_prefix + "trades", gen.trades)
+        b = k2_consume(settings, gen.trades)
     result = {
         "benchmark": "stream",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -36,13 +36,10 @@ class Decoder:
 
     def decode(self, value: bytes | None) -> tuple[int, dict[str, Any]]:
         """The writer schema id and the record."""
-        if value is None or len(value) < 5 or value[0] != 0:
-            first = "no value" if not value else f"first byte 0x{value[0]:02x}, length {len(value)}"
-            raise Undecodable(f"not Confluent-framed Avro ({first}; expected magic byte 0x00 and a schema id)")
-        schema_id = int.from_bytes(value[1:5], "big")
+        schema_id = frame(value)
         schema = self._schema(schema_id)
         try:
-            record = fastavro.schemaless_reader(io.BytesIO(value[5:]), schema, None)
+            record = fastavro.schemaless_reader(io.BytesIO((value or b"")[5:]), schema, None)
         except Exception as exc:  # fastavro raises whatever the bytes provoke (EOFError, UnicodeDecodeError...)
             raise Undecodable(f"bytes do not decode with schema id {schema_id}: {type(exc).__name__}: {exc}") from None
         if not isinstance(record, dict):

@@ -22,7 +22,7 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2_etl.bootstrap import init_platform
-from k2_etl.config import Settings, load_settings
+from k2_etl.config import Settings
 from k2_etl.kafka import client_config
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import committed_offsets
@@ -40,9 +40,8 @@ TABLE_OF_TOPIC = {"trades": "trades", "quotes": "quotes", "reference_data": "ref
 def ready(own_settings: Settings) -> Settings:
     """Topics, tables and schemas of this test's own; consumer timeouts short (the local broker's
     group join waits for the rebalance timeout, see PLATFORM-NOTES) and commits every half second."""
-    settings = load_settings(
-        **{
-            **own_settings.model_dump(include={"home", "kafka_bootstrap", "schema_registry_url", "topic_prefix"}),
+    settings = own_settings.model_copy(
+        update={
             "stream_session_timeout_seconds": 6,
             "stream_max_poll_interval_seconds": 7,
             "stream_batch_seconds": 0.5,
@@ -233,9 +232,8 @@ def test_a_forced_reload_lands_nothing_twice(ready: Settings, tmp_path: Path) ->
 
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(ready: Settings, tmp_path: Path) -> None:
     """Ten consumers killed with SIGKILL mid-stream while loads run; a last one finishes the job."""
-    settings = load_settings(
-        **{
-            **ready.model_dump(include={"home", "kafka_bootstrap", "schema_registry_url", "topic_prefix"}),
+    settings = ready.model_copy(
+        update={
             "stream_session_timeout_seconds": 3,
             "stream_max_poll_interval_seconds": 4,
             "stream_batch_seconds": 0.2,
@@ -290,10 +288,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(ready: Settings, 
 def test_two_consumers_split_the_partitions_and_one_takes_over_when_the_other_dies(
     ready: Settings, tmp_path: Path
 ) -> None:
-    other = load_settings(**{**ready.model_dump(include={"home", "kafka_bootstrap", "schema_registry_url",
-                                                         "topic_prefix", "stream_session_timeout_seconds",
-                                                         "stream_max_poll_interval_seconds", "stream_batch_seconds"}),
-                             "stream_metrics_port": free_port()})  # fmt: skip
+    other = ready.model_copy(update={"stream_metrics_port": free_port()})
     a = ConsumerProcess(ready, tmp_path / "a.log")
     b = ConsumerProcess(other, tmp_path / "b.log")
     expected: dict[str, set[str]] = {"trades": set(), "quotes": set()}

@@ -1,0 +1,48 @@
+"""A throwaway local platform for a benchmark: broker, registry, tables, schemas and generated trades."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from k2_etl.bootstrap import init_platform
+from k2_etl.config import Settings, load_settings
+from k2_etl.ingest.generate import GenerateReport, generate
+from k2_etl.local.components import broker, registry
+from k2_etl.local.supervisor import start, stop
+from k2_etl.schemas.registration import register_schemas
+from tests.helpers import free_port
+
+
+@contextmanager
+def bench_platform(name: str, rows: int, **overrides: Any) -> Iterator[tuple[Settings, Path, GenerateReport]]:
+    """Settings, the work folder (generated files in ``data/``) and what was generated; stopped on exit.
+
+    ``rows`` trades (about) over 100 ASX symbols and 10 days, no quotes, deterministic.
+    """
+    work = Path(tempfile.mkdtemp(prefix=f"k2-bench-{name}-"))
+    settings = load_settings(
+        home=work / "home",
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        schema_registry_url=f"http://127.0.0.1:{free_port()}",
+        **overrides,
+    )
+    components = [broker(settings), registry(settings)]
+    for component in components:
+        start(settings, component, lambda _: None)
+    try:
+        init_platform(settings)
+        register_schemas(settings)
+        symbols, days = 100, 10
+        generated = generate(
+            work / "data", symbols=symbols, days=days, start=date(2026, 10, 1), seed=1, exchanges=("ASX",),
+            trades_per_day=rows // (symbols * days), quotes_per_trade=0,
+        )  # fmt: skip
+        yield settings, work, generated
+    finally:
+        for component in reversed(components):
+            stop(settings, component, lambda _: None)
