@@ -320,7 +320,9 @@ def generate(
     exchanges: Annotated[str, typer.Option(help="Comma-separated exchange codes; the first is primary.")] = "ASX,CXA",
     trades_per_day: Annotated[int, typer.Option(help="Average trades per symbol per day (all exchanges).")] = 1000,
     quotes_per_trade: Annotated[float, typer.Option(help="Quotes per trade (0: no quote files).")] = 2.0,
-    anomalies: Annotated[bool, typer.Option(help="Mix in out-of-hours trades, odd quotes, a sequence gap.")] = False,
+    anomalies: Annotated[
+        bool, typer.Option(help="Mix in out-of-hours trades, odd quotes and sequence gaps, reorders, resets, repeats.")
+    ] = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Write realistic synthetic trades, quotes and reference data in the `k2` format (deterministic by seed)."""

@@ -7,7 +7,7 @@ name is never spelled twice.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REGISTRY_REQUESTS = Counter(
     "k2_registry_requests_total",
@@ -68,4 +68,17 @@ STREAM_COMMIT_FAILURES = Counter(
     "k2_stream_commit_failures_total",
     "Appends that failed (catalog or storage unreachable) and were retried.",
     ["table"],
+)
+STREAM_SEQUENCE_EVENTS = Counter(
+    "k2_stream_sequence_events_total",
+    "Records by sequence classification: in_order, gap, out_of_order, reset, duplicate.",
+    ["table", "kind"],
+)
+STREAM_SEQUENCE_MISSING = Counter(
+    "k2_stream_sequence_missing_total", "Sequence numbers skipped by gaps (missing upstream).", ["table"]
+)
+STREAM_LAG = Gauge(
+    "k2_stream_lag_messages",
+    "Messages in the partition after the offset its table records (the broker's high watermark minus it).",
+    ["topic", "partition"],
 )

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TypeVar
@@ -80,6 +80,7 @@ def a_trade() -> dict[str, object]:
         "size": Decimal("100"),
         "currency": "AUD",
         "sequence_number": 1,
+        "trading_date": date(2026, 11, 25),  # Sydney's day
         "conditions": ["XT"],
         "venue": None,
         "buyer_id": None,

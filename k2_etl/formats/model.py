@@ -149,6 +149,11 @@ class Format(_Strict):
     description: str = ""
     delimiter: str = Field(",", min_length=1, max_length=1)
     timezone: str = "UTC"
+    exchange_timezones: dict[str, str] = Field(
+        default_factory=dict,
+        description="time zone of each exchange's trading day, when a column gives the exchange "
+        "(the trading day of other exchanges is the date in `timezone`)",
+    )
     exchange: str | None = Field(None, description="constant exchange code when no column gives it")
     currency: str | None = Field(None, description="constant currency when no column gives it")
     session: Session | None = None
@@ -164,6 +169,13 @@ class Format(_Strict):
             zoneinfo.ZoneInfo(value)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @field_validator("exchange_timezones")
+    @classmethod
+    def _exchange_tzs(cls, value: dict[str, str]) -> dict[str, str]:
+        for zone in value.values():
+            cls._tz(zone)
         return value
 
     @field_validator("symbol_pattern")

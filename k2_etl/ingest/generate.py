@@ -5,8 +5,10 @@ and stay exact), trade arrivals are denser at the open and close and come in
 bursts, quotes straddle the price with a spread of a few ticks, sizes are
 lognormal in round lots, and each (exchange, symbol, day) carries its own
 sequence numbers. With ``anomalies``, a few deliberate oddities are mixed in:
-trades outside regular hours, one-sided, crossed and locked quotes, and a
-sequence gap. Everything is numpy-vectorized, so millions of rows take seconds.
+trades outside regular hours, one-sided, crossed and locked quotes, and in
+every (exchange, symbol, day) with at least 21 trades one sequence gap,
+out-of-order pair, reset and duplicate (see :func:`_sequence_anomalies`).
+Everything is numpy-vectorized, so millions of rows take seconds.
 """
 
 from __future__ import annotations
@@ -22,25 +24,31 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from k2_etl.errors import K2Error
+from k2_etl.formats import load_format
 
 
 @dataclass(frozen=True)
 class Venue:
     code: str
-    timezone: str
     open: str
     close: str
     currency: str
 
+    @property
+    def timezone(self) -> str:
+        """As the `k2` format (which reads what this writes) defines the exchange's trading day."""
+        return _EXCHANGE_TIMEZONES[self.code]
 
+
+_EXCHANGE_TIMEZONES = load_format("k2").exchange_timezones
 VENUES = {
     v.code: v
     for v in (
-        Venue("ASX", "Australia/Sydney", "10:00", "16:00", "AUD"),
-        Venue("CXA", "Australia/Sydney", "10:00", "16:00", "AUD"),
-        Venue("XNAS", "America/New_York", "09:30", "16:00", "USD"),
-        Venue("XNYS", "America/New_York", "09:30", "16:00", "USD"),
-        Venue("XLON", "Europe/London", "08:00", "16:30", "GBP"),
+        Venue("ASX", "10:00", "16:00", "AUD"),
+        Venue("CXA", "10:00", "16:00", "AUD"),
+        Venue("XNAS", "09:30", "16:00", "USD"),
+        Venue("XNYS", "09:30", "16:00", "USD"),
+        Venue("XLON", "08:00", "16:30", "GBP"),
     )
 }
 TICK = 1  # prices are in cents: one tick
@@ -85,6 +93,26 @@ def _times(day: date, venue: Venue, n: int, rng: np.random.Generator) -> np.ndar
 
 def _iso(micros: np.ndarray) -> pa.Array:
     return pa.array(np.char.add(np.datetime_as_string(micros.astype("datetime64[us]"), unit="us"), "Z"))
+
+
+SEQUENCE_ANOMALIES_MIN_TRADES = 21  # (exchange, symbol, day)s with fewer trades keep clean sequences
+
+
+def _sequence_anomalies(seq: np.ndarray, t: np.ndarray) -> None:
+    """One of each sequence anomaly, in place, in arrival (time) order; ``len(seq) >= 21``.
+
+    Rows 5 and 6 swap numbers (a gap of 1, then 6 out of order); from the middle
+    row on, numbers skip 3 (a gap of 3); from row 3n/4 they restart at 1 (a
+    reset); the last row repeats the one before it (a duplicate, a microsecond
+    later so that it is a different record, not a re-sent one).
+    """
+    n = len(seq)
+    seq[5], seq[6] = seq[6], seq[5]
+    seq[n // 2 :] += 3
+    restart = 3 * n // 4
+    seq[restart:] = np.arange(1, n - restart + 1)
+    seq[-1] = seq[-2]
+    t[-1] = max(t[-1], t[-2] + 1)
 
 
 def _time_ordered(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
@@ -157,8 +185,9 @@ def generate(
                 last_cents[s] = px[-1]
                 qty = np.maximum(1, np.round(rng.lognormal(4, 1.2, size=n) / 10) * 10).astype(np.int64)
                 seq = np.arange(1, n + 1)
+                if anomalies and n >= SEQUENCE_ANOMALIES_MIN_TRADES:
+                    _sequence_anomalies(seq, t)
                 if anomalies and n > 10:
-                    seq[n // 2 :] += 3  # a sequence gap of 3
                     t[0] -= 3_600_000_000  # one trade an hour before the open
                 trades["t"].append(t)
                 trades["sym"].append(np.full(n, name))

@@ -184,6 +184,13 @@ def build(
             trading_date = f"CAST(DATE '1970-01-01' + {days} AS DATE)"
         else:
             trading_date = f"CAST(timezone({tz}, c_event_time) AS DATE)"
+        if fmt.exchange_timezones and "exchange" in spec.fields:  # each exchange's own trading day
+            cases = " ".join(
+                f"WHEN {b.param(f'xtz_code{i}', code)} "
+                f"THEN CAST(timezone({b.param(f'xtz{i}', zone)}, c_event_time) AS DATE)"
+                for i, (code, zone) in enumerate(sorted(fmt.exchange_timezones.items()))
+            )
+            trading_date = f"CASE c_exchange {cases} ELSE {trading_date} END"
         b.check(
             "c_event_time IS NULL",
             "bad_timestamp",

@@ -124,8 +124,42 @@ def _annotate_for_iceberg(avro_type: Any, ids: count[int]) -> Any:
 
 def iceberg_schema(record: RecordType) -> Schema:
     """The Iceberg schema of ``record``'s table, converted from its Avro schema."""
-    annotated = _annotate_for_iceberg(copy.deepcopy(record.schema), count(1))
+    return iceberg_schema_of(record.schema)
+
+
+def iceberg_schema_of(avro_schema: dict[str, Any]) -> Schema:
+    """An Avro record schema (a registered writer schema, say) as an Iceberg schema."""
+    annotated = _annotate_for_iceberg(copy.deepcopy(avro_schema), count(1))
     return AvroSchemaConversion().avro_to_iceberg(annotated)
+
+
+def evolve_to_read(table: Table, writer: Schema) -> str | None:
+    """Make ``table`` able to hold records written with ``writer``; None, or why it cannot.
+
+    The table reads what the writer wrote: every required column must be required in the
+    writer too, shared columns keep their type or widen (int to long, ...), and columns only
+    the writer has are added as optional (older rows read back null). pyiceberg's
+    ``union_by_name`` decides the type rules.
+    """
+    current = table.schema()
+    for column in current.fields:
+        theirs = writer.find_field(column.name, case_sensitive=True) if column.name in writer.column_names else None
+        if column.required and (theirs is None or not theirs.required):
+            return f"the table requires column {column.name}, which the writer schema " + (
+                "lacks" if theirs is None else "makes optional"
+            )
+    added = Schema(
+        *(f if f.name in current.column_names else f.model_copy(update={"required": False}) for f in writer.fields)
+    )
+    update = table.update_schema()
+    try:
+        update.union_by_name(added)
+        evolved = update._apply()  # pyiceberg's own check, without committing
+    except (IcebergValidationError, ValueError) as exc:
+        return str(exc)
+    if evolved.column_names != current.column_names:
+        update.commit()
+    return None
 
 
 def _columns(schema: Schema) -> dict[str, tuple[str, bool]]:

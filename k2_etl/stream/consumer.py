@@ -24,12 +24,14 @@ directly. SIGTERM or SIGINT: the batch in hand is committed, then exit 0.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,9 +40,12 @@ from typing import Any
 
 import duckdb
 import fastavro
+import numpy as np
 import pyarrow as pa
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.schema_registry import Schema
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.schema import Schema as IcebergSchema
 from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
 from tenacity import (
@@ -49,6 +54,7 @@ from tenacity import (
     retry,
     retry_if_exception_type,
     retry_if_not_exception_type,
+    stop_after_attempt,
     wait_random_exponential,
 )
 
@@ -59,7 +65,7 @@ from k2_etl.ingest.producer import make_producer
 from k2_etl.kafka import client_config
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import Fenced, append_with_offsets, committed_offsets
-from k2_etl.lake.tables import TABLES
+from k2_etl.lake.tables import TABLES, evolve_to_read, iceberg_schema_of
 from k2_etl.observability import (
     STREAM_BATCH_ROWS,
     STREAM_COMMIT_FAILURES,
@@ -68,19 +74,25 @@ from k2_etl.observability import (
     STREAM_DEDUPLICATED,
     STREAM_FENCED,
     STREAM_FRESHNESS_SECONDS,
+    STREAM_LAG,
     STREAM_LANDED,
     STREAM_REJECTED,
+    STREAM_SEQUENCE_EVENTS,
+    STREAM_SEQUENCE_MISSING,
 )
-from k2_etl.schemas import REJECT, TOPIC_RECORD_TYPES
+from k2_etl.schemas import REJECT, SEQUENCE_EVENT, TOPIC_RECORD_TYPES
 from k2_etl.schemas.registration import registry_client
 from k2_etl.stream.decode import BatchDecoder, Decoder, Undecodable, frame
 from k2_etl.stream.dedup import IdIndex
 from k2_etl.stream.health import Health, serve
+from k2_etl.stream.sequences import SequenceTracker
+from k2_etl.stream.validate import problems
 
 log = logging.getLogger(__name__)
 
 POLL_MESSAGES = 5_000
 POLL_SECONDS = 0.2
+LAG_SECONDS = 5.0  # how often the lag gauge is updated
 
 
 @dataclass
@@ -94,6 +106,18 @@ class _Pending:
     oldest_timestamp_ms: int | None = None  # Kafka timestamp of the oldest record (for freshness)
     consumed: int = 0  # messages taken (metrics are counted per batch: per message they cost more than decoding)
     rejected: int = 0
+
+
+@dataclass
+class _Decoded:
+    """A batch's rows and each row's Kafka partition and offset."""
+
+    table: pa.Table
+    partitions: np.ndarray
+    offsets: np.ndarray
+
+    def filter(self, mask: np.ndarray) -> _Decoded:
+        return _Decoded(self.table.filter(pa.array(mask)), self.partitions[mask], self.offsets[mask])
 
 
 @dataclass
@@ -137,6 +161,14 @@ class StreamConsumer:
             day = next((c for c, transform, _ in definition.partition if isinstance(transform, DayTransform)), None)
             id_column = "reject_id" if definition.record is REJECT else "event_id"
             self.indexes[t] = IdIndex(self.tables[t], id_column, day)
+        self.sequence_events = catalog.load_table((settings.namespace, table_of[SEQUENCE_EVENT.name].name))
+        self.trackers: dict[str, SequenceTracker] = {
+            t: SequenceTracker(self.tables[t], self.sequence_events, self.record_types[t])
+            for t in self.topics
+            if "sequence_number" in self.tables[t].schema().column_names
+        }
+        self.events_expected: dict[str, dict[int, int | None]] = {}  # partitions -> offset the events table records
+        self._verdicts: dict[tuple[str, int], str | None] = {}  # (topic, writer schema id) -> why unreadable
         self.dead_letters = REJECT.topic_name(settings)
         self.decoder = Decoder(registry_client(settings))
         self.batch_decoder = BatchDecoder(settings.home / "tmp" / "stream")
@@ -205,6 +237,7 @@ class StreamConsumer:
         )
         consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         log.info("consuming %s as group %s", ", ".join(self.topics), self.group)
+        lag_due = 0.0
         try:
             while not self._stopping:
                 self.health.beat()
@@ -214,6 +247,9 @@ class StreamConsumer:
                     self._commit(consumer)
                     if on_commit is not None:
                         on_commit(self.counts)
+                if time.monotonic() >= lag_due:
+                    self._observe_lag(consumer)
+                    lag_due = time.monotonic() + LAG_SECONDS
             self._commit(consumer)
         finally:
             consumer.close()
@@ -221,15 +257,28 @@ class StreamConsumer:
         log.info("stopped: %s", json.dumps(self.counts.to_dict()))
         return self.counts
 
+    def _observe_lag(self, consumer: Consumer) -> None:
+        """Lag per owned partition from the high watermarks the fetches brought (no extra request)."""
+        for topic, partitions in self.expected.items():
+            for partition, landed in partitions.items():
+                try:
+                    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+                except KafkaException:
+                    continue
+                if high >= 0:  # -1: not known yet
+                    STREAM_LAG.labels(topic, str(partition)).set(max(0, high - (landed if landed is not None else low)))
+
     # --- rebalances ------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for index in self.indexes.values():
-            index.clear()
+        self._clear_state()
+        self.sequence_events.refresh()
         for tp in partitions:
             table = self.tables[tp.topic]
             table.refresh()
             offset = committed_offsets(table, self.group).get(tp.topic, {}).get(tp.partition)
             self.expected.setdefault(tp.topic, {})[tp.partition] = offset
+            events_offset = committed_offsets(self.sequence_events, self.group).get(tp.topic, {}).get(tp.partition)
+            self.events_expected.setdefault(tp.topic, {})[tp.partition] = events_offset
             tp.offset = OFFSET_BEGINNING if offset is None else offset
             log.info("assigned %s[%d]: resuming at %s", tp.topic, tp.partition, offset or "the beginning")
         consumer.assign(partitions)
@@ -241,12 +290,21 @@ class StreamConsumer:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._forget(consumer, partitions)  # no longer ours: a commit would be fenced anyway
 
-    def _forget(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _clear_state(self) -> None:
+        """Partitions moved or a batch was dropped: ids and sequence state reload from the tables."""
         for index in self.indexes.values():
-            index.clear()  # partitions move: reload what the tables hold, including the previous owner's rows
+            index.clear()
+        for tracker in self.trackers.values():
+            tracker.clear()
+
+    def _forget(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._clear_state()  # includes the previous owner's rows, when they come back
         gone = {(tp.topic, tp.partition) for tp in partitions}
         for tp in partitions:
             self.expected.get(tp.topic, {}).pop(tp.partition, None)
+            self.events_expected.get(tp.topic, {}).pop(tp.partition, None)
+            with contextlib.suppress(KeyError):  # another consumer reports it now
+                STREAM_LAG.remove(tp.topic, str(tp.partition))
         for topic in {tp.topic for tp in partitions}:
             pending = self.pending.get(topic)
             if pending is None or not gone & {(topic, p) for p in pending.next_offsets}:
@@ -300,31 +358,97 @@ class StreamConsumer:
     def _schema_when_available(self, schema_id: int) -> str:
         return self.decoder.schema_text(schema_id)  # an unreachable registry is waited for, forever
 
-    def _decode(self, topic: str, pending: _Pending, target: pa.Schema) -> pa.Table:
-        """The batch's records as the table's Arrow schema: per writer schema, all at once with DuckDB.
+    def _decode(self, topic: str, pending: _Pending, target: pa.Schema) -> _Decoded:
+        """The batch's valid records as the table's Arrow schema: per writer schema, all at once with DuckDB.
 
         A group with a malformed body fails as a whole; it is then decoded message by message
-        (fastavro) so that only the bad ones go to the dead letters.
+        (fastavro) so that only the bad ones go to the dead letters. So do records of a writer
+        schema the table cannot read, and records failing :func:`~k2_etl.stream.validate.problems`.
         """
         groups: dict[int, list[Message]] = {}
         for schema_id, message in pending.messages:
             groups.setdefault(schema_id, []).append(message)
-        parts = []
+        parts: list[pa.Table] = []
+        positions: list[tuple[int, int]] = []
         for schema_id, messages in groups.items():
+            why = self._unreadable(topic, schema_id)
+            if why is not None:
+                for message in messages:
+                    self._poison(topic, pending, message, why)
+                continue
             bodies = [(m.value() or b"")[5:] for m in messages]
             try:
                 parts.append(self.batch_decoder.decode(self.decoder.schema_text(schema_id), bodies, target))
             except (duckdb.Error, Undecodable):
-                good = []
+                good, kept = [], []
                 for message in messages:
                     try:
                         good.append(self.decoder.decode(message.value())[1])
+                        kept.append(message)
                     except Undecodable as exc:
                         self._poison(topic, pending, message, str(exc))
                 parts.append(pa.Table.from_pylist(good, schema=target))
+                messages = kept
+            positions.extend((m.partition() or 0, m.offset() or 0) for m in messages)
         if pending.rows:
             parts.append(pa.Table.from_pylist(pending.rows, schema=target))
-        return pa.concat_tables(parts) if parts else target.empty_table()
+            positions.extend((r["kafka_partition"], r["kafka_offset"]) for r in pending.rows)
+        where = np.array(positions, dtype=np.int64).reshape(-1, 2)
+        decoded = _Decoded(pa.concat_tables(parts) if parts else target.empty_table(), where[:, 0], where[:, 1])
+        if topic == self.dead_letters:
+            return decoded
+        invalid = problems(decoded.table, self.record_types[topic])
+        if not invalid:
+            return decoded
+        by_position = {(m.partition() or 0, m.offset() or 0): m for _, m in pending.messages}
+        for row, why in invalid.items():
+            self._poison(topic, pending, by_position[positions[row]], why)
+        keep = np.ones(decoded.table.num_rows, dtype=bool)
+        keep[list(invalid)] = False
+        return decoded.filter(keep)
+
+    def _unreadable(self, topic: str, schema_id: int) -> str | None:
+        """Why the topic's table cannot hold records of writer schema ``schema_id`` (None: it can).
+
+        A writer schema seen for the first time may add columns: the table gains them (union by
+        name) before the batch is decoded, so a compatible new version just flows on. One the
+        table cannot read sends its records to the dead letters with the reason. Decided once per
+        schema id (the table's schema only ever grows).
+        """
+        key = (topic, schema_id)
+        if key not in self._verdicts:
+            table = self.tables[topic]
+            try:
+                writer = iceberg_schema_of(json.loads(self.decoder.schema_text(schema_id)))
+                why = self._evolve(table, writer)
+            except (ValueError, TypeError, KeyError, NotImplementedError) as exc:  # not convertible to Iceberg
+                why = f"{type(exc).__name__}: {exc}"
+            if why is not None:
+                why = f"writer schema id {schema_id} cannot be read into table {table.name()[-1]}: {why}"
+                log.warning("%s; its records go to the dead letters", why)
+            else:
+                table.refresh()
+            self._verdicts[key] = why
+        return self._verdicts[key]
+
+    @retry(
+        retry=retry_if_exception_type(CommitFailedException),
+        stop=stop_after_attempt(10),
+        wait=wait_random_exponential(multiplier=0.05, max=2),
+        reraise=True,
+    )
+    def _evolve(self, table: Table, writer: IcebergSchema) -> str | None:
+        table.refresh()  # another consumer may have evolved it first
+        before = table.schema().column_names
+        why = evolve_to_read(table, writer)
+        table.refresh()
+        if why is None and table.schema().column_names != before:
+            log.info(
+                "%s: added column(s) %s",
+                table.name()[-1],
+                ", ".join(c for c in table.schema().column_names if c not in before),
+            )
+        return why
 
     def _reject(self, message: Message, reason: str) -> dict[str, Any]:
         topic, partition, offset = message.topic() or "", message.partition() or 0, message.offset() or 0
@@ -376,28 +500,38 @@ class StreamConsumer:
         for topic, pending in self.pending.items():
             table = self.tables[topic]
             table.refresh()
+            for schema_id in {schema_id for schema_id, _ in pending.messages}:
+                self._unreadable(topic, schema_id)  # evolves the table first when the writer added columns
             decoded[topic] = self._decode(topic, pending, table.schema().as_arrow())
         if self.producer.flush(30) > 0:  # dead letters must be durable before the offsets move past them
             raise UnavailableError("dead letters could not be delivered to Kafka within 30 s")
         for topic, pending in list(self.pending.items()):
             table = self.tables[topic]
-            data = self.indexes[topic].fresh(decoded[topic])
-            received = decoded[topic].num_rows
+            batch = decoded[topic].filter(self.indexes[topic].fresh(decoded[topic].table))
+            data = batch.table
+            received = decoded[topic].table.num_rows
             expected = {topic: {p: self.expected[topic].get(p) for p in pending.next_offsets}}
             name = table.name()[-1]
             STREAM_CONSUMED.labels(name).inc(pending.consumed)
             STREAM_REJECTED.labels(name).inc(pending.rejected)
             try:
+                kinds = self._track_sequences(topic, pending, batch)
                 with STREAM_COMMIT_SECONDS.labels(name).time():
                     self._append(table, data, expected, {topic: pending.next_offsets})
             except Fenced as exc:
                 log.warning("%s", exc)
                 STREAM_FENCED.labels(name).inc()
                 self._uncount(pending)
+                self._clear_state()  # the dropped batch's ids and numbers were counted in
                 self._resume_from_table(consumer, topic, list(pending.next_offsets))
                 continue
             finally:
                 self.pending.pop(topic, None)
+            for kind, count in kinds.items():
+                if kind == "missing":
+                    STREAM_SEQUENCE_MISSING.labels(name).inc(count)
+                else:
+                    STREAM_SEQUENCE_EVENTS.labels(name, kind).inc(count)
             self.expected[topic].update(pending.next_offsets)
             self.indexes[topic].add(data)
             self.counts.landed += data.num_rows
@@ -410,6 +544,37 @@ class StreamConsumer:
             consumer.commit(
                 offsets=[TopicPartition(topic, p, o) for p, o in pending.next_offsets.items()], asynchronous=True
             )
+
+    def _track_sequences(self, topic: str, pending: _Pending, batch: _Decoded) -> Counter[str]:
+        """Classify the batch's sequence numbers; land its events first (fenced like the data).
+
+        The events table records, per partition, the offset up to which it holds the events: after
+        a crash between the two appends, the batch is read again and its events are not written twice.
+        Returns the records per kind and the missing numbers, counted once the batch has landed.
+        """
+        tracker = self.trackers.get(topic)
+        if tracker is None or batch.table.num_rows == 0:
+            return Counter()
+        events_from = self.events_expected.setdefault(topic, {})
+        events, counts = tracker.observe(
+            batch.table,
+            batch.partitions,
+            batch.offsets,
+            topic=topic,
+            landed=self.expected[topic],
+            events_from=events_from,
+        )
+        if events:
+            behind = {p: o for p, o in pending.next_offsets.items() if (events_from.get(p) or 0) < o}
+            rows = pa.Table.from_pylist(events, schema=self.sequence_events.schema().as_arrow())
+            self._append(
+                self.sequence_events,
+                rows,
+                {topic: {p: events_from.get(p) for p in behind}},
+                {topic: behind},
+            )
+            events_from.update(behind)
+        return counts
 
     def _uncount(self, pending: _Pending) -> None:
         """A dropped batch is read again (by this consumer or another): its messages are not counted twice."""
@@ -446,8 +611,11 @@ class StreamConsumer:
     def _resume_from_table(self, consumer: Consumer, topic: str, partitions: list[int]) -> None:
         table = self.tables[topic]
         table.refresh()
+        self.sequence_events.refresh()
         recorded = committed_offsets(table, self.group).get(topic, {})
+        events = committed_offsets(self.sequence_events, self.group).get(topic, {})
         for partition in partitions:
             offset = recorded.get(partition)
             self.expected[topic][partition] = offset
+            self.events_expected.setdefault(topic, {})[partition] = events.get(partition)
             consumer.seek(TopicPartition(topic, partition, OFFSET_BEGINNING if offset is None else offset))

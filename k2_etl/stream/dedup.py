@@ -66,10 +66,10 @@ class IdIndex:
     def clear(self) -> None:
         self._scopes.clear()
 
-    def fresh(self, batch: pa.Table) -> pa.Table:
-        """The rows whose id neither the table nor an earlier row of ``batch`` has, in order."""
+    def fresh(self, batch: pa.Table) -> np.ndarray:
+        """Which rows have an id neither the table nor an earlier row of ``batch`` has (a boolean mask)."""
         if batch.num_rows == 0:
-            return batch
+            return np.zeros(0, dtype=bool)
         row_keys = keys(batch.column(self.id_column).to_pylist())
         scopes = self._scopes_of(batch)
         keep = np.zeros(batch.num_rows, dtype=bool)
@@ -82,7 +82,7 @@ class IdIndex:
             at = np.minimum(np.searchsorted(held, wanted), max(len(held) - 1, 0))
             known = (held[at] == wanted) if len(held) else np.zeros(len(wanted), dtype=bool)
             keep[candidates[~known]] = True
-        return batch.filter(pa.array(keep))
+        return keep
 
     def add(self, batch: pa.Table) -> None:
         """Record ids just appended (the scopes already loaded; others load them from the table)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -33,6 +33,7 @@ def trade(i: int) -> dict[str, object]:
         "size": Decimal(100 + i),
         "currency": "AUD",
         "sequence_number": i,
+        "trading_date": date(2026, 11, 25),  # Sydney's day
         "conditions": ["XT"] if i % 7 == 0 else [],
         "venue": None,
         "buyer_id": None,

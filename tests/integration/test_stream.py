@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import csv
+import io
 import json
 import random
 import re
@@ -10,14 +13,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import httpx
 import pyarrow as pa
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
@@ -91,6 +96,22 @@ def table(settings: Settings, name: str) -> pa.Table:
     return open_catalog(settings).load_table((settings.namespace, name)).scan().to_arrow()
 
 
+def consumed_all(settings: Settings, report: dict[str, Any]) -> bool | None:
+    """Whether the tables record offsets past every message of a load's ``report``."""
+    ends: dict[str, dict[int, int]] = {}
+    for f in report["files"]:
+        for topic, parts in f["offsets"].items():
+            for p, (_, last) in parts.items():
+                ends.setdefault(topic, {})[int(p)] = max(ends.get(topic, {}).get(int(p), 0), last + 1)
+    catalog = open_catalog(settings)
+    for topic, partitions in ends.items():
+        name = TABLE_OF_TOPIC[topic.removeprefix(settings.topic_prefix)]
+        recorded = committed_offsets(catalog.load_table((settings.namespace, name)), settings.stream_group)
+        if recorded.get(topic) != partitions:
+            return None
+    return True
+
+
 def landed_counts(settings: Settings, names: list[str]) -> dict[str, int]:
     return {name: table(settings, name).num_rows for name in names}
 
@@ -104,6 +125,10 @@ def test_a_load_lands_exactly_once_and_a_restart_resumes_after_it(ready: Setting
         poll(lambda: landed_counts(ready, list(expected)) == expected or None, timeout=90, what="the load to land")
         base = f"http://127.0.0.1:{ready.stream_metrics_port}"
         health = httpx.get(f"{base}/healthz", timeout=5)
+        caught_up = [f'k2_stream_lag_messages{{partition="{p}",topic="{TRADE.topic_name(ready)}"}} 0.0'
+                     for p in range(ready.topic_partitions)]  # fmt: skip
+        lag = "the lag gauge to show every trades partition caught up"
+        poll(lambda: all(c in httpx.get(f"{base}/metrics", timeout=5).text for c in caught_up) or None, 30, lag)
         metrics = httpx.get(f"{base}/metrics", timeout=5).text
         rc, counts = consumer.stop()
     finally:
@@ -158,10 +183,14 @@ def test_poison_messages_go_to_the_dead_letters_and_the_stream_goes_on(ready: Se
     with SchemaRegistryClient({"url": ready.schema_registry_url}) as registry:
         serialize = AvroSerializer(registry, TRADE.schema_str, conf={"auto.register.schemas": False})
         good = serialize(a_trade(), SerializationContext(topic, MessageField.VALUE))
+        invalid = serialize(
+            {**a_trade(), "event_id": "e2", "price": Decimal("-1")}, SerializationContext(topic, MessageField.VALUE)
+        )
     poison: list[tuple[bytes, str]] = [
         (b"not avro at all", "not Confluent-framed Avro"),
         (b"\x00" + (99_999).to_bytes(4, "big") + b"\x02", "schema id 99999 is unknown"),
         (good[:5] + b"\xff", "do not decode with schema id"),
+        (invalid, "field price: -1.00000000 is not positive"),
     ]
     for value, _ in poison:
         producer.produce(topic, value, b"BHP", headers=[("k2-load-id", b"L1")])
@@ -169,14 +198,14 @@ def test_poison_messages_go_to_the_dead_letters_and_the_stream_goes_on(ready: Se
     assert producer.flush(30) == 0
     consumer = ConsumerProcess(ready, tmp_path / "consume.log")
     try:
-        poll(lambda: landed_counts(ready, ["trades", "rejects"]) == {"trades": 1, "rejects": 3} or None,
-             timeout=90, what="the trade and the three rejects to land")  # fmt: skip
+        poll(lambda: landed_counts(ready, ["trades", "rejects"]) == {"trades": 1, "rejects": 4} or None,
+             timeout=90, what="the trade and the four rejects to land")  # fmt: skip
         rc, counts = consumer.stop()
     finally:
         consumer.kill()
     assert rc == 0
-    # consumed: 4 trades-topic messages + 3 dead letters; landed: 1 trade + 3 reject rows; rejected: 3
-    assert counts == {"consumed": 7, "landed": 4, "rejected": 3, "deduplicated": 0}
+    # consumed: 5 trades-topic messages + 4 dead letters; landed: 1 trade + 4 reject rows; rejected: 4
+    assert counts == {"consumed": 9, "landed": 5, "rejected": 4, "deduplicated": 0}
     rejects: list[dict[str, Any]] = sorted(table(ready, "rejects").to_pylist(), key=lambda r: r["kafka_offset"])
     for (value, why), reject in zip(poison, rejects, strict=True):
         assert why in reject["reason"], reject["reason"]
@@ -186,6 +215,75 @@ def test_poison_messages_go_to_the_dead_letters_and_the_stream_goes_on(ready: Se
         assert json.loads(reject["headers"]) == {"k2-load-id": "TDE="}
     assert [r["kafka_offset"] for r in rejects] == sorted({r["kafka_offset"] for r in rejects})
     assert table(ready, "trades").column("event_id").to_pylist() == ["e1"]
+
+
+def framed(schema_id: int, schema: dict[str, Any], record: dict[str, Any]) -> bytes:
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, fastavro.parse_schema(schema), record)
+    return b"\x00" + schema_id.to_bytes(4, "big") + body.getvalue()
+
+
+def test_a_new_schema_version_mid_stream_evolves_the_table_and_an_unreadable_one_is_rejected(
+    ready: Settings, tmp_path: Path
+) -> None:
+    topic = TRADE.topic_name(ready)
+    v2 = copy.deepcopy(TRADE.schema)
+    v2["fields"].append({"name": "auction_flag", "type": ["null", "string"], "default": None})
+    unreadable = copy.deepcopy(TRADE.schema)
+    next(f for f in unreadable["fields"] if f["name"] == "price")["type"] = "string"
+    with SchemaRegistryClient({"url": ready.schema_registry_url}) as registry:
+        v1_id = registry.lookup_schema(TRADE.subject(ready), Schema(TRADE.schema_str, "AVRO")).schema_id
+        v2_id = registry.register_schema(TRADE.subject(ready), Schema(json.dumps(v2), "AVRO"))  # compatible
+        other_id = registry.register_schema(
+            f"{ready.topic_prefix}elsewhere-value", Schema(json.dumps(unreadable), "AVRO")
+        )
+    producer = Producer(client_config(ready))
+    old = {**a_trade(), "event_id": "old"}
+    producer.produce(topic, framed(v1_id, TRADE.schema, old), b"BHP")
+    consumer = ConsumerProcess(ready, tmp_path / "consume.log")
+    try:
+        poll(lambda: landed_counts(ready, ["trades"]) == {"trades": 1} or None, timeout=90, what="the v1 trade")
+        new = {**a_trade(), "event_id": "new", "sequence_number": 2, "auction_flag": "open"}
+        producer.produce(topic, framed(v2_id, v2, new), b"BHP")
+        wrong = {**a_trade(), "event_id": "wrong", "sequence_number": 3, "price": "45.1"}
+        producer.produce(topic, framed(other_id, unreadable, wrong), b"BHP")
+        assert producer.flush(30) == 0
+        poll(lambda: landed_counts(ready, ["trades", "rejects"]) == {"trades": 2, "rejects": 1} or None,
+             timeout=90, what="the v2 trade and the reject")  # fmt: skip
+        rc, counts = consumer.stop()
+    finally:
+        consumer.kill()
+    assert rc == 0
+    assert counts == {"consumed": 4, "landed": 3, "rejected": 1, "deduplicated": 0}
+    rows = {r["event_id"]: r for r in table(ready, "trades").to_pylist()}
+    assert rows["old"]["auction_flag"] is None and rows["new"]["auction_flag"] == "open"  # old rows read null
+    assert rows["new"]["price"] == new["price"] and rows["new"]["sequence_number"] == 2
+    (reject,) = table(ready, "rejects").to_pylist()
+    assert f"writer schema id {other_id} cannot be read into table trades" in reject["reason"]
+    assert "price" in reject["reason"], reject["reason"]
+    assert reject["raw_bytes"] == framed(other_id, unreadable, wrong)
+
+
+def test_sigterm_mid_batch_lands_the_batch_in_hand_and_exits_0(ready: Settings, tmp_path: Path) -> None:
+    settings = ready.model_copy(update={"stream_batch_seconds": 600, "stream_batch_rows": 1_000_000})
+    topic = TRADE.topic_name(settings)
+    producer = Producer(client_config(settings))
+    with SchemaRegistryClient({"url": settings.schema_registry_url}) as registry:
+        serialize = AvroSerializer(registry, TRADE.schema_str, conf={"auto.register.schemas": False})
+        for i in range(50):
+            record = {**a_trade(), "event_id": f"t{i}", "sequence_number": i + 1}
+            producer.produce(topic, serialize(record, SerializationContext(topic, MessageField.VALUE)), b"BHP")
+    assert producer.flush(30) == 0
+    consumer = ConsumerProcess(settings, tmp_path / "consume.log")
+    try:
+        health = f"http://127.0.0.1:{settings.stream_metrics_port}/healthz"
+        poll(lambda: httpx.get(health, timeout=5).json()["consumed"] == 50 or None, 90, "the batch to be in hand")
+        assert landed_counts(settings, ["trades"]) == {"trades": 0}  # in hand, not landed (600 s batches)
+        rc, counts = consumer.stop(signal.SIGTERM)
+    finally:
+        consumer.kill()
+    assert rc == 0 and counts == {"consumed": 50, "landed": 50, "rejected": 0, "deduplicated": 0}
+    assert sorted(table(settings, "trades").column("event_id").to_pylist()) == sorted(f"t{i}" for i in range(50))
 
 
 def test_consume_refuses_an_unknown_topic(ready: Settings) -> None:
@@ -202,22 +300,7 @@ def test_a_forced_reload_lands_nothing_twice(ready: Settings, tmp_path: Path) ->
     try:
         poll(lambda: landed_counts(ready, list(expected)) == expected or None, timeout=90, what="the load to land")
         again = load(ready, str(SAMPLE), "--format", "k2", "--force")  # the same event ids, new offsets
-        ends = {}
-        for f in again["files"]:
-            for topic, parts in f["offsets"].items():
-                for p, (_, last) in parts.items():
-                    ends.setdefault(topic, {})[int(p)] = max(ends.get(topic, {}).get(int(p), 0), last + 1)
-
-        def caught_up() -> bool | None:
-            catalog = open_catalog(ready)
-            for topic, partitions in ends.items():
-                name = TABLE_OF_TOPIC[topic.removeprefix(ready.topic_prefix)]
-                recorded = committed_offsets(catalog.load_table((ready.namespace, name)), ready.stream_group)
-                if recorded.get(topic) != partitions:
-                    return None
-            return True
-
-        poll(caught_up, timeout=90, what="the re-sent records to be consumed")
+        poll(lambda: consumed_all(ready, again), timeout=90, what="the re-sent records to be consumed")
         rc, counts = consumer.stop()
     finally:
         consumer.kill()
@@ -230,8 +313,79 @@ def test_a_forced_reload_lands_nothing_twice(ready: Settings, tmp_path: Path) ->
         assert len(ids) == len(set(ids))
 
 
+EventKey = tuple[str, str, str, str, int, int | None]  # exchange, symbol, trading day, kind, received, gap size
+
+
+def injected_sequence_events(folder: Path) -> Counter[EventKey]:
+    """What `k2 generate --anomalies` puts in each (exchange, symbol, day) of 21 trades or more,
+    read from its files: rows 5 and 6 swapped, +3 from the middle row, a restart at 1, a repeated last."""
+    numbers: dict[tuple[str, str, str], list[int]] = {}
+    for path in sorted(folder.rglob("trades_*.csv")):
+        with path.open() as handle:
+            for row in csv.DictReader(handle):
+                key = (row["exchange"], row["symbol"], path.parent.name)
+                numbers.setdefault(key, []).append(int(row["sequence_number"]))
+    events: Counter[EventKey] = Counter()
+    for (exchange, symbol, day), seq in numbers.items():
+        n = len(seq)
+        if n < 21:
+            continue
+        for kind, received, gap in (("gap", 7, 1), ("out_of_order", 6, None), ("gap", n // 2 + 4, 3),
+                                    ("reset", 1, None), ("duplicate", seq[-2], None)):  # fmt: skip
+            events[(exchange, symbol, day, kind, received, gap)] += 1
+    return events
+
+
+def landed_sequence_events(settings: Settings) -> Counter[EventKey]:
+    return Counter(
+        (r["exchange"], r["symbol"], r["trading_date"].isoformat(), r["kind"], r["received_sequence"], r["gap_size"])
+        for r in table(settings, "sequence_events").to_pylist()
+    )
+
+
+def test_sequence_anomalies_are_reported_exactly_once(ready: Settings, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    generated = run_k2(env_of(ready), "generate", "--out", str(data), "--symbols", "3", "--days", "2",
+                       "--start", "2026-10-05", "--trades-per-day", "60", "--anomalies")  # fmt: skip
+    assert generated.returncode == 0, generated.stderr
+    injected = injected_sequence_events(data)
+    assert injected  # the generator put anomalies in
+    first = load(ready, str(data), "--format", "k2")
+    want = {"trades": len(messages_of(ready, first, "trades")), "quotes": len(messages_of(ready, first, "quotes"))}
+    consumer = ConsumerProcess(ready, tmp_path / "consume.log")
+    try:
+        poll(lambda: landed_counts(ready, list(want)) == want or None, timeout=90, what="the load to land")
+        total = sum(injected.values())
+        poll(lambda: landed_sequence_events(ready).total() >= total or None, timeout=30, what="the sequence events")
+        assert landed_sequence_events(ready) == injected
+        metrics = httpx.get(f"http://127.0.0.1:{ready.stream_metrics_port}/metrics", timeout=5).text
+        rc, _ = consumer.stop()
+    finally:
+        consumer.kill()
+    assert rc == 0
+    keys = len({k[:3] for k in injected})
+    for kind, count in (("gap", 2 * keys), ("out_of_order", keys), ("reset", keys), ("duplicate", keys)):
+        assert f'k2_stream_sequence_events_total{{kind="{kind}",table="trades"}} {float(count)}' in metrics
+    assert f'k2_stream_sequence_missing_total{{table="trades"}} {float(4 * keys)}' in metrics
+    in_order = want["trades"] - 5 * keys
+    assert f'k2_stream_sequence_events_total{{kind="in_order",table="trades"}} {float(in_order)}' in metrics
+    assert f'k2_stream_sequence_events_total{{kind="in_order",table="quotes"}} {float(want["quotes"])}' in metrics
+
+    # Re-sent records (a forced re-load) and a fresh consumer (state rebuilt from the tables) report nothing new.
+    resent = load(ready, str(data), "--format", "k2", "--force")
+    again = ConsumerProcess(ready, tmp_path / "again.log")
+    try:
+        poll(lambda: consumed_all(ready, resent), timeout=90, what="the re-sent records to be consumed")
+        rc, counts = again.stop()
+    finally:
+        again.kill()
+    assert rc == 0 and counts["landed"] == 0 and counts["deduplicated"] == counts["consumed"] > 0
+    assert landed_sequence_events(ready) == injected
+
+
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(ready: Settings, tmp_path: Path) -> None:
-    """Ten consumers killed with SIGKILL mid-stream while loads run; a last one finishes the job."""
+    """Ten consumers killed with SIGKILL mid-stream while loads run; a last one finishes the job.
+    The data has sequence anomalies: each is reported once, and no restart invents one."""
     settings = ready.model_copy(
         update={
             "stream_session_timeout_seconds": 3,
@@ -244,6 +398,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(ready: Settings, 
     env["K2_INGEST_METRICS_PORT"] = "0"
     rng = random.Random(7)
     expected: dict[str, set[str]] = {"trades": set(), "quotes": set()}
+    sequence_events: Counter[EventKey] = Counter()
     catalog = open_catalog(settings)
 
     def snapshots() -> int:
@@ -252,8 +407,10 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(ready: Settings, 
     for i in range(10):
         data = tmp_path / f"day{i}"
         generated = run_k2(env, "generate", "--out", str(data), "--symbols", "4", "--days", "1",
-                           "--start", f"2026-09-{i + 1:02d}", "--trades-per-day", "1500", "--seed", str(i))  # fmt: skip
+                           "--start", f"2026-09-{i + 1:02d}", "--trades-per-day", "1500", "--seed", str(i),
+                           "--anomalies")  # fmt: skip
         assert generated.returncode == 0, generated.stderr
+        sequence_events += injected_sequence_events(data)
         k2 = Path(sys.executable).with_name("k2")
         loader = subprocess.Popen([str(k2), "load", str(data), "--format", "k2", "--json"],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -283,6 +440,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(ready: Settings, 
         landed = Counter(table(settings, name).column("event_id").to_pylist())
         assert set(landed) == ids
         assert max(landed.values()) == 1
+    assert landed_sequence_events(settings) == sequence_events  # each once, nothing invented by the restarts
 
 
 def test_two_consumers_split_the_partitions_and_one_takes_over_when_the_other_dies(
