@@ -95,11 +95,16 @@ POLL_SECONDS = 0.2
 LAG_SECONDS = 5.0  # how often the lag gauge is updated
 
 
+_Taken = tuple[int, int, int, bytes, Message]  # writer schema id, partition, offset, value, message
+
+
 @dataclass
 class _Pending:
     """Records of one topic waiting for their table's next append, and the offsets they take it to."""
 
-    messages: list[tuple[int, Message]] = field(default_factory=list)  # (writer schema id, message), decoded at commit
+    messages: list[_Taken] = field(default_factory=list)  # decoded at commit
+    schema_ids: set[int] = field(default_factory=set)  # writer schema ids among them
+    known: tuple[bytes, int] | None = None  # the framing prefix last seen and its (known) schema id
     rows: list[dict[str, Any]] = field(default_factory=list)  # rejects of undecodable dead letters, as rows
     next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset to read
     since: float | None = None  # when the oldest record arrived
@@ -328,22 +333,31 @@ class StreamConsumer:
         if partition not in self.expected.get(topic, {}):
             return  # a partition given up in a rebalance: its new owner reads it
         self.counts.consumed += 1
-        pending = self.pending.setdefault(topic, _Pending())
+        pending = self.pending.get(topic)
+        if pending is None:
+            pending = self.pending[topic] = _Pending()
         pending.consumed += 1
         if pending.since is None:
             pending.since = time.monotonic()
             pending.oldest_timestamp_ms = message.timestamp()[1]
         pending.next_offsets[partition] = offset + 1
-        try:
-            schema_id = frame(message.value())
+        value = message.value()
+        known = pending.known
+        if known is not None and value is not None and value.startswith(known[0]):
+            schema_id = known[1]  # the usual case: the same writer schema as the message before
+        else:
             try:
-                self.decoder.schema_text(schema_id)  # a known schema id (fetched once)
-            except UnavailableError:  # the registry is down: wait for it (rare; no retry machinery per message)
-                self._schema_when_available(schema_id)
-        except Undecodable as exc:
-            self._poison(topic, pending, message, str(exc))
-            return
-        pending.messages.append((schema_id, message))
+                schema_id = frame(value)
+                try:
+                    self.decoder.schema_text(schema_id)  # a known schema id (fetched once)
+                except UnavailableError:  # the registry is down: wait for it (rare; no retry machinery per message)
+                    self._schema_when_available(schema_id)
+            except Undecodable as exc:
+                self._poison(topic, pending, message, str(exc))
+                return
+            pending.known = (bytes(value[:5]), schema_id) if value is not None else None
+            pending.schema_ids.add(schema_id)
+        pending.messages.append((schema_id, partition, offset, value or b"", message))
 
     def _poison(self, topic: str, pending: _Pending, message: Message, reason: str) -> None:
         self.counts.rejected += 1
@@ -365,44 +379,57 @@ class StreamConsumer:
         (fastavro) so that only the bad ones go to the dead letters. So do records of a writer
         schema the table cannot read, and records failing :func:`~k2_etl.stream.validate.problems`.
         """
-        groups: dict[int, list[Message]] = {}
-        for schema_id, message in pending.messages:
-            groups.setdefault(schema_id, []).append(message)
+        if len(pending.schema_ids) == 1:
+            groups = {next(iter(pending.schema_ids)): pending.messages}
+        else:
+            groups = {}
+            for taken in pending.messages:
+                groups.setdefault(taken[0], []).append(taken)
         parts: list[pa.Table] = []
-        positions: list[tuple[int, int]] = []
-        for schema_id, messages in groups.items():
+        partitions: list[np.ndarray] = []
+        offsets: list[np.ndarray] = []
+        for schema_id, group in groups.items():
             why = self._unreadable(topic, schema_id)
             if why is not None:
-                for message in messages:
-                    self._poison(topic, pending, message, why)
+                for taken in group:
+                    self._poison(topic, pending, taken[4], why)
                 continue
-            bodies = [(m.value() or b"")[5:] for m in messages]
+            _, group_partitions, group_offsets, values, _ = zip(*group, strict=True)
             try:
-                parts.append(self.batch_decoder.decode(self.decoder.schema_text(schema_id), bodies, target))
+                batch = self.batch_decoder.decode(
+                    self.decoder.schema_text(schema_id), pa.array(values, pa.binary()), target
+                )
             except (duckdb.Error, Undecodable):
                 good, kept = [], []
-                for message in messages:
+                for taken in group:
                     try:
-                        good.append(self.decoder.decode(message.value())[1])
-                        kept.append(message)
+                        good.append(self.decoder.decode(taken[3])[1])
+                        kept.append(taken)
                     except Undecodable as exc:
-                        self._poison(topic, pending, message, str(exc))
-                parts.append(pa.Table.from_pylist(good, schema=target))
-                messages = kept
-            positions.extend((m.partition() or 0, m.offset() or 0) for m in messages)
+                        self._poison(topic, pending, taken[4], str(exc))
+                batch = pa.Table.from_pylist(good, schema=target)
+                group_partitions, group_offsets = tuple(t[1] for t in kept), tuple(t[2] for t in kept)
+            parts.append(batch)
+            partitions.append(np.array(group_partitions, dtype=np.int64))
+            offsets.append(np.array(group_offsets, dtype=np.int64))
         if pending.rows:
             parts.append(pa.Table.from_pylist(pending.rows, schema=target))
-            positions.extend((r["kafka_partition"], r["kafka_offset"]) for r in pending.rows)
-        where = np.array(positions, dtype=np.int64).reshape(-1, 2)
-        decoded = _Decoded(pa.concat_tables(parts) if parts else target.empty_table(), where[:, 0], where[:, 1])
+            partitions.append(np.array([r["kafka_partition"] for r in pending.rows], dtype=np.int64))
+            offsets.append(np.array([r["kafka_offset"] for r in pending.rows], dtype=np.int64))
+        decoded = _Decoded(
+            pa.concat_tables(parts) if parts else target.empty_table(),
+            np.concatenate(partitions) if partitions else np.empty(0, np.int64),
+            np.concatenate(offsets) if offsets else np.empty(0, np.int64),
+        )
         if topic == self.dead_letters:
             return decoded
         invalid = problems(decoded.table, self.record_types[topic])
         if not invalid:
             return decoded
-        by_position = {(m.partition() or 0, m.offset() or 0): m for _, m in pending.messages}
+        by_position = {(t[1], t[2]): t[4] for t in pending.messages}
         for row, why in invalid.items():
-            self._poison(topic, pending, by_position[positions[row]], why)
+            position = (int(decoded.partitions[row]), int(decoded.offsets[row]))
+            self._poison(topic, pending, by_position[position], why)
         keep = np.ones(decoded.table.num_rows, dtype=bool)
         keep[list(invalid)] = False
         return decoded.filter(keep)
@@ -500,7 +527,7 @@ class StreamConsumer:
         for topic, pending in self.pending.items():
             table = self.tables[topic]
             table.refresh()
-            for schema_id in {schema_id for schema_id, _ in pending.messages}:
+            for schema_id in pending.schema_ids:
                 self._unreadable(topic, schema_id)  # evolves the table first when the writer added columns
             decoded[topic] = self._decode(topic, pending, table.schema().as_arrow())
         if self.producer.flush(30) > 0:  # dead letters must be durable before the offsets move past them

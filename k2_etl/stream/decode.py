@@ -22,6 +22,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from k2_etl.errors import K2Error, UnavailableError
+from k2_etl.ingest.avro_frame import varint
 
 
 class Undecodable(K2Error):
@@ -84,20 +85,30 @@ def _long(n: int) -> bytes:
     return bytes(out)
 
 
-def container(schema_json: str, bodies: list[bytes]) -> bytes:
-    """An Avro object container file (spec 1.11, null codec) holding ``bodies``, a block each.
+def container(schema_json: str, values: pa.Array) -> list[bytes | pa.Buffer]:
+    """An Avro object container file (spec 1.11, null codec) of Confluent-framed ``values``' bodies,
+    a block each, as pieces to write one after the other.
 
     Hand-written because it is the whole point: bare message bodies become a file
     DuckDB's Avro reader decodes in C++, an order of magnitude faster than one
     fastavro call per message. The format is five fields; tests read it back.
+    Built with Arrow compute (no Python per message).
     """
     sync = b"K2-stream-sync!!"  # any 16 bytes; the same at the end of the block
     meta = {b"avro.schema": schema_json.encode(), b"avro.codec": b"null"}
     header = b"Obj\x01" + _long(len(meta))
     header += b"".join(_long(len(k)) + k + _long(len(v)) + v for k, v in meta.items()) + _long(0) + sync
+    if len(values) == 0:
+        return [header]
     # One block per body: each record's size is then checked by the reader, so a malformed body
     # fails the read instead of shifting every record after it.
-    return header + b"".join(b"\x02" + _long(len(body)) + body + sync for body in bodies)
+    bodies = pc.binary_slice(values.cast(pa.binary()), 5, 2**31 - 1)  # (without a stop: an Arrow 26 bug)
+    lengths = pc.binary_length(bodies).to_numpy(zero_copy_only=False)
+    one, end = pa.scalar(b"\x02", pa.binary()), pa.scalar(sync, pa.binary())
+    blocks = pc.binary_join_element_wise(one, varint(lengths), bodies, end, pa.scalar(b"", pa.binary()))
+    offsets = np.frombuffer(blocks.buffers()[1], dtype=np.int32)[blocks.offset : blocks.offset + len(blocks) + 1]
+    data = blocks.buffers()[2]
+    return [header, data.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))]
 
 
 def decimal_from_bytes(col: pa.Array, target: pa.Decimal128Type) -> pa.Array:
@@ -154,13 +165,15 @@ class BatchDecoder:
         self._con.execute("SET enable_external_file_cache = false")
         self._scratch = scratch
 
-    def decode(self, schema_json: str, bodies: list[bytes], target: pa.Schema) -> pa.Table:
-        """Raises duckdb.Error when any body is malformed (the caller then finds which, one by one)."""
+    def decode(self, schema_json: str, values: pa.Array, target: pa.Schema) -> pa.Table:
+        """Framed ``values`` of one writer schema as ``target``; raises duckdb.Error when any body
+        is malformed (the caller then finds which, one by one)."""
         self._scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(suffix=".avro", dir=self._scratch) as handle:
-            handle.write(container(schema_json, bodies))
+            for piece in container(schema_json, values):
+                handle.write(piece)
             handle.flush()
             decoded = self._con.execute("SELECT * FROM read_avro(?)", [handle.name]).to_arrow_table()
-        if decoded.num_rows != len(bodies):
-            raise Undecodable(f"{len(bodies)} messages decoded into {decoded.num_rows} records")
+        if decoded.num_rows != len(values):
+            raise Undecodable(f"{len(values)} messages decoded into {decoded.num_rows} records")
         return conform(decoded, target)

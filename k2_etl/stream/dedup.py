@@ -27,11 +27,18 @@ from datetime import date, datetime, time, timedelta
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, GreaterThanOrEqual, LessThan
 from pyiceberg.table import Table
 
 MAX_SCOPES = 4  # days per table kept in memory (a day of 2M trades: 32 MB)
-WHOLE_TABLE = date.min  # the scope of tables that are not deduplicated per day
+WHOLE_TABLE = np.iinfo(np.int32).min  # the scope of tables (and rows) not deduplicated per day
+EPOCH = date(1970, 1, 1)
+
+_HEX = np.full(256, 255, dtype=np.uint8)  # hex digit -> value; 255: not a hex digit
+_HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
+_HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
+_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
 
 
 def keys(ids: Sequence[str]) -> np.ndarray:
@@ -39,12 +46,25 @@ def keys(ids: Sequence[str]) -> np.ndarray:
 
     One width for every key, so an id is found whatever else its batch holds.
     """
-    if ids and all(len(i) == 32 for i in ids):
-        try:
-            return np.frombuffer(bytes.fromhex("".join(ids)), dtype="S16").copy()
-        except ValueError:
-            pass
-    return np.array([_key(i) for i in ids], dtype="S16") if ids else np.empty(0, dtype="S16")
+    return keys_of(pa.array(list(ids), pa.string()))
+
+
+def keys_of(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """:func:`keys` of an Arrow string column, vectorized for the usual case (all 32 hex digits)."""
+    column = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    n = len(column)
+    if n == 0:
+        return np.empty(0, dtype="S16")
+    column = column.cast(pa.large_binary())
+    if column.null_count == 0:
+        offsets = np.frombuffer(column.buffers()[1], dtype=np.int64)[column.offset : column.offset + n + 1]
+        if np.all(np.diff(offsets) == 32):
+            data = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+            nibbles = _HEX[data].reshape(n, 32)
+            if not (nibbles == 255).any():
+                packed = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+                return np.ascontiguousarray(packed).view("S16").ravel()
+    return np.array([_key(i) for i in column.cast(pa.string()).to_pylist()], dtype="S16")
 
 
 def _key(id_: str) -> bytes:
@@ -57,28 +77,28 @@ def _key(id_: str) -> bytes:
 
 
 class IdIndex:
-    """The ids one table holds, by scope."""
+    """The ids one table holds, by scope (a day number since 1970, or :data:`WHOLE_TABLE`)."""
 
     def __init__(self, table: Table, id_column: str, day_column: str | None) -> None:
         self.table, self.id_column, self.day_column = table, id_column, day_column
-        self._scopes: OrderedDict[date, np.ndarray] = OrderedDict()
+        self._scopes: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def clear(self) -> None:
         self._scopes.clear()
 
     def fresh(self, batch: pa.Table) -> np.ndarray:
         """Which rows have an id neither the table nor an earlier row of ``batch`` has (a boolean mask)."""
-        if batch.num_rows == 0:
-            return np.zeros(0, dtype=bool)
-        row_keys = keys(batch.column(self.id_column).to_pylist())
-        scopes = self._scopes_of(batch)
         keep = np.zeros(batch.num_rows, dtype=bool)
-        for scope in dict.fromkeys(scopes):  # each scope once, in order of appearance
-            where = np.flatnonzero(np.fromiter((s == scope for s in scopes), dtype=bool, count=len(scopes)))
+        if batch.num_rows == 0:
+            return keep
+        row_keys = keys_of(batch.column(self.id_column))
+        scopes = self._scopes_of(batch)
+        for scope in _in_order_of_appearance(scopes):
+            where = np.flatnonzero(scopes == scope)
             _, first = np.unique(row_keys[where], return_index=True)  # the first row of each id in the batch
             candidates = where[np.sort(first)]
             wanted = row_keys[candidates]
-            held = self._held(scope)
+            held = self._held(int(scope))
             at = np.minimum(np.searchsorted(held, wanted), max(len(held) - 1, 0))
             known = (held[at] == wanted) if len(held) else np.zeros(len(wanted), dtype=bool)
             keep[candidates[~known]] = True
@@ -86,35 +106,42 @@ class IdIndex:
 
     def add(self, batch: pa.Table) -> None:
         """Record ids just appended (the scopes already loaded; others load them from the table)."""
-        ids = batch.column(self.id_column).to_pylist()
-        by_scope: dict[date, list[str]] = {}
-        for scope, id_ in zip(self._scopes_of(batch), ids, strict=True):
-            by_scope.setdefault(scope, []).append(id_)
-        for scope, scoped in by_scope.items():
+        if batch.num_rows == 0:
+            return
+        row_keys = keys_of(batch.column(self.id_column))
+        scopes = self._scopes_of(batch)
+        for scope in np.unique(scopes).tolist():
             if scope in self._scopes:
-                self._scopes[scope] = np.sort(np.concatenate([self._scopes[scope], keys(scoped)]))
+                added = row_keys[scopes == scope]
+                self._scopes[scope] = np.sort(np.concatenate([self._scopes[scope], added]))
 
-    def _scopes_of(self, batch: pa.Table) -> list[date]:
+    def _scopes_of(self, batch: pa.Table) -> np.ndarray:
         if self.day_column is None:
-            return [WHOLE_TABLE] * batch.num_rows
-        days = batch.column(self.day_column).cast(pa.date32()).to_pylist()  # UTC days: the partitions
-        return [d if d is not None else WHOLE_TABLE for d in days]
+            return np.full(batch.num_rows, WHOLE_TABLE, dtype=np.int32)
+        days = pc.cast(batch.column(self.day_column), pa.date32()).cast(pa.int32())  # UTC days: the partitions
+        return pc.fill_null(days, WHOLE_TABLE).to_numpy()
 
-    def _held(self, scope: date) -> np.ndarray:
+    def _held(self, scope: int) -> np.ndarray:
         if scope in self._scopes:
             self._scopes.move_to_end(scope)
             return self._scopes[scope]
         row_filter: BooleanExpression = AlwaysTrue()
         if scope != WHOLE_TABLE and self.day_column is not None:
-            start = datetime.combine(scope, time()).isoformat() + "+00:00"
-            end = datetime.combine(scope + timedelta(days=1), time()).isoformat() + "+00:00"
+            day = EPOCH + timedelta(days=scope)
+            start = datetime.combine(day, time()).isoformat() + "+00:00"
+            end = datetime.combine(day + timedelta(days=1), time()).isoformat() + "+00:00"
             # pyiceberg's signature is (term, literal); its pydantic models confuse mypy
             after = GreaterThanOrEqual(self.day_column, start)  # type: ignore[call-arg,arg-type]
             before = LessThan(self.day_column, end)  # type: ignore[call-arg,arg-type]
             row_filter = And(after, before)
         ids = self.table.scan(row_filter=row_filter, selected_fields=(self.id_column,)).to_arrow()
-        held = np.sort(keys(ids.column(self.id_column).to_pylist()))
+        held = np.sort(keys_of(ids.column(self.id_column)))
         self._scopes[scope] = held
         while len(self._scopes) > MAX_SCOPES:
             self._scopes.popitem(last=False)
         return held
+
+
+def _in_order_of_appearance(values: np.ndarray) -> np.ndarray:
+    unique, first = np.unique(values, return_index=True)
+    return unique[np.argsort(first)]

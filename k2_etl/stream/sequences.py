@@ -219,9 +219,9 @@ class SequenceTracker:
 
     def _load(self, day: date, landed: Mapping[int, int | None]) -> dict[Key, KeyState]:
         """A trading day's state, rebuilt from what the tables hold."""
-        # A trading day's rows lie within a day either side of its UTC date (every zone is within ±14 h).
-        start = datetime.combine(day - timedelta(days=1), time(), UTC).isoformat()
-        end = datetime.combine(day + timedelta(days=2), time(), UTC).isoformat()
+        # A trading day's rows lie between its start at UTC+14 and its end at UTC-12.
+        start = (datetime.combine(day, time(), UTC) - timedelta(hours=14)).isoformat()
+        end = (datetime.combine(day + timedelta(days=1), time(), UTC) + timedelta(hours=12)).isoformat()
         columns = ("exchange", "symbol", "event_time", "sequence_number")
         with_day = ("trading_date", *columns) if "trading_date" in self.table.schema().column_names else columns
         scanned = self.table.scan(

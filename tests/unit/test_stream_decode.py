@@ -18,9 +18,15 @@ from tests.unit.test_avro_frame import random_value
 
 
 def body(schema: dict[str, object], record: dict[str, object]) -> bytes:
-    out = io.BytesIO()
+    """A Confluent-framed message (schema id 1) as the consumer receives it."""
+    out = io.BytesIO(b"\x00\x00\x00\x00\x01")
+    out.seek(5)
     fastavro.schemaless_writer(out, fastavro.parse_schema(schema), record)
     return out.getvalue()
+
+
+def framed(values: list[bytes]) -> pa.Array:
+    return pa.array(values, pa.binary())
 
 
 @pytest.mark.parametrize("record", [TRADE, QUOTE, REFERENCE_DATA, REJECT], ids=lambda r: r.name)
@@ -28,7 +34,7 @@ def test_a_batch_decodes_to_exactly_the_records(record: RecordType, tmp_path: Pa
     rng = random.Random(5)
     rows = [{f["name"]: random_value(f["type"], rng) for f in record.schema["fields"]} for _ in range(700)]
     target = iceberg_schema(record).as_arrow()
-    decoded = BatchDecoder(tmp_path).decode(record.schema_str, [body(record.schema, r) for r in rows], target)
+    decoded = BatchDecoder(tmp_path).decode(record.schema_str, framed([body(record.schema, r) for r in rows]), target)
     assert decoded.schema == target
     assert decoded.to_pylist() == pa.Table.from_pylist(rows, schema=target).to_pylist()
 
@@ -39,4 +45,4 @@ def test_a_malformed_body_fails_the_batch(tmp_path: Path) -> None:
     rng = random.Random(1)
     good = body(TRADE.schema, {f["name"]: random_value(f["type"], rng) for f in TRADE.schema["fields"]})
     with pytest.raises((duckdb.Error, Undecodable)):
-        BatchDecoder(tmp_path).decode(TRADE.schema_str, [good, good[:7]], iceberg_schema(TRADE).as_arrow())
+        BatchDecoder(tmp_path).decode(TRADE.schema_str, framed([good, good[:12]]), iceberg_schema(TRADE).as_arrow())
