@@ -204,33 +204,6 @@ def _serve_metrics(port: int) -> None:
         print(f"k2: warning: cannot serve metrics on 127.0.0.1:{port} ({exc.strerror}); continuing", file=sys.stderr)
 
 
-def _bound_allocator_memory() -> None:
-    """Keep a long load's resident memory near what it uses, and its buffers cheap to allocate.
-
-    Measured with bench/ingest_bench.py (2M rows): Arrow's mimalloc and glibc's
-    self-tuning trim threshold each kept freed block buffers (a few MB per
-    block, allocated by several threads) mapped, ending near 530 MB. The system
-    allocator with a fixed 1 MiB trim threshold hands them back. Fixing it also
-    pins glibc's mmap threshold at 128 KiB, so every column buffer was a fresh
-    mmap, page-faulted in and unmapped again (a fifth of the reading thread's
-    time went to the kernel); buffers up to 4 MiB now come from the heap: 13%
-    less CPU preparing a block, about 20 MB more at peak.
-    """
-    import ctypes
-    import ctypes.util
-
-    import pyarrow as pa
-
-    pa.set_memory_pool(pa.system_memory_pool())
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        libc = ctypes.CDLL(libc_name)
-        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
-        if hasattr(libc, "mallopt"):
-            libc.mallopt(m_trim_threshold, 1 << 20)
-            libc.mallopt(m_mmap_threshold, 4 << 20)
-
-
 def _print_load_report(report: Any) -> None:
     table = Table("file", "type", "status", "read", "produced", "rejected", "rows/s", "detail")
     for f in report.files:
@@ -277,7 +250,9 @@ def load(
     settings = load_settings()
     fmt = load_format(format_name, settings.formats_dir)
     _serve_metrics(settings.ingest_metrics_port)
-    _bound_allocator_memory()
+    from k2_etl.allocator import bound_allocator_memory
+
+    bound_allocator_memory()
     show_progress = sys.stdout.isatty() and not json_output
     progress = Progress(
         TextColumn("{task.description}"),
@@ -437,6 +412,9 @@ def consume(
     """
     import logging
 
+    from k2_etl.allocator import bound_allocator_memory
+
+    bound_allocator_memory(arenas=2)  # before pyarrow loads (with the consumer's modules)
     from k2_etl.stream.consumer import StreamConsumer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

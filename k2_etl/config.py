@@ -121,7 +121,7 @@ class Settings(BaseSettings):
         "k2-stream", min_length=1, description="Kafka consumer group of `k2 consume` (its offsets live in the tables)."
     )
     stream_batch_rows: int = Field(
-        20_000, ge=1, le=1_000_000, description="`k2 consume` commits a batch when it holds this many records..."
+        40_000, ge=1, le=1_000_000, description="`k2 consume` commits a batch when it holds this many records..."
     )
     stream_batch_seconds: float = Field(
         1.0, gt=0, le=3600, allow_inf_nan=False, description="...or when its oldest record has waited this long."

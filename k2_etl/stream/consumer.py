@@ -185,7 +185,11 @@ class StreamConsumer:
         self.counts = Counts()
         self._stopping = False
         self.health = Health(stale_after_seconds=max(10.0, 3 * settings.stream_batch_seconds))
-        self.health.details = lambda: {"group": self.group, **self.counts.to_dict()}
+        self.health.details = lambda: {
+            "group": self.group,
+            "partitions": sum(len(owned) for owned in self.expected.values()),
+            **self.counts.to_dict(),
+        }
 
     @retry(retry=retry_if_exception_type(K2Error), wait=wait_random_exponential(multiplier=0.5, max=30))
     def _reject_schema_id(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 from collections import Counter
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -50,9 +51,13 @@ def test_sample_loads_exactly(ready: Settings) -> None:
     assert len(quotes) == sum(len(csv_rows(p)) for p in (SAMPLE / "k2").rglob("quotes_*.csv"))
     assert len(reference) == len(csv_rows(SAMPLE / "k2" / "reference_data.csv"))
     # prices are exactly the CSV's digits; ids are unique; keys and timestamps as promised
-    by_key = {(t.value["exchange"], t.value["symbol"], t.value["sequence_number"]): t for t in trades}
+    # (sequence numbers repeat: the sample has resets and duplicates; with the time they identify a trade)
+    by_key = {(t.value["exchange"], t.value["symbol"], t.value["sequence_number"], t.value["event_time"]): t
+              for t in trades}  # fmt: skip
+    assert len(by_key) == len(trades)
     for row in expected_trades:
-        message = by_key[(row["exchange"], row["symbol"], int(row["sequence_number"]))]
+        at = datetime.fromisoformat(row["event_time"])
+        message = by_key[(row["exchange"], row["symbol"], int(row["sequence_number"]), at)]
         assert message.value["price"] == Decimal(row["price"])
         assert str(message.value["price"].normalize()) == str(Decimal(row["price"]).normalize())
         assert message.value["size"] == Decimal(row["size"])

@@ -137,6 +137,7 @@ def test_a_load_lands_exactly_once_and_a_restart_resumes_after_it(ready: Setting
     total = sum(expected.values())
     assert health.status_code == 200 and health.json()["status"] == "healthy", health.text
     assert health.json()["landed"] == total and health.json()["group"] == ready.stream_group
+    assert health.json()["partitions"] == 4 * ready.topic_partitions  # trades, quotes, reference data, dead letters
     for name, count in expected.items():
         assert f'k2_stream_records_landed_total{{table="{name}"}} {float(count)}' in metrics
         assert f'k2_stream_records_consumed_total{{table="{name}"}} {float(count)}' in metrics
