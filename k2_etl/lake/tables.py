@@ -27,12 +27,14 @@ from itertools import count
 from typing import Any, Literal
 
 from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import ResolveError
 from pyiceberg.exceptions import ValidationError as IcebergValidationError
 from pyiceberg.partitioning import PartitionField, PartitionSpec
-from pyiceberg.schema import Schema
+from pyiceberg.schema import Schema, promote
 from pyiceberg.table import Table
 from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import DayTransform, IdentityTransform, MonthTransform, Transform
+from pyiceberg.types import DecimalType, IcebergType
 from pyiceberg.utils.schema_conversion import AvroSchemaConversion
 
 from k2_etl.errors import SchemaError
@@ -133,13 +135,34 @@ def iceberg_schema_of(avro_schema: dict[str, Any]) -> Schema:
     return AvroSchemaConversion().avro_to_iceberg(annotated)
 
 
+def readable_as(written: IcebergType, column: IcebergType) -> bool:
+    """Whether values written as ``written`` can be stored in a column of type ``column``.
+
+    Equal types, or a promotion Iceberg allows (int to long, float to double, a decimal to one
+    of the same scale and a higher precision). Decimals are checked here: pyiceberg's own check
+    compares the scale with itself (0.12), and a different scale would misplace the point.
+    """
+    if written == column:
+        return True
+    if not written.is_primitive or not column.is_primitive:  # lists, maps, structs: the same shape
+        return str(written) == str(column)  # (their element and field ids differ between schemas)
+    if isinstance(written, DecimalType) and isinstance(column, DecimalType):
+        return written.scale == column.scale and written.precision <= column.precision
+    try:
+        promote(written, column)
+    except ResolveError:
+        return False
+    return True
+
+
 def evolve_to_read(table: Table, writer: Schema) -> str | None:
     """Make ``table`` able to hold records written with ``writer``; None, or why it cannot.
 
     The table reads what the writer wrote: every required column must be required in the
-    writer too, shared columns keep their type or widen (int to long, ...), and columns only
-    the writer has are added as optional (older rows read back null). pyiceberg's
-    ``union_by_name`` decides the type rules.
+    writer too; a shared column keeps its type when the writer's is the same or narrower, and
+    widens when the writer's is wider (:func:`readable_as` either way round); columns only the
+    writer has are added as optional (older rows read back null), with pyiceberg's
+    ``union_by_name``.
     """
     current = table.schema()
     for column in current.fields:
@@ -148,16 +171,25 @@ def evolve_to_read(table: Table, writer: Schema) -> str | None:
             return f"the table requires column {column.name}, which the writer schema " + (
                 "lacks" if theirs is None else "makes optional"
             )
-    added = Schema(
-        *(f if f.name in current.column_names else f.model_copy(update={"required": False}) for f in writer.fields)
-    )
+    fields = []
+    for theirs in writer.fields:
+        if theirs.name not in current.column_names:
+            fields.append(theirs.model_copy(update={"required": False}))
+            continue
+        mine = current.find_field(theirs.name, case_sensitive=True)
+        if readable_as(theirs.field_type, mine.field_type):
+            fields.append(mine)
+        elif readable_as(mine.field_type, theirs.field_type):
+            fields.append(theirs.model_copy(update={"required": mine.required}))  # the table's column widens
+        else:
+            return f"column {mine.name}: the table's {mine.field_type} cannot hold the writer's {theirs.field_type}"
     update = table.update_schema()
     try:
-        update.union_by_name(added)
-        evolved = update._apply()  # pyiceberg's own check, without committing
+        update.union_by_name(Schema(*fields))
+        evolved = update._apply()  # pyiceberg's own checks, without committing (a private but stable method)
     except (IcebergValidationError, ValueError) as exc:
         return str(exc)
-    if evolved.column_names != current.column_names:
+    if _columns(evolved) != _columns(current):
         update.commit()
     return None
 

@@ -403,15 +403,15 @@ class StreamConsumer:
                 batch = self.batch_decoder.decode(
                     self.decoder.schema_text(schema_id), pa.array(values, pa.binary()), target
                 )
-            except (duckdb.Error, Undecodable):
-                good, kept = [], []
+            except (duckdb.Error, Undecodable, pa.ArrowException):
+                rows, kept = [], []
                 for taken in group:
                     try:
-                        good.append(self.decoder.decode(taken[3])[1])
+                        rows.append(self._row(taken[3], target))
                         kept.append(taken)
                     except Undecodable as exc:
                         self._poison(topic, pending, taken[4], str(exc))
-                batch = pa.Table.from_pylist(good, schema=target)
+                batch = pa.concat_tables(rows) if rows else target.empty_table()
                 group_partitions, group_offsets = tuple(t[1] for t in kept), tuple(t[2] for t in kept)
             parts.append(batch)
             partitions.append(np.array(group_partitions, dtype=np.int64))
@@ -437,6 +437,14 @@ class StreamConsumer:
         keep = np.ones(decoded.table.num_rows, dtype=bool)
         keep[list(invalid)] = False
         return decoded.filter(keep)
+
+    def _row(self, value: bytes, target: pa.Schema) -> pa.Table:
+        """One message as a one-row table (fastavro): the slow path that isolates a bad message."""
+        record = self.decoder.decode(value)[1]
+        try:
+            return pa.Table.from_pylist([record], schema=target)
+        except (pa.ArrowException, TypeError, ValueError) as exc:  # e.g. a value beyond the column's type
+            raise Undecodable(f"does not fit the table's columns: {exc}") from None
 
     def _unreadable(self, topic: str, schema_id: int) -> str | None:
         """Why the topic's table cannot hold records of writer schema ``schema_id`` (None: it can).

@@ -18,12 +18,15 @@ duplicates or gaps. All but ``in_order`` become rows of the
 ``sequence_events`` table, with deterministic ids.
 
 The state is a function of the set of numbers landed since the key's last
-reset, so it is rebuilt exactly from the tables: lazily, per trading day, the
-day's numbers from the data table and its last reset from the events table.
-That is what makes tracking survive restarts and rebalances without
-persisting anything else. (A reset is placed by the event time of the record
-that caused it: rows of the key at or after that time count as the new
-numbering.)
+reset, so it is rebuilt from the tables: lazily, per trading day, the day's
+numbers from the data table and its last reset from the events table. That
+is what makes tracking survive restarts and rebalances without persisting
+anything else. It is exact without resets; across a reset it is as exact as
+event times are ordered: the data tables have no Kafka positions, so a reset
+is placed by the event time of the record that caused it (rows of the key at
+or after that time count as the new numbering), and a record of the old
+numbering arriving after the reset with an earlier event time is counted in
+memory as the new numbering's but, after a restart, as the old one's.
 
 Per batch the work is vectorized: keys whose numbers simply continue (almost
 all) cost a few numpy operations; only keys with an anomaly are walked in
@@ -96,9 +99,10 @@ class KeyState:
         return "duplicate", expected, None
 
 
-def event_id(record_type: str, exchange: str, symbol: str, day: date, kind: str, received: int, event_us: int) -> str:
-    """Deterministic: the same record in the same state gives the same event, however often it is read."""
-    text = f"{record_type}|{exchange}|{symbol}|{day.isoformat()}|{kind}|{received}|{event_us}"
+def event_id(record_type: str, exchange: str, symbol: str, day: date, kind: str, received: int, where: str) -> str:
+    """Deterministic: the same Kafka record (``where``: topic, partition, offset) in the same state
+    gives the same event, however often it is read."""
+    text = f"{record_type}|{exchange}|{symbol}|{day.isoformat()}|{kind}|{received}|{where}"
     return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
 
 
@@ -153,9 +157,14 @@ class SequenceTracker:
         encoded = pc.dictionary_encode(label)
         key_of = encoded.indices.to_numpy(zero_copy_only=False)
         states: list[KeyState] = []
+        days_of_batch: dict[date, dict[Key, KeyState]] = {}  # each day looked up (or loaded) once per batch
         for text in encoded.dictionary.to_pylist():
             ex, sym, day_text = text.split("\x00")
-            states.append(self._state(date.fromisoformat(day_text), (ex, sym), landed))
+            day = date.fromisoformat(day_text)
+            if day not in days_of_batch:
+                days_of_batch[day] = self._day(day, landed)
+            states.append(days_of_batch[day].setdefault((ex, sym), KeyState()))
+        self._trim()
         order = np.lexsort((offsets[rows], key_of))  # by key, then arrival
         k, s = key_of[order], seq[order]
         first = np.r_[True, k[1:] != k[:-1]]
@@ -188,7 +197,9 @@ class SequenceTracker:
             day = date.fromisoformat(day_text)
             events.append(
                 {
-                    "event_id": event_id(self.record_type, ex, sym, day, kind, received, event_us),
+                    "event_id": event_id(
+                        self.record_type, ex, sym, day, kind, received, f"{topic}[{partition}]@{offset}"
+                    ),
                     "detected_at": now,
                     "exchange": ex,
                     "symbol": sym,
@@ -206,16 +217,18 @@ class SequenceTracker:
             )
         return events, counts
 
-    def _state(self, day: date, key: Key, landed: Mapping[int, int | None]) -> KeyState:
+    def _day(self, day: date, landed: Mapping[int, int | None]) -> dict[Key, KeyState]:
         states = self._days.get(day)
         if states is None:
-            states = self._load(day, landed)
-            self._days[day] = states
-            while len(self._days) > MAX_DAYS:
-                self._days.popitem(last=False)
+            states = self._days[day] = self._load(day, landed)
         else:
             self._days.move_to_end(day)
-        return states.setdefault(key, KeyState())
+        return states
+
+    def _trim(self) -> None:
+        """Keep the most recently used days (the state of a batch is held by the batch meanwhile)."""
+        while len(self._days) > MAX_DAYS:
+            self._days.popitem(last=False)
 
     def _load(self, day: date, landed: Mapping[int, int | None]) -> dict[Key, KeyState]:
         """A trading day's state, rebuilt from what the tables hold."""

@@ -22,7 +22,7 @@ EARLIEST = datetime(1990, 1, 1, tzinfo=UTC)
 FUTURE_SLACK = timedelta(days=1)
 
 NOT_EMPTY = ("event_id", "symbol", "exchange")
-POSITIVE = {"trade": ("price", "size"), "quote": ("bid_price", "ask_price")}
+POSITIVE = {"trade": ("price", "size", "sequence_number"), "quote": ("bid_price", "ask_price", "sequence_number")}
 NOT_NEGATIVE = {"quote": ("bid_size", "ask_size")}
 
 

@@ -27,9 +27,10 @@ class FakeTable:
     """A table whose scans return fixed rows (the tracker filters what it needs itself)."""
 
     def __init__(self, rows: pa.Table, columns: list[str]) -> None:
-        self.rows, self.columns = rows, columns
+        self.rows, self.columns, self.scans = rows, columns, 0
 
     def scan(self, **kwargs: Any) -> FakeScan:
+        self.scans += 1
         return FakeScan(self.rows.select(list(kwargs["selected_fields"])))
 
     def schema(self) -> Any:
@@ -139,7 +140,7 @@ def test_state_rebuilt_from_the_table_equals_the_state_kept_in_memory() -> None:
             live.step(n)
         landed = trades(numbers)
         tracker = SequenceTracker(FakeTable(landed, landed.column_names), no_events(), "trade")  # type: ignore[arg-type]
-        rebuilt = tracker._state(DAY, ("ASX", "BHP"), {})
+        rebuilt = tracker._day(DAY, {})[("ASX", "BHP")]
         if "reset" in [k for k, _, _ in steps(numbers)]:
             continue  # a reset's place comes from the events table (next test)
         assert (rebuilt.high, rebuilt.missing) == (live.high, live.missing), numbers
@@ -162,8 +163,27 @@ def test_a_reset_in_the_events_table_starts_the_rebuilt_state_at_its_record() ->
         FakeTable(resets, []),  # type: ignore[arg-type]
         "trade",
     )
-    state = tracker._state(DAY, ("ASX", "BHP"), {0: 8})
+    state = tracker._day(DAY, {0: 8})[("ASX", "BHP")]
     assert (state.high, state.missing) == (4, [[3, 3]])
     tracker.clear()
-    not_landed = tracker._state(DAY, ("ASX", "BHP"), {0: 5})  # the reset's record is not in the table yet
+    not_landed = tracker._day(DAY, {0: 5})[("ASX", "BHP")]  # the reset's record is not in the table yet
     assert (not_landed.high, not_landed.missing) == (5, [])
+
+
+def test_a_batch_spanning_many_days_loads_each_day_once() -> None:
+    empty = trades([])
+    table = FakeTable(empty, empty.column_names)
+    tracker = SequenceTracker(table, no_events(), "trade")  # type: ignore[arg-type]
+    days = [DAY + timedelta(days=d) for d in range(6)]
+    n = 60  # 10 symbols x 6 days, interleaved
+    batch = pa.table(
+        {
+            "exchange": pa.array(["ASX"] * n, pa.large_string()),
+            "symbol": pa.array([f"S{i % 10}" for i in range(n)], pa.large_string()),
+            "trading_date": pa.array([days[i % 6] for i in range(n)], pa.date32()),
+            "event_time": pa.array([OPEN] * n, pa.timestamp("us", "UTC")),
+            "sequence_number": pa.array([1] * n, pa.int64()),
+        }
+    )
+    tracker.observe(batch, np.zeros(n, np.int64), np.arange(n), topic="t", landed={}, events_from={})
+    assert table.scans == 6  # once per day, though more days than are kept between batches
