@@ -32,3 +32,17 @@ class ComponentError(K2Error):
 
 class SchemaError(K2Error):
     """A schema is invalid or incompatible with what is already registered."""
+
+
+class QueryError(K2Error):
+    """A query's parameters are invalid (the API answers 400, naming the parameter and value)."""
+
+    exit_code = 2
+
+    def __init__(self, parameter: str, value: object, why: str) -> None:
+        super().__init__(f"{parameter}={value!r}: {why}")
+        self.parameter, self.value, self.why = parameter, value, why
+
+
+class QueryTimeout(K2Error):
+    """A query ran out of its time budget."""

@@ -263,6 +263,7 @@ class StreamConsumer:
         finally:
             consumer.close()
             self.producer.flush(10)
+            self.decoder.close()
         log.info("stopped: %s", json.dumps(self.counts.to_dict()))
         return self.counts
 

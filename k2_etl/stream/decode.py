@@ -35,6 +35,9 @@ class Decoder:
         self._schemas: dict[int, Any] = {}
         self._texts: dict[int, str] = {}
 
+    def close(self) -> None:
+        self._client.close()  # the registry client's connections
+
     def decode(self, value: bytes | None) -> tuple[int, dict[str, Any]]:
         """The writer schema id and the record."""
         schema_id = frame(value)

@@ -1,0 +1,25 @@
+"""Cursors: opaque, round-trip exactly, and anything else is refused naming the parameter."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from k2_etl.errors import QueryError
+from k2_etl.query.engine import decode_cursor, encode_cursor
+
+
+def test_a_cursor_round_trips_its_snapshot_and_position() -> None:
+    at = datetime(2026, 11, 2, 23, 0, 0, 123456, tzinfo=UTC)
+    assert decode_cursor(encode_cursor(42, at, 7, "abc")) == (42, (at, 7, "abc"))
+    assert decode_cursor(encode_cursor(42, at, None, "abc")) == (42, (at, -1, "abc"))  # no sequence sorts first
+
+
+@pytest.mark.parametrize(
+    "cursor", ["", "not-a-cursor", "eyJzIjoxfQ", "e30", "W10", "eyJzIjoiMSIsInQiOjEsInEiOjEsImkiOiJ4In0"]
+)
+def test_anything_else_is_refused(cursor: str) -> None:
+    with pytest.raises(QueryError) as caught:
+        decode_cursor(cursor)
+    assert caught.value.parameter == "cursor"
