@@ -48,6 +48,7 @@ PLAN_CACHE = 256  # planned file lists kept
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 BEFORE_ALL = (datetime(1, 1, 2, tzinfo=UTC), -2, "")  # sorts before every row
 PAGED_TABLES = ("trades", "quotes")
+QUOTE_LOOKBACK = timedelta(days=1)  # how far before a range the prevailing quote is looked for
 ORDER_COLUMNS = ("event_time", "sequence_number", "event_id")
 
 
@@ -224,6 +225,42 @@ class QueryEngine:
         start_col = rows.column("bar_start").cast(pa.timestamp("us", tz="UTC"))  # DuckDB gives naive UTC
         return _with_vwap(rows.set_column(rows.schema.get_field_index("bar_start"), "bar_start", start_col))
 
+    def trades_with_quotes(
+        self,
+        *,
+        symbols: Sequence[str],
+        start: datetime,
+        end: datetime,
+        exchange: str | None = None,
+        lookback: timedelta = QUOTE_LOOKBACK,
+        snapshot_id: int | None = None,
+        as_of: datetime | None = None,
+    ) -> pa.Table:
+        """Every trade with the quote prevailing at its time (an as-of join per symbol and exchange),
+        its spread and mid; the quote columns are null when no quote came within ``lookback``.
+
+        ``snapshot_id`` is of the trades table; the quotes are read as of that snapshot's time.
+        """
+        _check_range(symbols, start, end)
+        trades = self.table("trades")
+        trade_snapshot = self.snapshot(trades, snapshot_id=snapshot_id, as_of=as_of)
+        if trade_snapshot is None:
+            return _TRADES_WITH_QUOTES.empty_table()
+        quotes = self.table("quotes")
+        when = datetime.fromtimestamp(trade_snapshot.timestamp_ms / 1000, UTC) if (snapshot_id or as_of) else None
+        quote_snapshot = self.snapshot(quotes, as_of=when)
+        trade_files = self.files(trades, trade_snapshot, start, end, symbols)
+        quote_files = self.files(quotes, quote_snapshot, start - lookback, end, symbols) if quote_snapshot else []
+        if not trade_files:
+            return _TRADES_WITH_QUOTES.empty_table()
+        quote_relation = sql.QUOTE_FILES if quote_files else sql.NO_QUOTES
+        statement = sql.TRADES_WITH_QUOTES.format(trades=sql.FILES, quotes=quote_relation)
+        params = {"files": trade_files, "symbols": list(symbols), "exchange": exchange, "start": start, "end": end,
+                  "quotes_start": start - lookback}  # fmt: skip
+        if quote_files:
+            params["quote_files"] = quote_files
+        return self._run(statement, params)
+
     # --- running -----------------------------------------------------------------------------------
     @contextmanager
     def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -258,6 +295,13 @@ _BAR_TYPES = {
     "trades": pa.int64(),
 }
 EIGHT_PLACES = Decimal("0.00000001")
+_PRICE = pa.decimal128(18, 8)
+_TRADES_WITH_QUOTES = pa.schema(
+    [("event_id", pa.string()), ("symbol", pa.string()), ("exchange", pa.string()),
+     ("event_time", pa.timestamp("us", tz="UTC")), ("sequence_number", pa.int64()), ("price", _PRICE),
+     ("size", _PRICE), ("quote_time", pa.timestamp("us", tz="UTC")), ("bid_price", _PRICE), ("bid_size", _PRICE),
+     ("ask_price", _PRICE), ("ask_size", _PRICE), ("spread", pa.decimal128(19, 8)), ("mid", pa.decimal128(21, 9))]
+)  # fmt: skip
 
 
 def _with_vwap(bars: pa.Table) -> pa.Table:

@@ -17,6 +17,7 @@ from __future__ import annotations
 # The relation of a table's planned files. union_by_name: files written before a column was
 # added (schema evolution appends columns only) read it as null.
 FILES = "read_parquet($files, union_by_name := true)"
+QUOTE_FILES = "read_parquet($quote_files, union_by_name := true)"  # the second table of a join
 
 #: Trades or quotes of some symbols in [start, end), one page in the stable order
 #: (event time, sequence number, event id), after the cursor's position.
@@ -51,3 +52,47 @@ BARS = """
     GROUP BY ALL
     ORDER BY symbol, bar_start
 """
+
+#: Every trade of some symbols in [start, end) with the quote prevailing at its time: the last
+#: quote of its symbol and exchange at or before it, by (event time, sequence number, event id);
+#: a quote at the same instant as a trade counts as before it. Quotes are read from $quotes_start
+#: (a lookback before start). The prevailing quote is taken whole (a one-sided quote leaves that
+#: side null, not an older price). Mid and spread stay exact decimals.
+TRADES_WITH_QUOTES = """
+    WITH quotes AS (
+        SELECT symbol, exchange, event_time, coalesce(sequence_number, -1) AS seq, event_id, 0 AS side,
+               {{'quote_time': event_time, 'bid_price': bid_price, 'bid_size': bid_size,
+                 'ask_price': ask_price, 'ask_size': ask_size}} AS quote
+        FROM {quotes}
+        WHERE symbol IN (SELECT unnest($symbols)) AND ($exchange IS NULL OR exchange = $exchange)
+          AND event_time >= $quotes_start AND event_time < $end
+    ),
+    trades AS (
+        SELECT symbol, exchange, event_time, coalesce(sequence_number, -1) AS seq, event_id, 1 AS side,
+               price, size, sequence_number
+        FROM {trades}
+        WHERE symbol IN (SELECT unnest($symbols)) AND ($exchange IS NULL OR exchange = $exchange)
+          AND event_time >= $start AND event_time < $end
+    ),
+    merged AS (
+        SELECT *, last_value(quote IGNORE NULLS) OVER (
+                   PARTITION BY symbol, exchange ORDER BY event_time, side, seq, event_id
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS prevailing
+        FROM (SELECT * FROM quotes UNION ALL BY NAME SELECT * FROM trades)
+    )
+    SELECT event_id, symbol, exchange, event_time, sequence_number, price, size,
+           prevailing.quote_time AS quote_time,
+           prevailing.bid_price AS bid_price, prevailing.bid_size AS bid_size,
+           prevailing.ask_price AS ask_price, prevailing.ask_size AS ask_size,
+           prevailing.ask_price - prevailing.bid_price AS spread,
+           (prevailing.bid_price + prevailing.ask_price) * 0.5 AS mid
+    FROM merged
+    WHERE side = 1
+    ORDER BY event_time, seq, event_id
+"""
+
+#: The quotes relation when a range has no quote files: no rows, the columns the join reads.
+NO_QUOTES = """(SELECT NULL::VARCHAR AS symbol, NULL::VARCHAR AS exchange, NULL::TIMESTAMPTZ AS event_time,
+    NULL::BIGINT AS sequence_number, NULL::VARCHAR AS event_id, NULL::DECIMAL(18, 8) AS bid_price,
+    NULL::DECIMAL(18, 8) AS bid_size, NULL::DECIMAL(18, 8) AS ask_price, NULL::DECIMAL(18, 8) AS ask_size
+    WHERE false)"""

@@ -173,3 +173,31 @@ def test_sql_in_a_symbol_is_a_value_not_sql(landed: Settings) -> None:
         page = engine.page("trades", symbols=[attempt], start=DAY_START, end=DAY_END)
         assert page.rows.num_rows == 0
     assert engine.page("trades", symbols=[a_symbol(landed)], start=DAY_START, end=DAY_END).rows.num_rows > 0
+
+
+def test_each_trade_gets_the_quote_prevailing_at_its_time(landed: Settings) -> None:
+    engine = QueryEngine(landed)
+    symbol = a_symbol(landed)
+    joined = engine.trades_with_quotes(symbols=[symbol], start=DAY_START, end=DAY_END).to_pylist()
+    quotes_table = open_catalog(landed).load_table((landed.namespace, "quotes")).scan().to_arrow().to_pylist()
+    quotes = sorted((q for q in quotes_table if q["symbol"] == symbol),
+                    key=lambda q: (q["event_time"], q["sequence_number"] or -1, q["event_id"]))  # fmt: skip
+    trades = trades_of(landed, symbol)
+    assert [j["event_id"] for j in joined] == [t["event_id"] for t in trades]
+    with_quote = 0
+    for row, trade in zip(joined, trades, strict=True):
+        before = [q for q in quotes if q["exchange"] == trade["exchange"] and q["event_time"] <= trade["event_time"]]
+        if not before:
+            assert row["quote_time"] is None and row["bid_price"] is None and row["mid"] is None
+            continue
+        with_quote += 1
+        quote = before[-1]  # the last by (time, sequence, id): what prevailed
+        sides = ("bid_price", "ask_price", "bid_size", "ask_size")
+        assert row["quote_time"] == quote["event_time"]
+        assert [row[k] for k in sides] == [quote[k] for k in sides]
+        if quote["bid_price"] is not None and quote["ask_price"] is not None:
+            assert row["spread"] == quote["ask_price"] - quote["bid_price"]
+            assert row["mid"] == (quote["bid_price"] + quote["ask_price"]) / 2
+        else:
+            assert row["spread"] is None and row["mid"] is None  # one-sided: no spread, no mid
+    assert with_quote > len(trades) // 2
