@@ -27,6 +27,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -69,18 +71,34 @@ def ceiling(settings, topic: str, rows: int) -> float:  # type: ignore[no-untype
     return rows / elapsed
 
 
+@contextmanager
+def k2_consumers(envs: list[dict[str, str]]) -> Iterator[list[subprocess.Popen[str]]]:
+    """`k2 consume` processes, one per environment; killed on the way out if a failure left them running."""
+    k2 = Path(sys.executable).with_name("k2")
+    running = [subprocess.Popen([str(k2), "consume", "--json"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True) for env in envs]  # fmt: skip
+    try:
+        yield running
+    finally:
+        for process in running:
+            if process.poll() is None:
+                process.kill()
+                process.communicate(timeout=30)
+
+
 def k2_consume(settings, rows: int, processes: int = 1) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """``processes`` `k2 consume` in one group, landing ``rows`` trades into ``settings``' (fresh) tables."""
     init_platform(settings)
-    k2 = Path(sys.executable).with_name("k2")
     trades = open_catalog(settings).load_table((settings.namespace, "trades"))
     ports = [free_port() for _ in range(processes)]
     started = time.perf_counter()
-    running = []
-    for port in ports:
-        env = {**env_of(settings), "K2_STREAM_METRICS_PORT": str(port)}
-        running.append(subprocess.Popen([str(k2), "consume", "--json"], env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True))  # fmt: skip
+    envs = [{**env_of(settings), "K2_STREAM_METRICS_PORT": str(port)} for port in ports]
+    with k2_consumers(envs) as running:
+        return _measure(settings, trades, ports, running, rows, started)
+
+
+def _measure(settings, trades, ports, running, rows: int, started: float) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    processes = len(running)
     watched = [psutil.Process(p.pid) for p in running]
     owned = 4 * settings.topic_partitions  # trades, quotes, reference data, dead letters
 
@@ -131,9 +149,11 @@ def freshness(settings, rate: int, seconds: float) -> dict[str, Any]:  # type: i
     """
     init_platform(settings)
     register_schemas(settings)
-    k2 = Path(sys.executable).with_name("k2")
-    consumer = subprocess.Popen([str(k2), "consume", "--json"], env=env_of(settings), stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    with k2_consumers([env_of(settings)]) as (consumer,):
+        return _freshness(settings, consumer, rate, seconds)
+
+
+def _freshness(settings, consumer: subprocess.Popen[str], rate: int, seconds: float) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     total = int(rate * seconds)
     symbols = 20
     day = datetime(2026, 10, 1, tzinfo=UTC)
