@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,16 @@ from k2_etl.local.components import broker, registry
 from k2_etl.local.supervisor import start, stop
 from k2_etl.schemas.registration import register_schemas
 from tests.helpers import free_port
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def save_result(name: str, result: dict[str, Any]) -> None:
+    """Print a benchmark's result and save it as ``bench/results/<name>.json``."""
+    print(json.dumps(result, indent=2))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"saved {RESULTS / f'{name}.json'}")
 
 
 @contextmanager

@@ -33,12 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from bench.harness import bench_platform
+from bench.harness import bench_platform, save_result
 from k2_etl.ingest.producer import Deliveries, make_producer, produce_all
 from k2_etl.kafka import admin_client, client_config
 from tests.helpers import env_of
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def sample_messages(settings, topic: str, count: int = 5000) -> list[tuple[bytes, bytes, int]]:  # type: ignore[no-untyped-def]
@@ -133,10 +131,7 @@ def main() -> None:
         "peak_rss_mb_max": max(r["peak_rss_mb"] for r in runs_b),
         "goals": {"rows_per_second": 150_000, "ratio": 0.6, "peak_rss_mb": 500},
     }
-    print(json.dumps(result, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ingest.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {RESULTS / 'ingest.json'}")
+    save_result("ingest", result)
 
 
 if __name__ == "__main__":

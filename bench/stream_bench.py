@@ -45,7 +45,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from pyiceberg.expressions import GreaterThan
 
-from bench.harness import bench_platform
+from bench.harness import bench_platform, save_result
 from k2_etl.bootstrap import init_platform
 from k2_etl.ingest.avro_frame import encode_table
 from k2_etl.kafka import client_config
@@ -53,8 +53,6 @@ from k2_etl.lake.catalog import open_catalog
 from k2_etl.schemas import TRADE
 from k2_etl.schemas.registration import register_schemas
 from tests.helpers import env_of, free_port, run_k2
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def ceiling(settings, topic: str, rows: int) -> float:  # type: ignore[no-untyped-def]
@@ -291,10 +289,7 @@ def main() -> None:
             "freshness_p99_seconds": 2.0,
         },
     }
-    print(json.dumps(result, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "stream.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {RESULTS / 'stream.json'}")
+    save_result("stream", result)
 
 
 if __name__ == "__main__":

@@ -172,11 +172,10 @@ class QueryEngine:
             raise QueryError("fields", ",".join(unknown), f"not columns of {table_name} ({', '.join(columns)})")
         snapshot = self.snapshot(table, snapshot_id=snapshot_id, as_of=as_of)
         selected = list(dict.fromkeys([*wanted, *ORDER_COLUMNS]))
-        if snapshot is None:
-            return Page(table.schema().as_arrow().empty_table().select(wanted), None, None)
-        files = self.files(table, snapshot, start, end, symbols)
-        if not files:
-            return Page(table.schema().as_arrow().empty_table().select(wanted), None, snapshot.snapshot_id)
+        files = self.files(table, snapshot, start, end, symbols) if snapshot is not None else []
+        if snapshot is None or not files:
+            empty = table.schema().as_arrow().empty_table().select(wanted)
+            return Page(empty, None, snapshot.snapshot_id if snapshot is not None else None)
         statement = sql.PAGE.format(columns=", ".join(_quoted(c) for c in selected), relation=sql.FILES)
         params = {
             "files": files,
@@ -247,7 +246,11 @@ class QueryEngine:
         if trade_snapshot is None:
             return _TRADES_WITH_QUOTES.empty_table()
         quotes = self.table("quotes")
-        when = datetime.fromtimestamp(trade_snapshot.timestamp_ms / 1000, UTC) if (snapshot_id or as_of) else None
+        when = (
+            datetime.fromtimestamp(trade_snapshot.timestamp_ms / 1000, UTC)
+            if snapshot_id is not None or as_of is not None
+            else None
+        )
         quote_snapshot = self.snapshot(quotes, as_of=when)
         trade_files = self.files(trades, trade_snapshot, start, end, symbols)
         quote_files = self.files(quotes, quote_snapshot, start - lookback, end, symbols) if quote_snapshot else []

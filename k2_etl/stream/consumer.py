@@ -282,16 +282,27 @@ class StreamConsumer:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._clear_state()
         self.sequence_events.refresh()
-        for tp in partitions:
-            table = self.tables[tp.topic]
-            table.refresh()
-            offset = committed_offsets(table, self.group).get(tp.topic, {}).get(tp.partition)
-            self.expected.setdefault(tp.topic, {})[tp.partition] = offset
-            events_offset = committed_offsets(self.sequence_events, self.group).get(tp.topic, {}).get(tp.partition)
-            self.events_expected.setdefault(tp.topic, {})[tp.partition] = events_offset
-            tp.offset = OFFSET_BEGINNING if offset is None else offset
-            log.info("assigned %s[%d]: resuming at %s", tp.topic, tp.partition, offset or "the beginning")
+        for topic in dict.fromkeys(tp.topic for tp in partitions):
+            mine = [tp for tp in partitions if tp.topic == topic]
+            positions = self._read_positions(topic, [tp.partition for tp in mine])
+            for tp in mine:
+                offset = positions[tp.partition]
+                tp.offset = OFFSET_BEGINNING if offset is None else offset
+                log.info("assigned %s[%d]: resuming at %s", tp.topic, tp.partition, offset or "the beginning")
         consumer.assign(partitions)
+
+    def _read_positions(self, topic: str, partitions: list[int]) -> dict[int, int | None]:
+        """Where the tables stand for ``partitions`` (remembered for fencing): the next offsets the data
+        table records, which are returned, and those the sequence-events table records. The caller
+        refreshes the events table (once for all topics)."""
+        table = self.tables[topic]
+        table.refresh()
+        recorded = committed_offsets(table, self.group).get(topic, {})
+        events = committed_offsets(self.sequence_events, self.group).get(topic, {})
+        for partition in partitions:
+            self.expected.setdefault(topic, {})[partition] = recorded.get(partition)
+            self.events_expected.setdefault(topic, {})[partition] = events.get(partition)
+        return {partition: recorded.get(partition) for partition in partitions}
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._commit(consumer)  # what is in hand is still ours: land it before the partitions move
@@ -649,13 +660,6 @@ class StreamConsumer:
         self.health.problem = None
 
     def _resume_from_table(self, consumer: Consumer, topic: str, partitions: list[int]) -> None:
-        table = self.tables[topic]
-        table.refresh()
         self.sequence_events.refresh()
-        recorded = committed_offsets(table, self.group).get(topic, {})
-        events = committed_offsets(self.sequence_events, self.group).get(topic, {})
-        for partition in partitions:
-            offset = recorded.get(partition)
-            self.expected[topic][partition] = offset
-            self.events_expected.setdefault(topic, {})[partition] = events.get(partition)
+        for partition, offset in self._read_positions(topic, partitions).items():
             consumer.seek(TopicPartition(topic, partition, OFFSET_BEGINNING if offset is None else offset))

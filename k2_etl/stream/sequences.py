@@ -156,6 +156,7 @@ class SequenceTracker:
         label = pc.binary_join_element_wise(exchange, symbol, days.cast(pa.string()), "\x00").combine_chunks()
         encoded = pc.dictionary_encode(label)
         key_of = encoded.indices.to_numpy(zero_copy_only=False)
+        keys: list[tuple[str, str, date]] = []  # per dictionary entry: exchange, symbol, trading day
         states: list[KeyState] = []
         days_of_batch: dict[date, dict[Key, KeyState]] = {}  # each day looked up (or loaded) once per batch
         for text in encoded.dictionary.to_pylist():
@@ -163,6 +164,7 @@ class SequenceTracker:
             day = date.fromisoformat(day_text)
             if day not in days_of_batch:
                 days_of_batch[day] = self._day(day, landed)
+            keys.append((ex, sym, day))
             states.append(days_of_batch[day].setdefault((ex, sym), KeyState()))
         self._trim()
         order = np.lexsort((offsets[rows], key_of))  # by key, then arrival
@@ -176,11 +178,12 @@ class SequenceTracker:
         for i, high in zip(k[last].tolist(), s[last].tolist(), strict=True):
             if i not in anomalous:
                 states[i].high = high  # the key's numbers simply continued
-        counts["in_order"] = int(np.count_nonzero(np.isin(k, list(anomalous), invert=True)))
+        of_anomalous = np.isin(k, list(anomalous))
+        counts["in_order"] = int(np.count_nonzero(~of_anomalous))
         events: list[dict[str, Any]] = []
         if not anomalous:
             return events, counts
-        where = order[np.isin(k, list(anomalous))]  # rows of anomalous keys, by key then arrival
+        where = order[of_anomalous]  # rows of anomalous keys, by key then arrival
         event_times = batch.column("event_time").take(pa.array(rows[where])).cast(pa.int64()).to_pylist()
         now = datetime.now(UTC)
         for pos, received, event_us in zip(where.tolist(), seq[where].tolist(), event_times, strict=True):
@@ -193,8 +196,7 @@ class SequenceTracker:
             start = events_from.get(partition)
             if kind == "in_order" or (start is not None and offset < start):
                 continue
-            ex, sym, day_text = encoded.dictionary[key_of[pos]].as_py().split("\x00")
-            day = date.fromisoformat(day_text)
+            ex, sym, day = keys[key_of[pos]]
             events.append(
                 {
                     "event_id": event_id(
