@@ -24,73 +24,133 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import pyarrow as pa
-from pyiceberg.expressions import And, GreaterThanOrEqual, In, LessThan
+from pyiceberg.expressions import And, BooleanExpression, GreaterThanOrEqual, In, LessThan
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.transforms import DayTransform
 
 from k2_etl.config import Settings
 from k2_etl.errors import K2Error, QueryError, QueryTimeout
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.query import sql
 
+
+class Position(NamedTuple):
+    """Where a page ends in the stable order: (time, sequence or 0, event id or other unique key)."""
+
+    time: datetime
+    sequence: int
+    key: str
+
+
+class Cursor(NamedTuple):
+    snapshot_id: int
+    position: Position
+    related_snapshot_id: int | None  # the quotes snapshot of a trades-with-quotes walk
+
+
 REFRESH_SECONDS = 1.0  # a table's metadata is at most this old
+SYMBOLS_REFRESH_SECONDS = 60.0  # the known symbols are recomputed at least this often...
+SYMBOLS_RETRY_SECONDS = 2.0  # ...and on a miss, at most this often (a new symbol is found quickly)
 MAX_LIMIT = 50_000
+MAX_SYMBOLS = 100
 PLAN_CACHE = 256  # planned file lists kept
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-BEFORE_ALL = (datetime(1, 1, 2, tzinfo=UTC), -2, "")  # sorts before every row
+DAY = timedelta(days=1)
+FIRST = Position(datetime(1, 1, 2, tzinfo=UTC), -2, "")  # sorts before every row
 PAGED_TABLES = ("trades", "quotes")
 QUOTE_LOOKBACK = timedelta(days=1)  # how far before a range the prevailing quote is looked for
 ORDER_COLUMNS = ("event_time", "sequence_number", "event_id")
+SNAPSHOT_COLUMNS = pa.schema(
+    [("snapshot_id", pa.int64()), ("parent_snapshot_id", pa.int64()), ("committed_at", pa.timestamp("us", tz="UTC")),
+     ("operation", pa.string()), ("added_records", pa.int64()), ("deleted_records", pa.int64()),
+     ("total_records", pa.int64()), ("added_data_files", pa.int64()), ("total_data_files", pa.int64()),
+     ("tags", pa.string()), ("current", pa.bool_())]
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
-class Page:
+class Result:
+    """Rows of one request, and how to go on.
+
+    Attributes:
+        cursor: continues after the last row (None: there is nothing more).
+        snapshot_id: the snapshot read (None: the table had none at that time).
+        partial: the time budget ran out before ``limit`` rows or the end of the range; ``cursor`` continues.
+    """
+
     rows: pa.Table
-    cursor: str | None  # None: this was the last page
-    snapshot_id: int | None  # the snapshot read (None: the table had none at that time)
+    cursor: str | None
+    snapshot_id: int | None
+    partial: bool = False
 
 
-def encode_cursor(snapshot_id: int, event_time: datetime, sequence: int | None, event_id: str) -> str:
-    position = {"s": snapshot_id, "t": (event_time - EPOCH) // timedelta(microseconds=1), "q": sequence, "i": event_id}
-    return base64.urlsafe_b64encode(json.dumps(position, separators=(",", ":")).encode()).decode().rstrip("=")
+def encode_cursor(snapshot_id: int, position: Position, related: int | None = None) -> str:
+    """An opaque cursor: the snapshot(s) read and the position (time, sequence, id) after which to go on."""
+    state: dict[str, Any] = {"s": snapshot_id, "t": (position.time - EPOCH) // timedelta(microseconds=1),
+                             "q": position.sequence, "i": position.key}  # fmt: skip
+    if related is not None:
+        state["r"] = related
+    return base64.urlsafe_b64encode(json.dumps(state, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[int, tuple[datetime, int, str]]:
-    """(snapshot id, position after which the next page starts); QueryError when not ours."""
+def decode_cursor(cursor: str) -> Cursor:
+    """The cursor's snapshots and position; QueryError when it is not one this service issued."""
     try:
-        position = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        snapshot_id, micros, sequence, event_id = position["s"], position["t"], position["q"], position["i"]
-        if not (isinstance(snapshot_id, int) and isinstance(micros, int) and isinstance(event_id, str)):
+        state = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        snapshot_id, micros, sequence, key = state["s"], state["t"], state["q"], state["i"]
+        related = state.get("r")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (snapshot_id, micros, sequence)):
             raise ValueError
-        if sequence is not None and not isinstance(sequence, int):
+        if not isinstance(key, str) or not (related is None or isinstance(related, int)):
             raise ValueError
-        return snapshot_id, (EPOCH + timedelta(microseconds=micros), -1 if sequence is None else sequence, event_id)
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, OverflowError):
+        return Cursor(snapshot_id, Position(EPOCH + timedelta(microseconds=micros), sequence, key), related)
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, UnicodeDecodeError, OverflowError):
         raise QueryError("cursor", cursor, "not a cursor this service issued") from None
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """One day partition's files (or all files, for tables not partitioned by day) and its time range."""
+
+    start: datetime
+    end: datetime
+    files: list[str]
 
 
 class QueryEngine:
     """Thread-safe; one per process (a small pool of DuckDB connections)."""
 
-    def __init__(self, settings: Settings, *, connections: int = 4, budget_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        connections: int = 4,
+        budget_seconds: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.budget_seconds = budget_seconds
+        self._clock = clock  # of the time budget (tests make a query slow by advancing it)
         self._catalog = open_catalog(settings)
         self._lock = threading.Lock()
         self._tables: dict[str, tuple[float, Table]] = {}
-        self._plans: OrderedDict[tuple[Any, ...], list[str]] = OrderedDict()
+        self._plans: OrderedDict[tuple[Any, ...], list[tuple[int | None, str]]] = OrderedDict()
+        self._symbols: tuple[float, frozenset[str], pa.Table] | None = None
         self._pool: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
         for _ in range(connections):
-            self._pool.put(duckdb.connect(config={"threads": 2}))
+            conn = duckdb.connect(config={"threads": 2})
+            conn.execute("SET TimeZone = 'UTC'")  # dates of instants are UTC dates, whatever the host's zone
+            self._pool.put(conn)
 
     # --- tables, snapshots, files ------------------------------------------------------------------
     def table(self, name: str) -> Table:
@@ -117,29 +177,66 @@ class QueryEngine:
         return table.current_snapshot()
 
     def files(
-        self, table: Table, snapshot: Snapshot, start: datetime, end: datetime, symbols: Sequence[str]
-    ) -> list[str]:
-        """The data files of ``snapshot`` that may hold rows of ``symbols`` in [start, end)."""
-        key = (table.name(), snapshot.snapshot_id, start, end, tuple(sorted(symbols)))
+        self,
+        table: Table,
+        snapshot: Snapshot,
+        start: datetime,
+        end: datetime,
+        symbols: Sequence[str] | None = None,
+        time_column: str = "event_time",
+    ) -> list[tuple[int | None, str]]:
+        """(day partition, path) of the data files of ``snapshot`` that may hold rows of ``symbols``
+        in [start, end) of ``time_column``, in day order (None: the file has no day partition)."""
+        key = (table.name(), snapshot.snapshot_id, start, end, tuple(sorted(symbols or ())), time_column)
         with self._lock:
             if key in self._plans:
                 self._plans.move_to_end(key)
                 return self._plans[key]
-        row_filter = And(
-            And(GreaterThanOrEqual("event_time", start.isoformat()), LessThan("event_time", end.isoformat())),  # type: ignore[call-arg,arg-type]
-            In("symbol", set(symbols)),  # type: ignore[call-arg,arg-type]
+        row_filter: BooleanExpression = And(
+            GreaterThanOrEqual(time_column, start.isoformat()),  # type: ignore[call-arg,arg-type]
+            LessThan(time_column, end.isoformat()),  # type: ignore[call-arg,arg-type]
         )
+        if symbols:
+            row_filter = And(row_filter, In("symbol", set(symbols)))  # type: ignore[call-arg,arg-type]
         tasks = list(table.scan(row_filter=row_filter, snapshot_id=snapshot.snapshot_id).plan_files())
         if any(task.delete_files for task in tasks):
             raise K2Error(f"table {table.name()[-1]} has delete files, which K2's query engine does not read yet")
-        paths = [_local_path(task.file.file_path) for task in tasks]
+        specs = table.specs()
+        planned = sorted(
+            ((_day_of(task.file, specs[task.file.spec_id]), _readable(task.file.file_path)) for task in tasks),
+            key=lambda f: (f[0] is None, f[0] or 0, f[1]),
+        )
         with self._lock:
-            self._plans[key] = paths
+            self._plans[key] = planned
             while len(self._plans) > PLAN_CACHE:
                 self._plans.popitem(last=False)
-        return paths
+        return planned
 
-    # --- queries -----------------------------------------------------------------------------------
+    def chunks(
+        self,
+        table: Table,
+        snapshot: Snapshot | None,
+        start: datetime,
+        end: datetime,
+        symbols: Sequence[str] | None = None,
+        time_column: str = "event_time",
+    ) -> list[_Chunk]:
+        """The range split by day partition, in time order (days without files are absent): a
+        query runs a day at a time, so a budget can stop it between days with what it has."""
+        if snapshot is None:
+            return []
+        planned = self.files(table, snapshot, start, end, symbols, time_column)
+        if any(day is None for day, _ in planned):
+            return [_Chunk(start, end, [path for _, path in planned])] if planned else []
+        by_day: dict[int, list[str]] = {}
+        for day, path in planned:
+            by_day.setdefault(day, []).append(path)  # type: ignore[arg-type]
+        return [
+            _Chunk(max(start, EPOCH + day * DAY), min(end, EPOCH + (day + 1) * DAY), paths)
+            for day, paths in sorted(by_day.items())
+        ]
+
+    # --- trades and quotes -------------------------------------------------------------------------
     def page(
         self,
         table_name: str,
@@ -153,49 +250,36 @@ class QueryEngine:
         fields: Sequence[str] | None = None,
         snapshot_id: int | None = None,
         as_of: datetime | None = None,
-    ) -> Page:
-        """One page of trades or quotes in the stable order, and the cursor of the next."""
+    ) -> Result:
+        """One page of trades or quotes in the stable order (event time, sequence, event id)."""
         if table_name not in PAGED_TABLES:
             raise QueryError("table", table_name, f"pages are of {' or '.join(PAGED_TABLES)}")
         _check_range(symbols, start, end)
-        if not 1 <= limit <= MAX_LIMIT:
-            raise QueryError("limit", limit, f"must be between 1 and {MAX_LIMIT:,}")
-        after = BEFORE_ALL
-        if cursor is not None:
-            snapshot_id, after = decode_cursor(cursor)
-            as_of = None
+        _check_limit(limit)
         table = self.table(table_name)
         columns = [f.name for f in table.schema().fields]  # top level (column_names lists nested ones too)
-        wanted = list(fields) if fields else columns
+        wanted = list(dict.fromkeys(fields)) if fields else columns
         unknown = [f for f in wanted if f not in columns]
         if unknown:
             raise QueryError("fields", ",".join(unknown), f"not columns of {table_name} ({', '.join(columns)})")
+        after, snapshot_id, as_of, _ = _resume(cursor, snapshot_id, as_of)
         snapshot = self.snapshot(table, snapshot_id=snapshot_id, as_of=as_of)
         selected = list(dict.fromkeys([*wanted, *ORDER_COLUMNS]))
-        files = self.files(table, snapshot, start, end, symbols) if snapshot is not None else []
-        if snapshot is None or not files:
-            empty = table.schema().as_arrow().empty_table().select(wanted)
-            return Page(empty, None, snapshot.snapshot_id if snapshot is not None else None)
         statement = sql.PAGE.format(columns=", ".join(_quoted(c) for c in selected), relation=sql.FILES)
-        params = {
-            "files": files,
-            "symbols": list(symbols),
-            "exchange": exchange,
-            "start": start,
-            "end": end,
-            "after_time": after[0],
-            "after_sequence": after[1],
-            "after_id": after[2],
-            "limit": limit,
-        }
-        rows = self._run(statement, params)
-        next_cursor = None
-        if rows.num_rows == limit:
-            last = rows.slice(limit - 1).to_pylist()[0]
-            next_cursor = encode_cursor(
-                snapshot.snapshot_id, last["event_time"], last["sequence_number"], last["event_id"]
-            )
-        return Page(rows.select(wanted), next_cursor, snapshot.snapshot_id)
+        fixed = {"symbols": list(symbols), "exchange": exchange}
+        result = self._keyset(
+            self.chunks(table, snapshot, start, end, symbols),
+            lambda chunk, position, remaining: (
+                statement,
+                {**fixed, **_range_params(chunk), **_after_params(position), "limit": remaining},
+            ),
+            after,
+            limit,
+            _trade_position,
+            snapshot,
+            empty=table.schema().as_arrow().empty_table().select(selected),
+        )
+        return replace(result, rows=result.rows.select(wanted))
 
     def bars(
         self,
@@ -205,24 +289,40 @@ class QueryEngine:
         end: datetime,
         interval: timedelta,
         exchange: str | None = None,
+        limit: int = 10_000,
+        cursor: str | None = None,
         snapshot_id: int | None = None,
         as_of: datetime | None = None,
-    ) -> pa.Table:
-        """OHLCV, VWAP and trade count per symbol and bar; bars without trades are absent."""
+    ) -> Result:
+        """OHLCV, VWAP and trade count per bar and symbol, in (bar, symbol) order; bars without
+        trades are absent. Bars are aligned to UTC midnight, so an interval must divide a day."""
         _check_range(symbols, start, end)
+        _check_limit(limit)
         width = interval // timedelta(microseconds=1)
-        if not timedelta(seconds=1) <= interval <= timedelta(days=1) or width % 1_000_000:
-            raise QueryError("interval", interval, "must be whole seconds from 1s to 1d")
+        if not timedelta(seconds=1) <= interval <= DAY or width % 1_000_000 or DAY % interval:
+            raise QueryError("interval", _interval_text(interval), "must be whole seconds from 1s to 1d dividing a day")
+        after, snapshot_id, as_of, _ = _resume(cursor, snapshot_id, as_of)
         table = self.table("trades")
         snapshot = self.snapshot(table, snapshot_id=snapshot_id, as_of=as_of)
-        files = self.files(table, snapshot, start, end, symbols) if snapshot is not None else []
-        if not files:
-            return _with_vwap(pa.table({name: pa.array([], t) for name, t in _BAR_TYPES.items()}))
-        params = {"files": files, "symbols": list(symbols), "exchange": exchange, "start": start, "end": end,
-                  "width_us": width}  # fmt: skip
-        rows = self._run(sql.BARS.format(relation=sql.FILES), params)
-        start_col = rows.column("bar_start").cast(pa.timestamp("us", tz="UTC"))  # DuckDB gives naive UTC
-        return _with_vwap(rows.set_column(rows.schema.get_field_index("bar_start"), "bar_start", start_col))
+        statement = sql.BARS.format(relation=sql.FILES)
+        fixed = {"symbols": list(symbols), "exchange": exchange, "width_us": width}
+
+        def step(chunk: _Chunk, position: Position, remaining: int) -> tuple[str, dict[str, Any]]:
+            lo = max(chunk.start, _floor(position.time, interval))  # whole bars: from the cursor's bar on
+            return statement, {**fixed, "files": chunk.files, "start": lo, "end": chunk.end, "limit": remaining,
+                               "after_us": _micros(position.time), "after_id": position.key}  # fmt: skip
+
+        result = self._keyset(
+            self.chunks(table, snapshot, start, end, symbols),
+            step,
+            after,
+            limit,
+            lambda row: Position(row["bar_start"], 0, row["symbol"]),
+            snapshot,
+            empty=pa.table({name: pa.array([], t) for name, t in _BAR_TYPES.items()}),
+            shape=_bar_shape,
+        )
+        return replace(result, rows=_with_vwap(result.rows))
 
     def trades_with_quotes(
         self,
@@ -231,40 +331,330 @@ class QueryEngine:
         start: datetime,
         end: datetime,
         exchange: str | None = None,
+        limit: int = 1000,
+        cursor: str | None = None,
         lookback: timedelta = QUOTE_LOOKBACK,
         snapshot_id: int | None = None,
         as_of: datetime | None = None,
-    ) -> pa.Table:
-        """Every trade with the quote prevailing at its time (an as-of join per symbol and exchange),
-        its spread and mid; the quote columns are null when no quote came within ``lookback``.
+    ) -> Result:
+        """Trades with the quote prevailing at each one's time (an as-of join per symbol and
+        exchange), its spread and mid, in the trades' stable order; the quote columns are null
+        when no quote came within ``lookback``.
 
-        ``snapshot_id`` is of the trades table; the quotes are read as of that snapshot's time.
+        ``snapshot_id`` is of the trades table; the quotes are read as of that snapshot's time. A
+        cursor pins both snapshots, so every page joins the same quotes.
         """
         _check_range(symbols, start, end)
+        _check_limit(limit)
+        after, snapshot_id, as_of, quote_snapshot_id = _resume(cursor, snapshot_id, as_of)
+        trades, quotes = self.table("trades"), self.table("quotes")
+        trade_snapshot = self.snapshot(trades, snapshot_id=snapshot_id, as_of=as_of)
+        if quote_snapshot_id is not None:
+            quote_snapshot = self.snapshot(quotes, snapshot_id=quote_snapshot_id)
+        else:
+            quote_snapshot = self._quotes_beside(trade_snapshot, snapshot_id is not None or as_of is not None)
+        fixed = {"symbols": list(symbols), "exchange": exchange}
+
+        def step(chunk: _Chunk, position: Position, remaining: int) -> tuple[str, dict[str, Any]]:
+            quote_files = (
+                [path for _, path in self.files(quotes, quote_snapshot, chunk.start - lookback, chunk.end, symbols)]
+                if quote_snapshot is not None
+                else []
+            )
+            params = {**fixed, **_range_params(chunk), **_after_params(position), "limit": remaining,
+                      "quotes_start": chunk.start - lookback}  # fmt: skip
+            if quote_files:
+                params["quote_files"] = quote_files
+            relation = sql.QUOTE_FILES if quote_files else sql.NO_QUOTES
+            return sql.TRADES_WITH_QUOTES.format(trades=sql.FILES, quotes=relation), params
+
+        return self._keyset(
+            self.chunks(trades, trade_snapshot, start, end, symbols),
+            step,
+            after,
+            limit,
+            _trade_position,
+            trade_snapshot,
+            empty=_TRADES_WITH_QUOTES.empty_table(),
+            related=quote_snapshot.snapshot_id if quote_snapshot is not None else None,
+        )
+
+    def summary(
+        self,
+        symbol: str,
+        day: date,
+        *,
+        exchange: str | None = None,
+        snapshot_id: int | None = None,
+        as_of: datetime | None = None,
+    ) -> dict[str, Any]:
+        """One symbol's trading day: open, high, low, close, volume, VWAP, trade and quote counts.
+
+        The day is the trading date the loader set from the exchange's time zone (an ASX day
+        starts the evening before in UTC), so the files of the UTC days around it are read.
+        """
+        _check_range([symbol], EPOCH, EPOCH + DAY)
+        start = datetime.combine(day, datetime.min.time(), UTC) - DAY
+        end = start + 3 * DAY  # every zone's trading day lies within the UTC day before .. after
+        deadline = self._clock() + self.budget_seconds
+        params = {"symbol": symbol, "exchange": exchange, "start": start, "end": end, "date": day}
         trades = self.table("trades")
         trade_snapshot = self.snapshot(trades, snapshot_id=snapshot_id, as_of=as_of)
-        if trade_snapshot is None:
-            return _TRADES_WITH_QUOTES.empty_table()
+        trade_files = [p for _, p in self.files(trades, trade_snapshot, start, end, [symbol])] if trade_snapshot else []
+        row: dict[str, Any] = dict.fromkeys(_SUMMARY_FIELDS)
+        row["trades"] = 0
+        if trade_files:
+            found = self._run(sql.SUMMARY.format(relation=sql.FILES), {**params, "files": trade_files}, deadline)
+            row.update(found.to_pylist()[0])
         quotes = self.table("quotes")
-        when = (
-            datetime.fromtimestamp(trade_snapshot.timestamp_ms / 1000, UTC)
-            if snapshot_id is not None or as_of is not None
-            else None
-        )
-        quote_snapshot = self.snapshot(quotes, as_of=when)
-        trade_files = self.files(trades, trade_snapshot, start, end, symbols)
-        quote_files = self.files(quotes, quote_snapshot, start - lookback, end, symbols) if quote_snapshot else []
-        if not trade_files:
-            return _TRADES_WITH_QUOTES.empty_table()
-        quote_relation = sql.QUOTE_FILES if quote_files else sql.NO_QUOTES
-        statement = sql.TRADES_WITH_QUOTES.format(trades=sql.FILES, quotes=quote_relation)
-        params = {"files": trade_files, "symbols": list(symbols), "exchange": exchange, "start": start, "end": end,
-                  "quotes_start": start - lookback}  # fmt: skip
+        quote_snapshot = self._quotes_beside(trade_snapshot, snapshot_id is not None or as_of is not None)
+        quote_files = [p for _, p in self.files(quotes, quote_snapshot, start, end, [symbol])] if quote_snapshot else []
+        row["quotes"] = 0
         if quote_files:
-            params["quote_files"] = quote_files
-        return self._run(statement, params)
+            statement = sql.SUMMARY_QUOTES.format(relation=sql.FILES)
+            row["quotes"] = self._run(statement, {**params, "files": quote_files}, deadline).column(0)[0].as_py()
+        notional = row.pop("notional")
+        with localcontext(prec=80):
+            row["vwap"] = (notional / row["volume"]).quantize(EIGHT_PLACES) if row["volume"] else None
+        snapshot = {"snapshot_id": trade_snapshot.snapshot_id if trade_snapshot else None}
+        return {"symbol": symbol, "date": day, "exchange": exchange, **row, **snapshot}
+
+    # --- symbols and the other tables --------------------------------------------------------------
+    def symbols(self, *, refresh: bool = False) -> pa.Table:
+        """Every symbol with trades (exchanges, count, first and last trade) or reference data
+        (name, ISIN, currency): scanned at most every SYMBOLS_REFRESH_SECONDS."""
+        return self._known(refresh=refresh)[1]
+
+    def unknown(self, symbols: Sequence[str]) -> list[str]:
+        """The symbols no trade, quote or reference row names (the API answers 404 for them)."""
+        known = self._known()[0]
+        missing = [s for s in symbols if s not in known]
+        if missing:  # perhaps new since the last scan
+            known = self._known(refresh=True)[0]
+        return [s for s in symbols if s not in known]
+
+    def reference(self, symbol: str) -> pa.Table:
+        table = self.table("reference_data")
+        snapshot = table.current_snapshot()
+        columns = [f.name for f in table.schema().fields]
+        if snapshot is None:
+            return table.schema().as_arrow().empty_table()
+        files = [p for _, p in self.files(table, snapshot, EPOCH, datetime.max.replace(tzinfo=UTC), [symbol],
+                                          time_column="ingest_time")]  # fmt: skip
+        if not files:
+            return table.schema().as_arrow().empty_table()
+        statement = sql.REFERENCE.format(columns=", ".join(_quoted(c) for c in columns), relation=sql.FILES)
+        return self._run(statement, {"files": files, "symbol": symbol})
+
+    def sequence_events(
+        self,
+        *,
+        start: datetime,
+        end: datetime,
+        symbols: Sequence[str] | None = None,
+        exchange: str | None = None,
+        kind: str | None = None,
+        limit: int = 1000,
+        cursor: str | None = None,
+    ) -> Result:
+        """Sequence anomalies (gaps, out of order, resets, duplicates) by their record's event time."""
+        return self._log_page("sequence_events", sql.SEQUENCE_EVENTS, "event_time", "event_id", start, end, limit,
+                              cursor, {"symbols": list(symbols) if symbols else None, "exchange": exchange,
+                                       "kind": kind})  # fmt: skip
+
+    def rejects(
+        self,
+        *,
+        start: datetime,
+        end: datetime,
+        stage: str | None = None,
+        record_type: str | None = None,
+        limit: int = 1000,
+        cursor: str | None = None,
+    ) -> Result:
+        """The quarantine: rejected rows and messages, each with what was wrong, by rejection time."""
+        return self._log_page("rejects", sql.REJECTS, "rejected_at", "reject_id", start, end, limit, cursor,
+                              {"stage": stage, "record_type": record_type})  # fmt: skip
+
+    def snapshots(self, table_name: str, *, limit: int = 100, cursor: str | None = None) -> Result:
+        """A table's snapshots, newest first, with what each commit did (for time travel and audits)."""
+        _check_limit(limit)
+        table = self.table(table_name)
+        current = table.current_snapshot()
+        tags: dict[int, list[str]] = {}
+        for name, ref in table.metadata.refs.items():
+            tags.setdefault(ref.snapshot_id, []).append(name)
+        ordered = sorted(table.snapshots(), key=lambda s: (s.timestamp_ms, s.snapshot_id), reverse=True)
+        if cursor is not None:
+            state = decode_cursor(cursor)
+            last = (_micros(state.position.time) // 1000, int(state.position.key or 0))
+            ordered = [s for s in ordered if (s.timestamp_ms, s.snapshot_id) < last]
+        page = ordered[:limit]
+        rows = [
+            {
+                "snapshot_id": s.snapshot_id,
+                "parent_snapshot_id": s.parent_snapshot_id,
+                "committed_at": datetime.fromtimestamp(s.timestamp_ms / 1000, UTC),
+                "operation": s.summary.operation.value if s.summary else None,
+                **{f"{k.replace('-', '_')}": _int(s.summary, k) for k in _SNAPSHOT_COUNTS},
+                "tags": ",".join(sorted(tags.get(s.snapshot_id, []))) or None,
+                "current": current is not None and s.snapshot_id == current.snapshot_id,
+            }
+            for s in page
+        ]
+        next_cursor = None
+        current_id = current.snapshot_id if current is not None else None
+        if len(ordered) > limit:
+            shown = page[-1]
+            at = EPOCH + timedelta(milliseconds=shown.timestamp_ms)
+            next_cursor = encode_cursor(current_id or 0, Position(at, 0, str(shown.snapshot_id)))
+        return Result(pa.Table.from_pylist(rows, SNAPSHOT_COLUMNS), next_cursor, current_id)
+
+    def _quotes_beside(self, trade_snapshot: Snapshot | None, travelling: bool) -> Snapshot | None:
+        """The quotes snapshot read with a trades snapshot: current, or as of its time when travelling."""
+        quotes = self.table("quotes")
+        if not travelling:
+            return quotes.current_snapshot()
+        if trade_snapshot is None:
+            return None
+        return self.snapshot(quotes, as_of=datetime.fromtimestamp(trade_snapshot.timestamp_ms / 1000, UTC))
 
     # --- running -----------------------------------------------------------------------------------
+    def _known(self, *, refresh: bool = False) -> tuple[frozenset[str], pa.Table]:
+        with self._lock:
+            cached = self._symbols
+        age = time.monotonic() - cached[0] if cached else float("inf")
+        if cached is not None and age < (SYMBOLS_RETRY_SECONDS if refresh else SYMBOLS_REFRESH_SECONDS):
+            return cached[1], cached[2]
+        traded = _SYMBOL_TYPES.empty_table()
+        seen: set[str] = set()
+        for name in ("trades", "quotes", "reference_data"):
+            table = self.table(name)
+            snapshot = table.current_snapshot()
+            if snapshot is None:
+                continue
+            files = [p for _, p in snapshot_files(table, snapshot)]
+            if not files:
+                continue
+            if name == "trades":
+                traded = self._run(sql.SYMBOLS_TRADED.format(relation=sql.FILES), {"files": files})
+                seen.update(traded.column("symbol").to_pylist())
+            else:
+                found = self._run(sql.SYMBOLS_SEEN.format(relation=sql.FILES), {"files": files})
+                seen.update(found.column("symbol").to_pylist())
+        listing = self._symbol_listing(traded, seen)
+        with self._lock:
+            self._symbols = (time.monotonic(), frozenset(seen), listing)
+        return self._symbols[1], listing
+
+    def _symbol_listing(self, traded: pa.Table, seen: set[str]) -> pa.Table:
+        reference: dict[str, dict[str, Any]] = {}
+        table = self.table("reference_data")
+        snapshot = table.current_snapshot()
+        if snapshot is not None:
+            fields = ("symbol", "name", "isin", "currency", "valid_from")
+            rows = table.scan(snapshot_id=snapshot.snapshot_id, selected_fields=fields).to_arrow()
+            for row in rows.sort_by([("valid_from", "ascending")]).to_pylist():
+                reference[row["symbol"]] = row  # the latest validity wins
+        by_symbol = {row["symbol"]: row for row in traded.to_pylist()}
+        rows = []
+        for symbol in sorted(seen):
+            ref = reference.get(symbol, {})
+            trade = by_symbol.get(symbol, {})
+            rows.append({"symbol": symbol, "name": ref.get("name"), "isin": ref.get("isin"),
+                         "currency": ref.get("currency"), "exchanges": trade.get("exchanges") or [],
+                         "trades": trade.get("trades", 0), "first_trade": trade.get("first_trade"),
+                         "last_trade": trade.get("last_trade")})  # fmt: skip
+        return pa.Table.from_pylist(rows, _SYMBOL_LISTING)
+
+    def _log_page(
+        self,
+        table_name: str,
+        statement: str,
+        time_column: str,
+        key_column: str,
+        start: datetime,
+        end: datetime,
+        limit: int,
+        cursor: str | None,
+        filters: dict[str, Any],
+    ) -> Result:
+        _check_times(start, end)
+        _check_limit(limit)
+        after, snapshot_id, _, _ = _resume(cursor, None, None)
+        table = self.table(table_name)
+        snapshot = self.snapshot(table, snapshot_id=snapshot_id)
+        columns = [f.name for f in table.schema().fields]
+        text = statement.format(columns=", ".join(_quoted(c) for c in columns), relation=sql.FILES)
+        return self._keyset(
+            self.chunks(table, snapshot, start, end, time_column=time_column),
+            lambda chunk, position, remaining: (
+                text,
+                {
+                    **filters,
+                    **_range_params(chunk),
+                    "after_time": position.time,
+                    "after_id": position.key,
+                    "limit": remaining,
+                },
+            ),
+            after,
+            limit,
+            lambda row: Position(row[time_column], 0, row[key_column]),
+            snapshot,
+            empty=table.schema().as_arrow().empty_table(),
+        )
+
+    def _keyset(
+        self,
+        chunks: list[_Chunk],
+        step: Callable[[_Chunk, Position, int], tuple[str, dict[str, Any]]],
+        after: Position,
+        limit: int,
+        position_of: Callable[[dict[str, Any]], Position],
+        snapshot: Snapshot | None,
+        *,
+        empty: pa.Table,
+        shape: Callable[[pa.Table], pa.Table] | None = None,
+        related: int | None = None,
+    ) -> Result:
+        """Run ``step``'s statement a day at a time from the cursor's position until ``limit`` rows,
+        the end of the range, or the time budget. Out of budget with rows: a partial result whose
+        cursor goes on after the last row; with none: QueryTimeout."""
+        deadline = self._clock() + self.budget_seconds
+        parts: list[pa.Table] = []
+        remaining, partial = limit, False
+        for chunk in chunks:
+            if chunk.end <= after.time:
+                continue  # wholly before the cursor
+            try:
+                statement, params = step(chunk, after, remaining)
+                rows = self._run(statement, params, deadline)
+            except QueryTimeout:
+                if not parts:
+                    raise
+                partial = True
+                break
+            if shape is not None:
+                rows = shape(rows)
+            if rows.num_rows:
+                parts.append(rows)
+                remaining -= rows.num_rows
+            if remaining == 0:
+                break
+            if self._clock() >= deadline and chunk is not chunks[-1]:
+                if not parts:
+                    raise QueryTimeout(f"the query found nothing within its budget of {self.budget_seconds:g} s")
+                partial = True
+                break
+        rows = pa.concat_tables(parts, promote_options="permissive") if parts else empty
+        snapshot_id = snapshot.snapshot_id if snapshot is not None else None
+        next_cursor = None
+        if (remaining == 0 or partial) and snapshot_id is not None:
+            last = rows.slice(rows.num_rows - 1).to_pylist()[0]
+            next_cursor = encode_cursor(snapshot_id, position_of(last), related)
+        return Result(rows, next_cursor, snapshot_id, partial)
+
     @contextmanager
     def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         conn = self._pool.get()
@@ -273,10 +663,15 @@ class QueryEngine:
         finally:
             self._pool.put(conn)
 
-    def _run(self, statement: str, params: dict[str, Any]) -> pa.Table:
-        """Run with the time budget: past it, DuckDB is interrupted and QueryTimeout raised."""
+    def _run(self, statement: str, params: dict[str, Any], deadline: float | None = None) -> pa.Table:
+        """Run within the time budget: past it, DuckDB is interrupted and QueryTimeout raised."""
+        if deadline is None:
+            deadline = self._clock() + self.budget_seconds
+        left = deadline - self._clock()
+        if left <= 0:
+            raise QueryTimeout(f"the query ran longer than its budget of {self.budget_seconds:g} s")
         with self._connection() as conn:
-            timer = threading.Timer(self.budget_seconds, conn.interrupt)
+            timer = threading.Timer(left, conn.interrupt)
             timer.start()
             try:
                 return conn.execute(statement, params).to_arrow_table()
@@ -284,6 +679,14 @@ class QueryEngine:
                 raise QueryTimeout(f"the query ran longer than its budget of {self.budget_seconds:g} s") from None
             finally:
                 timer.cancel()
+
+
+def snapshot_files(table: Table, snapshot: Snapshot) -> list[tuple[None, str]]:
+    """Every data file of a snapshot (no filter)."""
+    tasks = list(table.scan(snapshot_id=snapshot.snapshot_id).plan_files())
+    if any(task.delete_files for task in tasks):
+        raise K2Error(f"table {table.name()[-1]} has delete files, which K2's query engine does not read yet")
+    return [(None, _readable(task.file.file_path)) for task in tasks]
 
 
 _BAR_TYPES = {
@@ -317,20 +720,105 @@ def _with_vwap(bars: pa.Table) -> pa.Table:
     return bars.drop_columns(["notional"]).append_column("vwap", pa.array(vwap, pa.decimal128(38, 8)))
 
 
-def _check_range(symbols: Sequence[str], start: datetime, end: datetime) -> None:
-    if not symbols:
-        raise QueryError("symbol", "", "at least one symbol is needed")
+_SUMMARY_FIELDS = ("trades", "open", "high", "low", "close", "volume", "notional", "first_trade", "last_trade")
+_SNAPSHOT_COUNTS = ("added-records", "deleted-records", "total-records", "added-data-files", "total-data-files")
+_SYMBOL_TYPES = pa.schema(
+    [("symbol", pa.string()), ("exchanges", pa.list_(pa.string())), ("trades", pa.int64()),
+     ("first_trade", pa.timestamp("us", tz="UTC")), ("last_trade", pa.timestamp("us", tz="UTC"))]
+)  # fmt: skip
+_SYMBOL_LISTING = pa.schema(
+    [("symbol", pa.string()), ("name", pa.string()), ("isin", pa.string()), ("currency", pa.string()),
+     ("exchanges", pa.list_(pa.string())), ("trades", pa.int64()), ("first_trade", pa.timestamp("us", tz="UTC")),
+     ("last_trade", pa.timestamp("us", tz="UTC"))]
+)  # fmt: skip
+
+
+def _bar_shape(rows: pa.Table) -> pa.Table:
+    start_col = rows.column("bar_start").cast(pa.timestamp("us", tz="UTC"))  # DuckDB gives naive UTC
+    return rows.set_column(rows.schema.get_field_index("bar_start"), "bar_start", start_col)
+
+
+def _resume(
+    cursor: str | None, snapshot_id: int | None, as_of: datetime | None
+) -> tuple[Position, int | None, datetime | None, int | None]:
+    """(position to go on after, snapshot id, as_of, related snapshot id): a cursor pins the snapshots."""
+    if cursor is None:
+        return FIRST, snapshot_id, as_of, None
+    state = decode_cursor(cursor)
+    return state.position, state.snapshot_id, None, state.related_snapshot_id
+
+
+def _range_params(chunk: _Chunk) -> dict[str, Any]:
+    return {"files": chunk.files, "start": chunk.start, "end": chunk.end}
+
+
+def _after_params(position: Position) -> dict[str, Any]:
+    return {"after_time": position.time, "after_sequence": position.sequence, "after_id": position.key}
+
+
+def _trade_position(row: dict[str, Any]) -> Position:
+    sequence = row["sequence_number"]
+    return Position(row["event_time"], -1 if sequence is None else sequence, row["event_id"])
+
+
+def _micros(at: datetime) -> int:
+    return (at - EPOCH) // timedelta(microseconds=1)
+
+
+def _floor(at: datetime, interval: timedelta) -> datetime:
+    """The start of the bar holding ``at`` (bars are aligned to the epoch, hence to UTC midnight)."""
+    if at <= EPOCH:
+        return at
+    width = interval // timedelta(microseconds=1)
+    return EPOCH + timedelta(microseconds=_micros(at) // width * width)
+
+
+def _interval_text(interval: timedelta) -> str:
+    return f"{interval.total_seconds():g}s"
+
+
+def _int(summary: Any, key: str) -> int | None:
+    value = summary.additional_properties.get(key) if summary is not None else None
+    return int(value) if value is not None else None
+
+
+def _day_of(data_file: Any, spec: Any) -> int | None:
+    """The file's day partition (days since the epoch), None when its spec has no ``event_day``-like
+    day field (unpartitioned, monthly, or an evolved spec)."""
+    for position, field in enumerate(spec.fields):
+        if isinstance(field.transform, DayTransform):
+            value = data_file.partition[position]
+            if isinstance(value, date):
+                return (value - EPOCH.date()).days
+            return value if isinstance(value, int) else None
+    return None
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise QueryError("limit", limit, f"must be between 1 and {MAX_LIMIT:,}")
+
+
+def _check_times(start: datetime, end: datetime) -> None:
     if start.tzinfo is None or end.tzinfo is None:
         raise QueryError("start" if start.tzinfo is None else "end", start, "needs a time zone (or Z)")
     if start >= end:
         raise QueryError("start", start.isoformat(), f"must be before end {end.isoformat()}")
 
 
+def _check_range(symbols: Sequence[str], start: datetime, end: datetime) -> None:
+    if not symbols:
+        raise QueryError("symbol", "", "at least one symbol is needed")
+    if len(symbols) > MAX_SYMBOLS:
+        raise QueryError("symbol", f"{len(symbols)} symbols", f"at most {MAX_SYMBOLS} per query")
+    _check_times(start, end)
+
+
 def _quoted(column: str) -> str:
     return '"' + column.replace('"', '""') + '"'  # names come from the table's schema, quoted anyway
 
 
-def _local_path(location: str) -> str:
+def _readable(location: str) -> str:
     if location.startswith("file://"):
         return location.removeprefix("file://")
     if "://" not in location:

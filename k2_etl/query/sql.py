@@ -32,25 +32,102 @@ PAGE = """
     LIMIT $limit
 """
 
-#: OHLCV bars of fixed width ($width_us microseconds, aligned to the epoch) per symbol; buckets
-#: without trades are absent. Notional and volume stay exact decimals: VWAP is their quotient,
-#: taken in Python with Decimal (DuckDB divides decimals as doubles).
+#: OHLCV bars of fixed width ($width_us microseconds, aligned to the epoch) per symbol, after the
+#: cursor's (bar, symbol), in (bar, symbol) order; buckets without trades are absent. Notional and
+#: volume stay exact decimals: VWAP is their quotient, taken in Python with Decimal (DuckDB divides
+#: decimals as doubles). Bars are integers (epoch microseconds) until the end: no time zone enters.
 BARS = """
-    SELECT symbol,
-           make_timestamp((epoch_us(event_time) // $width_us) * $width_us) AS bar_start,
+    WITH bars AS (
+        SELECT symbol,
+               (epoch_us(event_time) // $width_us) * $width_us AS bar_us,
+               arg_min(price, (event_time, coalesce(sequence_number, -1), event_id)) AS open,
+               max(price) AS high,
+               min(price) AS low,
+               arg_max(price, (event_time, coalesce(sequence_number, -1), event_id)) AS close,
+               sum(size::DECIMAL(38, 8)) AS volume,
+               sum(price::DECIMAL(38, 8) * size::DECIMAL(38, 8)) AS notional,
+               count(*) AS trades
+        FROM {relation}
+        WHERE symbol IN (SELECT unnest($symbols))
+          AND ($exchange IS NULL OR exchange = $exchange)
+          AND event_time >= $start AND event_time < $end
+        GROUP BY ALL
+    )
+    SELECT symbol, make_timestamp(bar_us) AS bar_start, open, high, low, close, volume, notional, trades
+    FROM bars
+    WHERE (bar_us, symbol) > ($after_us, $after_id)
+    ORDER BY bar_us, symbol
+    LIMIT $limit
+"""
+
+#: One symbol's trading day (by the trading date the loader set from the exchange's time zone;
+#: rows landed without one fall back to the UTC date): OHLC, volume, notional, count, first/last.
+SUMMARY = """
+    SELECT count(*) AS trades,
            arg_min(price, (event_time, coalesce(sequence_number, -1), event_id)) AS open,
            max(price) AS high,
            min(price) AS low,
            arg_max(price, (event_time, coalesce(sequence_number, -1), event_id)) AS close,
            sum(size::DECIMAL(38, 8)) AS volume,
            sum(price::DECIMAL(38, 8) * size::DECIMAL(38, 8)) AS notional,
-           count(*) AS trades
+           min(event_time) AS first_trade,
+           max(event_time) AS last_trade
     FROM {relation}
-    WHERE symbol IN (SELECT unnest($symbols))
-      AND ($exchange IS NULL OR exchange = $exchange)
+    WHERE symbol = $symbol AND ($exchange IS NULL OR exchange = $exchange)
       AND event_time >= $start AND event_time < $end
-    GROUP BY ALL
-    ORDER BY symbol, bar_start
+      AND coalesce(trading_date, CAST(event_time AS DATE)) = $date
+"""
+
+#: The quotes of one symbol's trading day (same day rule as SUMMARY).
+SUMMARY_QUOTES = """
+    SELECT count(*) AS quotes
+    FROM {relation}
+    WHERE symbol = $symbol AND ($exchange IS NULL OR exchange = $exchange)
+      AND event_time >= $start AND event_time < $end
+      AND coalesce(trading_date, CAST(event_time AS DATE)) = $date
+"""
+
+#: Every symbol with trades: its exchanges, trade count and first/last trade.
+SYMBOLS_TRADED = """
+    SELECT symbol, list(DISTINCT exchange ORDER BY exchange) AS exchanges, count(*) AS trades,
+           min(event_time) AS first_trade, max(event_time) AS last_trade
+    FROM {relation}
+    GROUP BY symbol
+"""
+
+#: Every symbol with quotes or reference data (the symbols a query may name).
+SYMBOLS_SEEN = "SELECT DISTINCT symbol FROM {relation}"
+
+#: A symbol's reference data, oldest validity first.
+REFERENCE = """
+    SELECT {columns} FROM {relation}
+    WHERE symbol = $symbol
+    ORDER BY valid_from NULLS FIRST, ingest_time, event_id
+"""
+
+#: Sequence anomalies in [start, end) of their record's event time, after the cursor, in
+#: (event time, event id) order; symbols, exchange and kind narrow them when given.
+SEQUENCE_EVENTS = """
+    SELECT {columns} FROM {relation}
+    WHERE event_time >= $start AND event_time < $end
+      AND ($symbols IS NULL OR symbol IN (SELECT unnest($symbols)))
+      AND ($exchange IS NULL OR exchange = $exchange)
+      AND ($kind IS NULL OR kind = $kind)
+      AND (event_time, event_id) > ($after_time, $after_id)
+    ORDER BY event_time, event_id
+    LIMIT $limit
+"""
+
+#: Rejected rows and messages (the quarantine) in [start, end) of their rejection time, after the
+#: cursor, in (rejected_at, reject_id) order; stage and record type narrow them when given.
+REJECTS = """
+    SELECT {columns} FROM {relation}
+    WHERE rejected_at >= $start AND rejected_at < $end
+      AND ($stage IS NULL OR stage = $stage)
+      AND ($record_type IS NULL OR record_type = $record_type)
+      AND (rejected_at, reject_id) > ($after_time, $after_id)
+    ORDER BY rejected_at, reject_id
+    LIMIT $limit
 """
 
 #: Every trade of some symbols in [start, end) with the quote prevailing at its time: the last
@@ -73,6 +150,7 @@ TRADES_WITH_QUOTES = """
         FROM {trades}
         WHERE symbol IN (SELECT unnest($symbols)) AND ($exchange IS NULL OR exchange = $exchange)
           AND event_time >= $start AND event_time < $end
+          AND (event_time, coalesce(sequence_number, -1), event_id) > ($after_time, $after_sequence, $after_id)
     ),
     merged AS (
         SELECT *, last_value(quote IGNORE NULLS) OVER (
@@ -89,6 +167,7 @@ TRADES_WITH_QUOTES = """
     FROM merged
     WHERE side = 1
     ORDER BY event_time, seq, event_id
+    LIMIT $limit
 """
 
 #: The quotes relation when a range has no quote files: no rows, the columns the join reads.

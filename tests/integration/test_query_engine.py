@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -14,9 +14,9 @@ import pytest
 
 from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings, load_settings
-from k2_etl.errors import QueryError
+from k2_etl.errors import QueryError, QueryTimeout
 from k2_etl.lake.catalog import open_catalog
-from k2_etl.query.engine import QueryEngine
+from k2_etl.query.engine import QueryEngine, Result
 from k2_etl.schemas.registration import register_schemas
 from k2_etl.stream.consumer import Counts, StreamConsumer
 from tests.helpers import REPO, env_of, run_k2
@@ -29,8 +29,8 @@ DAY_END = datetime(2026, 11, 4, tzinfo=UTC)
 
 def land(settings: Settings, folder: Path) -> int:
     """Load ``folder`` and run a consumer in this process until its trades and quotes have landed."""
-    report = load(settings, str(folder), "--format", "k2")
-    want = sum(len(messages_of(settings, report, t)) for t in ("trades", "quotes", "reference_data"))
+    report = load(settings, str(folder), "--format", "k2", expect_rc=None)  # 1 when a row is rejected
+    want = sum(len(messages_of(settings, report, t)) for t in ("trades", "quotes", "reference_data", "dead_letters"))
     consumer = StreamConsumer(settings)
 
     def enough(counts: Counts) -> None:
@@ -56,6 +56,13 @@ def landed(platform_settings: Settings, tmp_path_factory: pytest.TempPathFactory
     init_platform(settings)
     register_schemas(settings)
     land(settings, REPO / "data" / "sample" / "k2")
+    bad = tmp_path_factory.mktemp("bad") / "2026-11-02"
+    bad.mkdir()
+    (bad / "trades_XXX.csv").write_text(
+        (REPO / "data/sample/k2/2026-11-02/trades_ASX.csv").read_text().splitlines()[0]
+        + "\n2026-11-02T01:00:00Z,BADP,ASX,not-a-price,10,AUD,1,,\n"
+    )
+    land(settings, bad.parent)
     yield settings
 
 
@@ -70,8 +77,8 @@ def trades_of(settings: Settings, symbol: str, snapshot_id: int | None = None) -
 
 
 def a_symbol(settings: Settings) -> str:
-    table = open_catalog(settings).load_table((settings.namespace, "trades"))
-    return str(table.scan(selected_fields=("symbol",)).to_arrow().column("symbol")[0])
+    """A symbol of the committed sample (the one its ASX trades file starts with)."""
+    return (REPO / "data/sample/k2/2026-11-02/trades_ASX.csv").read_text().splitlines()[1].split(",")[1]
 
 
 def test_walking_every_page_returns_every_row_once_in_order(landed: Settings) -> None:
@@ -104,7 +111,7 @@ def test_fields_and_exchange_narrow_a_page(landed: Settings) -> None:
 def test_bars_match_an_independent_computation(landed: Settings) -> None:
     engine = QueryEngine(landed)
     symbol = a_symbol(landed)
-    bars = engine.bars(symbols=[symbol], start=DAY_START, end=DAY_END, interval=timedelta(minutes=5)).to_pylist()
+    bars = engine.bars(symbols=[symbol], start=DAY_START, end=DAY_END, interval=timedelta(minutes=5)).rows.to_pylist()
     width = 300_000_000
     by_bar: dict[datetime, list[dict[str, Any]]] = {}
     for r in trades_of(landed, symbol):  # already in the stable order
@@ -178,7 +185,7 @@ def test_sql_in_a_symbol_is_a_value_not_sql(landed: Settings) -> None:
 def test_each_trade_gets_the_quote_prevailing_at_its_time(landed: Settings) -> None:
     engine = QueryEngine(landed)
     symbol = a_symbol(landed)
-    joined = engine.trades_with_quotes(symbols=[symbol], start=DAY_START, end=DAY_END).to_pylist()
+    joined = engine.trades_with_quotes(symbols=[symbol], start=DAY_START, end=DAY_END, limit=50_000).rows.to_pylist()
     quotes_table = open_catalog(landed).load_table((landed.namespace, "quotes")).scan().to_arrow().to_pylist()
     quotes = sorted((q for q in quotes_table if q["symbol"] == symbol),
                     key=lambda q: (q["event_time"], q["sequence_number"] or -1, q["event_id"]))  # fmt: skip
@@ -201,3 +208,144 @@ def test_each_trade_gets_the_quote_prevailing_at_its_time(landed: Settings) -> N
         else:
             assert row["spread"] is None and row["mid"] is None  # one-sided: no spread, no mid
     assert with_quote > len(trades) // 2
+
+
+def rows_of(settings: Settings, name: str) -> list[dict[str, Any]]:
+    return open_catalog(settings).load_table((settings.namespace, name)).scan().to_arrow().to_pylist()
+
+
+def walk(query: Any, **arguments: Any) -> tuple[list[dict[str, Any]], int]:
+    """Every row of a paged query, following cursors; and how many pages it took."""
+    seen: list[dict[str, Any]] = []
+    cursor, pages = None, 0
+    while True:
+        result: Result = query(**arguments, cursor=cursor)
+        seen.extend(result.rows.to_pylist())
+        pages += 1
+        if result.cursor is None:
+            return seen, pages
+        cursor = result.cursor
+
+
+def test_the_summary_of_a_trading_day_matches_an_independent_computation(landed: Settings) -> None:
+    engine = QueryEngine(landed)
+    symbol = a_symbol(landed)
+    day = date(2026, 11, 2)
+    summary = engine.summary(symbol, day)
+    trades = [r for r in trades_of(landed, symbol) if r["trading_date"] == day]
+    quotes = [r for r in rows_of(landed, "quotes") if r["symbol"] == symbol and r["trading_date"] == day]
+    volume = sum((r["size"] for r in trades), Decimal(0))
+    notional = sum((r["price"] * r["size"] for r in trades), Decimal(0))
+    assert len(trades) > 100 and len(quotes) > 100
+    assert {k: summary[k] for k in ("trades", "quotes", "open", "close", "high", "low", "volume")} == {
+        "trades": len(trades), "quotes": len(quotes), "open": trades[0]["price"], "close": trades[-1]["price"],
+        "high": max(r["price"] for r in trades), "low": min(r["price"] for r in trades), "volume": volume,
+    }  # fmt: skip
+    assert summary["vwap"] == (notional / volume).quantize(Decimal("0.00000001"))
+    assert summary["first_trade"] == trades[0]["event_time"] and summary["last_trade"] == trades[-1]["event_time"]
+    empty = engine.summary(symbol, date(2020, 1, 1))
+    assert empty["trades"] == 0 and empty["quotes"] == 0 and empty["open"] is None and empty["vwap"] is None
+
+
+def test_symbols_reference_and_unknown_symbols(landed: Settings) -> None:
+    engine = QueryEngine(landed)
+    listing = {r["symbol"]: r for r in engine.symbols().to_pylist()}
+    traded: dict[str, int] = {}
+    for r in rows_of(landed, "trades"):
+        traded[r["symbol"]] = traded.get(r["symbol"], 0) + 1
+    reference = {r["symbol"]: r for r in rows_of(landed, "reference_data")}
+    assert {s: r["trades"] for s, r in listing.items() if r["trades"]} == traded
+    assert set(listing) >= set(traded) | set(reference)
+    some = next(iter(reference))
+    assert listing[some]["name"] == reference[some]["name"]
+    assert engine.reference(some).to_pylist() == [reference[some]]
+    assert engine.unknown([some, "NOPE", "' OR 1=1 --"]) == ["NOPE", "' OR 1=1 --"]
+    assert engine.reference("NOPE").num_rows == 0
+
+
+def test_sequence_events_and_rejects_are_paged_in_order(landed: Settings) -> None:
+    engine = QueryEngine(landed)
+    everything = {"start": datetime(2000, 1, 1, tzinfo=UTC), "end": datetime(2100, 1, 1, tzinfo=UTC)}
+    events, pages = walk(engine.sequence_events, limit=3, **everything)
+    expected = sorted(rows_of(landed, "sequence_events"), key=lambda r: (r["event_time"], r["event_id"]))
+    assert len(expected) >= 4 and pages > 1
+    assert events == expected
+    gaps, _ = walk(engine.sequence_events, kind="gap", **everything)
+    assert gaps == [r for r in expected if r["kind"] == "gap"] and gaps
+    rejects, _ = walk(engine.rejects, limit=1, **everything)
+    assert rejects == sorted(rows_of(landed, "rejects"), key=lambda r: (r["rejected_at"], r["reject_id"]))
+    assert [(r["field"], r["line_number"]) for r in rejects] == [("price", 2)], rejects
+    assert "not-a-price" in rejects[0]["reason"] and "not-a-price" in rejects[0]["raw_line"], rejects
+
+
+def test_snapshots_newest_first_with_what_each_did(landed: Settings) -> None:
+    engine = QueryEngine(landed)
+    table = open_catalog(landed).load_table((landed.namespace, "trades"))
+    listed, pages = walk(engine.snapshots, table_name="trades", limit=1)
+    assert pages == len(table.snapshots()) > 1
+    assert [r["snapshot_id"] for r in listed] == [
+        s.snapshot_id for s in sorted(table.snapshots(), key=lambda s: s.timestamp_ms, reverse=True)
+    ]
+    assert listed[0]["current"] and not any(r["current"] for r in listed[1:])
+    assert sum(r["added_records"] for r in listed) == listed[0]["total_records"]
+
+
+def test_bars_and_trades_with_quotes_are_paged_like_trades(landed: Settings) -> None:
+    engine = QueryEngine(landed)
+    symbol = a_symbol(landed)
+    arguments = {"symbols": [symbol], "start": DAY_START, "end": DAY_END}
+    whole = engine.bars(interval=timedelta(minutes=1), limit=50_000, **arguments).rows.to_pylist()
+    paged, pages = walk(engine.bars, interval=timedelta(minutes=1), limit=7, **arguments)
+    assert paged == whole and pages > 2
+    joined = engine.trades_with_quotes(limit=50_000, **arguments).rows.to_pylist()
+    paged, pages = walk(engine.trades_with_quotes, limit=101, **arguments)
+    assert paged == joined and pages > 2
+
+
+@pytest.mark.parametrize("interval", [timedelta(minutes=7), timedelta(milliseconds=1500), timedelta(days=2)])
+def test_intervals_must_divide_a_day(landed: Settings, interval: timedelta) -> None:
+    with pytest.raises(QueryError) as caught:
+        QueryEngine(landed).bars(symbols=["X"], start=DAY_START, end=DAY_END, interval=interval)
+    assert caught.value.parameter == "interval"
+
+
+class SlowClock:
+    """The engine's budget clock, made to jump past any budget once a query has run: a slow query."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def slow_engine(settings: Settings) -> QueryEngine:
+    clock = SlowClock()
+    engine = QueryEngine(settings, clock=clock, budget_seconds=5)
+    run = engine._run
+
+    def run_slowly(*args: Any, **kwargs: Any) -> Any:
+        result = run(*args, **kwargs)
+        clock.now += 60  # this query "took" a minute
+        return result
+
+    engine._run = run_slowly  # type: ignore[method-assign]
+    return engine
+
+
+def test_over_its_budget_a_query_returns_what_it_has_and_a_cursor_to_go_on(landed: Settings) -> None:
+    symbol = a_symbol(landed)
+    expected = [r["event_id"] for r in trades_of(landed, symbol)]
+    first = slow_engine(landed).page("trades", symbols=[symbol], start=DAY_START, end=DAY_END, limit=50_000)
+    assert first.partial and first.cursor is not None
+    assert 0 < first.rows.num_rows < len(expected)  # the first UTC day of the ASX session, not the second
+    rest = QueryEngine(landed).page("trades", symbols=[symbol], start=DAY_START, end=DAY_END, limit=50_000,
+                                    cursor=first.cursor)  # fmt: skip
+    assert not rest.partial and rest.cursor is None
+    assert first.rows.column("event_id").to_pylist() + rest.rows.column("event_id").to_pylist() == expected
+
+
+def test_a_query_with_nothing_within_its_budget_times_out(landed: Settings) -> None:
+    engine = QueryEngine(landed, clock=SlowClock(), budget_seconds=0)
+    with pytest.raises(QueryTimeout):
+        engine.page("trades", symbols=[a_symbol(landed)], start=DAY_START, end=DAY_END)

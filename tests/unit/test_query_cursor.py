@@ -7,17 +7,26 @@ from datetime import UTC, datetime
 import pytest
 
 from k2_etl.errors import QueryError
-from k2_etl.query.engine import decode_cursor, encode_cursor
+from k2_etl.query.engine import Cursor, Position, decode_cursor, encode_cursor
 
 
-def test_a_cursor_round_trips_its_snapshot_and_position() -> None:
+def test_a_cursor_round_trips_its_snapshots_and_position() -> None:
     at = datetime(2026, 11, 2, 23, 0, 0, 123456, tzinfo=UTC)
-    assert decode_cursor(encode_cursor(42, at, 7, "abc")) == (42, (at, 7, "abc"))
-    assert decode_cursor(encode_cursor(42, at, None, "abc")) == (42, (at, -1, "abc"))  # no sequence sorts first
+    assert decode_cursor(encode_cursor(42, Position(at, 7, "abc"))) == Cursor(42, Position(at, 7, "abc"), None)
+    assert decode_cursor(encode_cursor(42, Position(at, -1, "x"), 43)) == Cursor(42, Position(at, -1, "x"), 43)
 
 
 @pytest.mark.parametrize(
-    "cursor", ["", "not-a-cursor", "eyJzIjoxfQ", "e30", "W10", "eyJzIjoiMSIsInQiOjEsInEiOjEsImkiOiJ4In0"]
+    "cursor",
+    [
+        "",
+        "not-a-cursor",
+        "eyJzIjoxfQ",  # {"s":1}
+        "e30",  # {}
+        "W10",  # []
+        "eyJzIjoiMSIsInQiOjEsInEiOjEsImkiOiJ4In0",  # a snapshot id that is a string
+        "eyJzIjp0cnVlLCJ0IjoxLCJxIjoxLCJpIjoieCJ9",  # a snapshot id that is a boolean
+    ],
 )
 def test_anything_else_is_refused(cursor: str) -> None:
     with pytest.raises(QueryError) as caught:
