@@ -30,9 +30,9 @@ run: install  ## start the local platform, register the schemas, load the bundle
 	$(BIN)/k2 status
 
 test: install  ## lint, then the whole test suite (unit + integration against real processes)
-	$(BIN)/ruff check k2_etl tests bench
-	$(BIN)/ruff format --check k2_etl tests bench
-	$(BIN)/mypy k2_etl
+	$(BIN)/ruff check k2_etl api tests bench
+	$(BIN)/ruff format --check k2_etl api tests bench
+	$(BIN)/mypy k2_etl api
 	$(BIN)/pytest
 
 test-fast: install  ## unit tests only (seconds)

@@ -7,6 +7,7 @@ one line on stderr and become the exit code; see the README for the codes.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from rich.table import Table
 
 from k2_etl import __version__
 from k2_etl.config import Settings, load_settings
-from k2_etl.errors import K2Error
+from k2_etl.errors import ComponentError, K2Error
 
 app = typer.Typer(
     help="K2: market-data lakehouse ETL. Vendor CSV → Kafka (Avro) → Iceberg → DuckDB/API.",
@@ -429,6 +430,35 @@ def consume(
         _print_json(counts.to_dict())
     else:
         out.print(f"consumed {counts.consumed:,}, landed {counts.landed:,}, rejected {counts.rejected:,}")
+
+
+# --- API ---------------------------------------------------------------------------------
+
+
+@app.command("api")
+def serve_api() -> None:
+    """Serve the REST API (gunicorn; K2_API_HOST/PORT/WORKERS/THREADS) until SIGTERM or Ctrl-C.
+
+    Docs at /docs, the OpenAPI document at /openapi.json, health at /health, metrics at /metrics.
+    """
+    import shutil
+
+    from k2_etl.config import format_host_port
+    from k2_etl.local.components import port_holder
+
+    settings = load_settings()
+    holder = port_holder(settings.api_host, settings.api_port)
+    if holder is not None:
+        raise ComponentError(
+            f"api: {format_host_port(settings.api_host, settings.api_port)} is taken by {holder}; "
+            "stop it or set K2_API_PORT"
+        )
+    metrics_dir = settings.home / "run" / "api-metrics"  # per-worker metric files, summed by /metrics
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    command = [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf", "api.wsgi:app"]
+    os.execve(sys.executable, command, env)  # gunicorn becomes this process: signals reach it directly
 
 
 # --- registry ----------------------------------------------------------------------------

@@ -144,9 +144,26 @@ class Settings(BaseSettings):
         "also how long a rebalance waits for members.",
     )
 
-    # --- API (served in a later issue) ---------------------------------------
-    api_host: str = Field("127.0.0.1", description="Address the REST API binds to.")
+    # --- REST API (`k2 api`) ------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="Address the REST API binds to (0.0.0.0 in a container).")
     api_port: int = Field(8000, ge=1, le=65535, description="Port of the REST API.")
+    api_workers: int = Field(2, ge=1, le=64, description="gunicorn worker processes of the API (about one per core).")
+    api_threads: int = Field(4, ge=1, le=64, description="Threads per API worker (requests served at once by each).")
+    api_query_budget_seconds: float = Field(
+        5.0, gt=0, le=600, allow_inf_nan=False,
+        description="Time budget of one API query: past it the API answers what it has (partial) or 504.",
+    )  # fmt: skip
+    api_rate_limit: str = Field(
+        "100/second;3000/minute",
+        description="Requests per client (API key, else address) in Flask-Limiter syntax; 429 beyond it.",
+    )
+    api_rate_limit_storage: str = Field(
+        "memory://", description="Where rate-limit counters live: memory:// is per worker; redis://... is shared."
+    )
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description='API keys (JSON list, e.g. ["k1","k2"]); when set, /v1 needs one in the X-API-Key header.',
+    )
 
     # --- Local platform ----------------------------------------------------
     start_timeout_seconds: float = Field(
@@ -167,6 +184,14 @@ class Settings(BaseSettings):
         if path is not None:
             sources += (TomlConfigSettingsSource(settings_cls, toml_file=path),)
         return sources
+
+    @field_validator("api_rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from limits import parse_many  # Flask-Limiter's own parser: the syntax is checked at startup
+
+        parse_many(value)
+        return value
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -520,6 +520,16 @@ class QueryEngine:
         return self.snapshot(quotes, as_of=datetime.fromtimestamp(trade_snapshot.timestamp_ms / 1000, UTC))
 
     # --- running -----------------------------------------------------------------------------------
+    def ping(self) -> int:
+        """One trivial statement through the pool (health checks)."""
+        return int(self._run("SELECT 1", {}).column(0)[0].as_py())
+
+    def catalog_check(self) -> str:
+        """The catalog answers and the trades table loads (health checks); not cached."""
+        table = self._catalog.load_table((self.settings.namespace, "trades"))
+        snapshot = table.current_snapshot()
+        return f"trades at snapshot {snapshot.snapshot_id}" if snapshot else "trades has no snapshot yet"
+
     def _known(self, *, refresh: bool = False) -> tuple[frozenset[str], pa.Table]:
         with self._lock:
             cached = self._symbols

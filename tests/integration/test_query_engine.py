@@ -3,8 +3,6 @@ checked against plain Python on the same rows."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -12,73 +10,22 @@ from typing import Any
 
 import pytest
 
-from k2_etl.bootstrap import init_platform
-from k2_etl.config import Settings, load_settings
+from k2_etl.config import Settings
 from k2_etl.errors import QueryError, QueryTimeout
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.query.engine import QueryEngine, Result
-from k2_etl.schemas.registration import register_schemas
-from k2_etl.stream.consumer import Counts, StreamConsumer
-from tests.helpers import REPO, env_of, run_k2
-from tests.integration.ingest_helpers import load, messages_of
+from tests.helpers import env_of, run_k2
+from tests.integration.query_helpers import a_symbol, land, land_sample, rows_of, trades_of
 
 pytestmark = pytest.mark.integration
 DAY_START = datetime(2026, 11, 1, tzinfo=UTC)
 DAY_END = datetime(2026, 11, 4, tzinfo=UTC)
 
 
-def land(settings: Settings, folder: Path) -> int:
-    """Load ``folder`` and run a consumer in this process until its trades and quotes have landed."""
-    report = load(settings, str(folder), "--format", "k2", expect_rc=None)  # 1 when a row is rejected
-    want = sum(len(messages_of(settings, report, t)) for t in ("trades", "quotes", "reference_data", "dead_letters"))
-    consumer = StreamConsumer(settings)
-
-    def enough(counts: Counts) -> None:
-        if counts.landed >= want:
-            consumer.stop()
-
-    consumer.run(on_commit=enough)
-    return want
-
-
 @pytest.fixture(scope="module")
-def landed(platform_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """The committed sample, landed; then a second generated day (so there are two snapshots to travel)."""
-    settings = load_settings(
-        home=tmp_path_factory.mktemp("query") / "home",
-        kafka_bootstrap=platform_settings.kafka_bootstrap,
-        schema_registry_url=platform_settings.schema_registry_url,
-        topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
-        stream_session_timeout_seconds=6,
-        stream_max_poll_interval_seconds=7,
-        stream_metrics_port=0,
-    )
-    init_platform(settings)
-    register_schemas(settings)
-    land(settings, REPO / "data" / "sample" / "k2")
-    bad = tmp_path_factory.mktemp("bad") / "2026-11-02"
-    bad.mkdir()
-    (bad / "trades_XXX.csv").write_text(
-        (REPO / "data/sample/k2/2026-11-02/trades_ASX.csv").read_text().splitlines()[0]
-        + "\n2026-11-02T01:00:00Z,BADP,ASX,not-a-price,10,AUD,1,,\n"
-    )
-    land(settings, bad.parent)
-    yield settings
-
-
-def trades_of(settings: Settings, symbol: str, snapshot_id: int | None = None) -> list[dict[str, Any]]:
-    """The symbol's trades as pyiceberg reads them, in the stable order, by plain Python."""
-    table = open_catalog(settings).load_table((settings.namespace, "trades"))
-    rows = [r for r in table.scan(snapshot_id=snapshot_id).to_arrow().to_pylist() if r["symbol"] == symbol]
-    return sorted(
-        rows,
-        key=lambda r: (r["event_time"], -1 if r["sequence_number"] is None else r["sequence_number"], r["event_id"]),
-    )
-
-
-def a_symbol(settings: Settings) -> str:
-    """A symbol of the committed sample (the one its ASX trades file starts with)."""
-    return (REPO / "data/sample/k2/2026-11-02/trades_ASX.csv").read_text().splitlines()[1].split(",")[1]
+def landed(platform_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The committed sample landed (a day, two exchanges), and one rejected row."""
+    return land_sample(platform_settings, tmp_path_factory)
 
 
 def test_walking_every_page_returns_every_row_once_in_order(landed: Settings) -> None:
@@ -208,10 +155,6 @@ def test_each_trade_gets_the_quote_prevailing_at_its_time(landed: Settings) -> N
         else:
             assert row["spread"] is None and row["mid"] is None  # one-sided: no spread, no mid
     assert with_quote > len(trades) // 2
-
-
-def rows_of(settings: Settings, name: str) -> list[dict[str, Any]]:
-    return open_catalog(settings).load_table((settings.namespace, name)).scan().to_arrow().to_pylist()
 
 
 def walk(query: Any, **arguments: Any) -> tuple[list[dict[str, Any]], int]:

@@ -1,0 +1,183 @@
+"""The Flask app factory: settings, the query engine, blueprints, errors, limits, metrics.
+
+Every error leaves as JSON ``{"error": {status, error, message, parameter?, value?}}``
+through one handler per kind (the Flask pattern of "API errors as JSON"): a
+:class:`QueryError` is a 400 naming the parameter, a :class:`QueryTimeout` a 504,
+an unknown symbol a 404; a bug is a 500 with no internals. User input never
+reaches a 500: the schemathesis fuzz test holds the API to that.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any
+
+from flask import Response, g, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_openapi3 import Info, OpenAPI
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from api import metrics
+from api.errors import UnknownSymbol, problem
+from api.models import Problem
+from api.render import json_body
+from api.routes import catalog, market, ops
+from k2_etl import __version__
+from k2_etl.config import Settings, load_settings
+from k2_etl.errors import K2Error, QueryError, QueryTimeout, UnavailableError
+from k2_etl.query.engine import QueryEngine
+
+log = logging.getLogger("k2.api")
+MAX_BODY_BYTES = 64 * 1024  # no endpoint takes a body; anything bigger is refused with 413
+JSON = "application/json"
+OPEN_PATHS = ("/health", "/metrics", "/openapi.json", "/docs")  # served without an API key or rate limit
+
+
+def create_app(settings: Settings | None = None, engine: QueryEngine | None = None) -> OpenAPI:
+    """Build the API from ``K2_*`` settings (or the given ones); ``engine`` for tests that shape it."""
+    settings = settings or load_settings()
+    app = OpenAPI(
+        __name__,
+        info=Info(
+            title="K2 market data API",
+            version=__version__,
+            description="Trades, quotes, OHLCV bars, VWAP, as-of joins and time travel over K2's Iceberg tables.",
+        ),
+        security_schemes={"api_key": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+        doc_prefix="/docs",
+        doc_url="/openapi.json",
+        validation_error_status=400,
+        validation_error_model=Problem,
+        validation_error_callback=_validation_error,
+    )
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.extensions["k2.settings"] = settings
+    app.extensions["k2.engine"] = engine or QueryEngine(settings, budget_seconds=settings.api_query_budget_seconds)
+    app.extensions["k2.keys"] = [key.get_secret_value().encode() for key in settings.api_keys]
+
+    app.after_request(_count)  # registered before the limiter's, so it runs after it (Flask runs them in reverse)
+    limiter = Limiter(
+        key_func=_client,
+        app=app,
+        default_limits=[settings.api_rate_limit],
+        storage_uri=settings.api_rate_limit_storage,
+        headers_enabled=True,  # X-RateLimit-* and Retry-After
+        default_limits_exempt_when=lambda: request.path.startswith(OPEN_PATHS),
+    )
+    app.extensions["k2.limiter"] = limiter
+    app.register_api(market.blueprint)
+    app.register_api(catalog.blueprint)
+    app.register_api(ops.blueprint)
+    app.add_url_rule("/openapi.json", "openapi_json", lambda: Response(json_body(app.api_doc), mimetype=JSON))
+
+    app.before_request(_start)
+    app.before_request(_check_key)
+    app.register_error_handler(QueryError, _query_error)
+    app.register_error_handler(QueryTimeout, _timeout)
+    app.register_error_handler(UnknownSymbol, _unknown_symbol)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(K2Error, _k2_error)
+    app.register_error_handler(Exception, _bug)
+    return app
+
+
+def _client() -> str:
+    key = request.headers.get("X-API-Key")
+    return f"key:{key}" if key else f"addr:{get_remote_address()}"
+
+
+def _start() -> Response | None:
+    g.k2_started = time.perf_counter()
+    if (request.content_length or 0) > MAX_BODY_BYTES:  # Flask checks only bodies it reads; GETs are not read
+        return problem(413, "request_too_large", f"request bodies are limited to {MAX_BODY_BYTES:,} bytes")
+    return None
+
+
+def _check_key() -> Response | None:
+    from flask import current_app
+
+    keys: list[bytes] = current_app.extensions["k2.keys"]
+    if not keys or not request.path.startswith("/v1"):
+        return None
+    given = request.headers.get("X-API-Key", "").encode()
+    if any(hmac.compare_digest(given, key) for key in keys):
+        return None
+    return problem(401, "unauthorized", "this API needs a key in the X-API-Key header")
+
+
+def _count(response: Response) -> Response:
+    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    metrics.REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+    started = g.get("k2_started")
+    if started is not None:
+        metrics.LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+    if response.status_code == 429:
+        metrics.RATE_LIMITED.inc()
+    else:
+        response.headers.pop("Retry-After", None)  # Flask-Limiter adds it to every answer; only a 429 means it
+    return response
+
+
+def _validation_error(error: ValidationError) -> Response:
+    """pydantic's complaint as a 400 naming the first bad parameter, its value and why."""
+    first = error.errors()[0]
+    parameter = ".".join(str(part) for part in first["loc"]) or "query"
+    why = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        why = "unknown parameter"
+    value = first.get("input")
+    if isinstance(value, dict | list):
+        value = None if first["type"] != "extra_forbidden" else value
+    return problem(400, "bad_parameter", f"{parameter}: {why}", parameter, value)
+
+
+def _query_error(error: QueryError) -> Response:
+    return problem(400, "bad_parameter", str(error), error.parameter, error.value)
+
+
+def _timeout(error: QueryTimeout) -> Response:
+    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    metrics.TIMEOUTS.labels(endpoint).inc()
+    return problem(504, "query_timeout", f"{error}; narrow the range or the symbols")
+
+
+def _unknown_symbol(error: UnknownSymbol) -> Response:
+    return problem(404, "unknown_symbol", str(error), "symbol", ",".join(error.symbols))
+
+
+def _http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    response = problem(status, (error.name or "error").lower().replace(" ", "_"), error.description or "")
+    if status == 429:
+        limit = getattr(error, "limit", None)
+        response.headers["Retry-After"] = str(_retry_after(limit))
+    return response
+
+
+def _retry_after(limit: Any) -> int:
+    """Seconds until the client's window resets (Flask-Limiter knows it; 1 when it does not say)."""
+    from flask import current_app
+
+    limiter: Limiter = current_app.extensions["k2.limiter"]
+    window = limiter.current_limit
+    if window is not None:
+        return max(1, int(window.reset_at - time.time()) + 1)
+    return 1
+
+
+def _k2_error(error: K2Error) -> Response:
+    log.warning("request %s failed: %s", request.full_path, error)
+    if isinstance(error, UnavailableError):
+        return problem(503, "unavailable", str(error))
+    return problem(500, "k2_error", str(error))
+
+
+def _bug(error: Exception) -> Response:
+    if isinstance(error, HTTPException):
+        return _http_error(error)
+    log.exception("unexpected error serving %s", request.full_path)
+    return problem(500, "internal_error", "K2 failed to answer this request; the error is in the API's log")

@@ -1,0 +1,175 @@
+"""Rows as the client asked for them: JSON (default), CSV, Parquet or Arrow IPC.
+
+The format comes from ``format=`` when given, else the ``Accept`` header. JSON
+wraps the rows with the cursor and flags; the tabular formats carry those in
+``X-K2-*`` headers (and a ``Link: rel="next"``) so the body is only rows.
+JSON, CSV and Arrow are streamed a slice at a time; Parquet is written whole
+(its footer comes last) and sent with a length.
+
+JSON keeps prices exact: decimals are strings ("40.49000000"), times are
+ISO-8601 UTC with microseconds and a Z, dates ISO, bytes base64. The columns
+are converted with Arrow compute, not per value in Python.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+from flask import Response, request
+from werkzeug.exceptions import NotAcceptable
+
+from k2_etl.errors import QueryError
+from k2_etl.query.engine import Result
+
+MEDIA_TYPES = {
+    "json": "application/json",
+    "csv": "text/csv",
+    "parquet": "application/vnd.apache.parquet",
+    "arrow": "application/vnd.apache.arrow.stream",
+}
+FORMATS = tuple(MEDIA_TYPES)
+SLICE_ROWS = 2_000  # rows encoded per streamed piece
+_encode = msgspec.json.Encoder().encode
+
+
+def negotiated(format_param: str | None) -> str:
+    """The response format: ``format=`` wins, then the Accept header; JSON when neither says."""
+    if format_param is not None:
+        if format_param not in MEDIA_TYPES:
+            raise QueryError("format", format_param, f"unknown format; one of {', '.join(FORMATS)}")
+        return format_param
+    if not request.accept_mimetypes or request.accept_mimetypes.provided is False:
+        return "json"
+    best = request.accept_mimetypes.best_match(list(MEDIA_TYPES.values()))
+    if best is None:
+        served = ", ".join(MEDIA_TYPES.values())
+        raise NotAcceptable(f"Accept: {request.headers.get('Accept')}; this API serves {served}")
+    return next(name for name, media in MEDIA_TYPES.items() if media == best)
+
+
+def rows_response(result: Result, fmt: str, **extra: Any) -> Response:
+    """A page of rows with its cursor (JSON envelope, or headers for the tabular formats)."""
+    headers = {"X-K2-Count": str(result.rows.num_rows), "X-K2-Partial": str(result.partial).lower()}
+    if result.snapshot_id is not None:
+        headers["X-K2-Snapshot-Id"] = str(result.snapshot_id)
+    if result.cursor is not None:
+        headers["X-K2-Next-Cursor"] = result.cursor
+        headers["Link"] = f'<{_next_url(result.cursor)}>; rel="next"'
+    if fmt != "json":
+        return table_response(result.rows, fmt, headers)
+    envelope = {"count": result.rows.num_rows, "next_cursor": result.cursor, "partial": result.partial,
+                "snapshot_id": result.snapshot_id, **extra}  # fmt: skip
+    return Response(_json_stream(result.rows, envelope), headers=headers, mimetype=MEDIA_TYPES["json"])
+
+
+def table_response(rows: pa.Table, fmt: str, headers: dict[str, str] | None = None) -> Response:
+    headers = dict(headers or {})
+    if fmt == "json":
+        return Response(_json_stream(rows, {"count": rows.num_rows}), headers=headers, mimetype=MEDIA_TYPES["json"])
+    if fmt == "csv":
+        body: Any = _csv_stream(rows)
+    elif fmt == "arrow":
+        body = _arrow_stream(rows)
+    else:
+        sink = io.BytesIO()
+        pq.write_table(rows, sink, compression="zstd")
+        body = sink.getvalue()
+    return Response(body, headers=headers, mimetype=MEDIA_TYPES[fmt])
+
+
+def jsonable(rows: pa.Table) -> list[dict[str, Any]]:
+    """Rows as JSON values (exact decimals as strings, ISO times), converted column by column."""
+    return _as_json_types(rows).to_pylist()
+
+
+def json_body(value: Any) -> bytes:
+    return _encode(value)
+
+
+def _json_stream(rows: pa.Table, envelope: dict[str, Any]) -> Iterator[bytes]:
+    head = _encode(envelope)
+    yield head[:-1] + b',"data":['  # the envelope's fields, then the rows
+    for start in range(0, rows.num_rows, SLICE_ROWS):
+        piece = _encode(jsonable(rows.slice(start, SLICE_ROWS)))
+        yield (b"," if start else b"") + piece[1:-1]
+    yield b"]}"
+
+
+def _csv_stream(rows: pa.Table) -> Iterator[bytes]:
+    flat = _as_csv_types(rows)
+    for start in range(0, max(flat.num_rows, 1), SLICE_ROWS):
+        sink = io.BytesIO()
+        options = pa_csv.WriteOptions(include_header=start == 0)
+        pa_csv.write_csv(flat.slice(start, SLICE_ROWS), sink, write_options=options)
+        yield sink.getvalue()
+
+
+def _arrow_stream(rows: pa.Table) -> Iterator[bytes]:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, rows.schema) as writer:
+        yield _drain(sink)
+        for batch in rows.to_batches(max_chunksize=SLICE_ROWS):
+            writer.write_batch(batch)
+            yield _drain(sink)
+    yield _drain(sink)
+
+
+def _drain(sink: io.BytesIO) -> bytes:
+    data = sink.getvalue()
+    sink.seek(0)
+    sink.truncate()
+    return data
+
+
+def _as_json_types(rows: pa.Table) -> pa.Table:
+    return pa.table({name: _json_column(column) for name, column in zip(rows.column_names, rows.columns, strict=True)})
+
+
+def _json_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    kind = column.type
+    if pa.types.is_decimal(kind):
+        return pc.cast(column, pa.string())
+    if pa.types.is_timestamp(kind):
+        if kind.tz is None:
+            column = pc.assume_timezone(column, "UTC")
+        return pc.strftime(pc.cast(column, pa.timestamp("us", tz="UTC")), format="%Y-%m-%dT%H:%M:%SZ")
+    if pa.types.is_date(kind):
+        return pc.strftime(column, format="%Y-%m-%d")
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return pa.chunked_array([pa.array(_base64(chunk), pa.string()) for chunk in column.chunks], pa.string())
+    return column
+
+
+def _base64(chunk: pa.Array) -> list[str | None]:
+    import base64
+
+    return [None if v is None else base64.b64encode(v).decode() for v in chunk.to_pylist()]
+
+
+def _as_csv_types(rows: pa.Table) -> pa.Table:
+    """CSV has no lists or bytes: lists become their JSON text, bytes base64; the rest stays typed."""
+    columns = {}
+    for name, column in zip(rows.column_names, rows.columns, strict=True):
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type) or pa.types.is_struct(column.type):
+            column = pa.chunked_array(
+                [pa.array([None if v is None else _encode(v).decode() for v in _json_column(c).to_pylist()])
+                 for c in column.chunks] or [pa.array([], pa.string())],
+                pa.string(),
+            )  # fmt: skip
+        elif pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+            column = _json_column(column)
+        columns[name] = column
+    return pa.table(columns)
+
+
+def _next_url(cursor: str) -> str:
+    args = [(k, v) for k, v in request.args.items(multi=True) if k != "cursor"]
+    return f"{request.path}?{urlencode([*args, ('cursor', cursor)])}"

@@ -1,0 +1,449 @@
+"""The REST API served by `k2 api` (gunicorn, two workers) over data landed by the real pipeline,
+checked against the tables as pyiceberg reads them."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import hypothesis
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+import schemathesis
+from schemathesis.checks import not_a_server_error
+from werkzeug.serving import make_server
+
+from api import create_app
+from k2_etl.config import Settings, load_settings
+from k2_etl.lake.catalog import open_catalog
+from k2_etl.query.engine import QueryEngine
+from tests.helpers import REPO, env_of, free_port, poll, run_k2
+from tests.integration.query_helpers import a_symbol, land, land_sample, rows_of, trades_of
+from tests.integration.test_query_engine import SlowClock, slow_engine
+
+pytestmark = pytest.mark.integration
+START, END = "2026-11-01T00:00:00Z", "2026-11-04T00:00:00Z"
+
+
+class Api:
+    """`k2 api` as a user starts it, on a free port; stopped with SIGTERM."""
+
+    def __init__(self, settings: Settings, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.environment = {**env_of(settings), "K2_API_PORT": str(self.port), "K2_STREAM_METRICS_PORT": "0",
+                            "K2_API_WORKERS": "2", "K2_API_RATE_LIMIT": "1000/second", **env}  # fmt: skip
+        self.home = Path(self.environment["K2_HOME"])
+        with (self.home / f"api-{self.port}.log").open("wb") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [str(REPO / ".venv" / "bin" / "k2"), "api"], env=self.environment, stdout=log, stderr=log
+            )
+        poll(lambda: self._up(), timeout=60, what=f"k2 api on {self.url}")
+
+    def _up(self) -> bool:
+        assert self.process.poll() is None, (self.home / f"api-{self.port}.log").read_text()
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2).status_code in (200, 503)
+        except httpx.TransportError:
+            return False
+
+    def get(self, path: str, **params: Any) -> httpx.Response:
+        headers = params.pop("headers", None)
+        return httpx.get(f"{self.url}{path}", params=params, headers=headers, timeout=30)
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def landed(platform_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return land_sample(platform_settings, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def api(landed: Settings) -> Iterator[Api]:
+    server = Api(landed, K2_STREAM_METRICS_PORT=str(free_port()))  # a consumer that is not running: degraded
+    yield server
+    assert server.stop() == 0
+
+
+def as_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as the API's JSON shows it, by plain Python (decimals as strings, times ISO with Z)."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, Decimal):
+            value = str(value)
+        elif isinstance(value, datetime):
+            value = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        elif isinstance(value, date):
+            value = value.isoformat()
+        out[key] = value
+    return out
+
+
+def walk(api: Api, path: str, **params: Any) -> tuple[list[dict[str, Any]], int]:
+    rows: list[dict[str, Any]] = []
+    cursor, pages = None, 0
+    while True:
+        response = api.get(path, **params, **({"cursor": cursor} if cursor else {}))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["count"] == len(body["data"]) and not body["partial"]
+        rows.extend(body["data"])
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return rows, pages
+        assert response.headers["X-K2-Next-Cursor"] == cursor and 'rel="next"' in response.headers["Link"]
+
+
+def test_trades_pages_are_the_tables_rows_once_in_order(api: Api, landed: Settings) -> None:
+    symbol = a_symbol(landed)
+    rows, pages = walk(api, "/v1/trades", symbol=symbol, start=START, end=END, limit=40)
+    assert pages > 2
+    assert rows == [as_json(r) for r in trades_of(landed, symbol)]
+
+
+def test_quotes_and_fields(api: Api, landed: Settings) -> None:
+    symbol = a_symbol(landed)
+    rows, _ = walk(api, "/v1/quotes", symbol=symbol, start=START, end=END, limit=50_000,
+                   fields="event_time,bid_price,ask_price")  # fmt: skip
+    quotes = sorted((q for q in rows_of(landed, "quotes") if q["symbol"] == symbol),
+                    key=lambda q: (q["event_time"], q["sequence_number"] or -1, q["event_id"]))  # fmt: skip
+    assert rows == [as_json({k: q[k] for k in ("event_time", "bid_price", "ask_price")}) for q in quotes]
+
+
+def test_bars_with_quotes_and_summary_say_what_the_engine_computed(api: Api, landed: Settings) -> None:
+    """The engine's results are checked against plain Python in test_query_engine; here, that HTTP
+    carries them exactly (every value, in order, as JSON)."""
+    engine = QueryEngine(landed)
+    symbol = a_symbol(landed)
+    start, end = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 4, tzinfo=UTC)
+    bars, _ = walk(api, "/v1/bars", symbol=symbol, start=START, end=END, interval="5m", limit=13)
+    expected = engine.bars(symbols=[symbol], start=start, end=end, interval=timedelta(minutes=5), limit=50_000)
+    assert bars == [as_json(r) for r in expected.rows.to_pylist()] and len(bars) > 13
+    joined, _ = walk(api, "/v1/trades/with-quotes", symbol=symbol, start=START, end=END, limit=500)
+    expected = engine.trades_with_quotes(symbols=[symbol], start=start, end=end, limit=50_000)
+    assert joined == [as_json(r) for r in expected.rows.to_pylist()]
+    summary = api.get(f"/v1/summary/{symbol}/2026-11-02")
+    assert summary.status_code == 200, summary.text
+    assert summary.json() == as_json(engine.summary(symbol, date(2026, 11, 2)))
+    assert summary.json()["trades"] == len(
+        [t for t in trades_of(landed, symbol) if t["trading_date"] == date(2026, 11, 2)]
+    )
+
+
+def test_symbols_reference_sequence_events_rejects_snapshots(api: Api, landed: Settings) -> None:
+    listing = api.get("/v1/symbols")
+    assert listing.status_code == 200
+    symbols = {r["symbol"]: r for r in listing.json()["data"]}
+    reference = rows_of(landed, "reference_data")
+    assert {r["symbol"] for r in reference} <= set(symbols)
+    one = reference[0]
+    got = api.get(f"/v1/reference/{one['symbol']}")
+    assert got.status_code == 200 and got.json()["data"] == [as_json(one)]
+    events, _ = walk(api, "/v1/sequence-events", start="2000-01-01", end="2100-01-01", limit=2)
+    assert sorted(e["event_id"] for e in events) == sorted(r["event_id"] for r in rows_of(landed, "sequence_events"))
+    gaps, _ = walk(api, "/v1/sequence-events", start="2000-01-01", end="2100-01-01", kind="gap")
+    assert gaps and all(e["kind"] == "gap" for e in gaps)
+    rejects, _ = walk(api, "/v1/rejects", start="2000-01-01", end="2100-01-01", stage="load")
+    assert [(r["field"], r["line_number"]) for r in rejects] == [("price", 2)]
+    snapshots, _ = walk(api, "/v1/tables/trades/snapshots", limit=1)
+    table = open_catalog(landed).load_table((landed.namespace, "trades"))
+    assert [s["snapshot_id"] for s in snapshots] == [
+        s.snapshot_id for s in sorted(table.snapshots(), key=lambda s: s.timestamp_ms, reverse=True)
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "arrow"])
+@pytest.mark.parametrize("how", ["format", "accept"])
+def test_csv_parquet_and_arrow_equal_the_json(api: Api, landed: Settings, fmt: str, how: str) -> None:
+    symbol = a_symbol(landed)
+    fields = "event_id,event_time,price,size,sequence_number,exchange,trading_date"
+    query = {"symbol": symbol, "start": START, "end": END, "limit": 100, "fields": fields}
+    as_json_body = api.get("/v1/trades", **query).json()
+    media = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet",
+             "arrow": "application/vnd.apache.arrow.stream"}[fmt]  # fmt: skip
+    if how == "format":
+        response = api.get("/v1/trades", **query, format=fmt)
+    else:
+        response = api.get("/v1/trades", **query, headers={"Accept": media})
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith(media)
+    assert response.headers["X-K2-Next-Cursor"] == as_json_body["next_cursor"] is not None
+    assert "Retry-After" not in response.headers  # only a 429 says when to retry
+    schema = QueryEngine(landed).table("trades").schema().as_arrow()
+    wanted = pa.schema([schema.field(name) for name in fields.split(",")])
+    if fmt == "csv":
+        options = pa_csv.ConvertOptions(column_types={f.name: f.type for f in wanted})
+        table = pa_csv.read_csv(io.BytesIO(response.content), convert_options=options)
+    elif fmt == "parquet":
+        table = pq.read_table(io.BytesIO(response.content))
+    else:
+        table = pa.ipc.open_stream(response.content).read_all()
+    assert [as_json(r) for r in table.cast(wanted).to_pylist()] == as_json_body["data"]
+
+
+def test_time_travel_and_pages_stay_on_their_snapshot_while_data_lands(
+    api: Api, landed: Settings, tmp_path: Path
+) -> None:
+    before = open_catalog(landed).load_table((landed.namespace, "trades")).current_snapshot()
+    assert before is not None
+    data = tmp_path / "more"
+    generated = run_k2(env_of(landed), "generate", "--out", str(data), "--symbols", "3", "--days", "1",
+                       "--start", "2026-11-03", "--trades-per-day", "300", "--seed", "11")  # fmt: skip
+    assert generated.returncode == 0, generated.stderr
+    first = (data / "2026-11-03" / "trades_ASX.csv").read_text().splitlines()[1].split(",")[1]
+    query = {"symbol": first, "start": "2026-11-02T12:00:00Z", "end": "2026-11-04", "limit": 25}
+    assert api.get("/v1/trades", **query).status_code == 404  # not landed yet: unknown
+    land(landed, data)
+    page = api.get("/v1/trades", **query).json()
+    pinned = page["snapshot_id"]
+    seen = list(page["data"])
+    more = tmp_path / "more2" / "2026-11-03"  # the same trades numbered anew (new ids): land while we walk
+    more.mkdir(parents=True)
+    header, *lines = (data / "2026-11-03" / "trades_ASX.csv").read_text().splitlines()
+    fields = header.replace('"', "").split(",")
+    at = fields.index("sequence_number")
+    renumbered = [
+        ",".join(str(int(v) + 10**6) if i == at else v for i, v in enumerate(line.split(","))) for line in lines
+    ]
+    (more / "trades_ASX.csv").write_text("\n".join([header, *renumbered]) + "\n")
+    lander = threading.Thread(target=land, args=(landed, more.parent))
+    lander.start()
+    cursor = page["next_cursor"]
+    while cursor:
+        page = api.get("/v1/trades", **query, cursor=cursor).json()
+        assert page["snapshot_id"] == pinned
+        seen.extend(page["data"])
+        cursor = page["next_cursor"]
+    lander.join()
+    at_pin = [r for r in trades_of(landed, first, pinned) if r["event_time"] >= datetime(2026, 11, 2, 12, tzinfo=UTC)]
+    assert [r["event_id"] for r in seen] == [r["event_id"] for r in at_pin]
+    more_now = lambda: len(walk(api, "/v1/trades", **{**query, "limit": 50_000})[0]) > len(seen) or None  # noqa: E731
+    poll(more_now, timeout=10, what="the second load visible to a new walk (metadata is cached up to 1 s)")
+    past = walk(api, "/v1/trades", **query, snapshot_id=before.snapshot_id)[0]
+    assert past == []  # the symbol did not exist at that snapshot
+    as_of = datetime.fromtimestamp(before.timestamp_ms / 1000 + 0.0005, UTC).isoformat()
+    assert walk(api, "/v1/trades", **query, as_of=as_of)[0] == []
+    assert walk(api, "/v1/trades", **query, snapshot_id=pinned)[0] == seen
+
+
+@pytest.mark.parametrize(
+    ("params", "parameter"),
+    [
+        ({"start": "2026-11-03", "end": "2026-11-02"}, "start"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "50001"}, "limit"),
+        ({"limit": "many"}, "limit"),
+        ({"cursor": "bm90LWEtY3Vyc29y"}, "cursor"),
+        ({"format": "xml"}, "format"),
+        ({"start": "yesterday"}, "start"),
+        ({"end": "2026-02-30"}, "end"),
+        ({"as_of": "2026-11-02", "snapshot_id": "1"}, "query"),
+        ({"snapshot_id": "123"}, "snapshot_id"),
+        ({"symbols": "BHP"}, "symbols"),
+        ({"fields": "price,nope"}, "fields"),
+        ({"exchange": "A'SX"}, "exchange"),
+    ],
+)
+def test_bad_parameters_are_400_naming_the_parameter_and_value(
+    api: Api, landed: Settings, params: dict[str, str], parameter: str
+) -> None:
+    response = api.get("/v1/trades", **{"symbol": a_symbol(landed), "start": START, "end": END, **params})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["parameter"] == parameter and error["message"], error
+    if parameter in params:
+        given, named = params[parameter], str(error["value"])
+        assert named and (named in given or given in named), error  # the value, or its bad part
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "parameter"),
+    [
+        ("/v1/bars", {"interval": "7m"}, 400, "interval"),
+        ("/v1/bars", {"interval": "5 minutes"}, 400, "interval"),
+        ("/v1/bars", {}, 400, "interval"),
+        ("/v1/summary/{symbol}/2026-13-01", {}, 400, "date"),
+        ("/v1/summary/NOPE/2026-11-02", {}, 404, "symbol"),
+        ("/v1/reference/NOPE", {}, 404, "symbol"),
+        ("/v1/tables/nope/snapshots", {}, 404, "table"),
+        ("/v1/sequence-events", {"kind": "bad"}, 400, "kind"),
+        ("/v1/rejects", {"stage": "bad"}, 400, "stage"),
+    ],
+)
+def test_other_endpoints_name_what_is_wrong(
+    api: Api, landed: Settings, path: str, params: dict[str, str], status: int, parameter: str
+) -> None:
+    symbol = a_symbol(landed)
+    query = {"symbol": symbol, "start": START, "end": END, **params} if path == "/v1/bars" else params
+    response = api.get(path.format(symbol=symbol), **query)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["parameter"] == parameter
+
+
+@pytest.mark.parametrize(
+    "attempt", ["' OR 1=1 --", "X'); DROP TABLE trades; --", '" OR "1"="1', "BHP;SELECT 1", "%27%20OR%201=1"]
+)
+def test_sql_injection_in_every_string_parameter_is_refused_or_unknown(
+    api: Api, landed: Settings, attempt: str
+) -> None:
+    symbol = a_symbol(landed)
+    base = {"symbol": symbol, "start": START, "end": END}
+    for path, params in [
+        ("/v1/trades", {**base, "symbol": attempt}),
+        ("/v1/trades", {**base, "exchange": attempt}),
+        ("/v1/trades", {**base, "fields": attempt}),
+        ("/v1/trades", {**base, "cursor": attempt}),
+        ("/v1/quotes", {**base, "start": attempt}),
+        ("/v1/bars", {**base, "interval": attempt}),
+        ("/v1/sequence-events", {"kind": attempt}),
+        ("/v1/rejects", {"record_type": attempt}),
+        (f"/v1/summary/{attempt}/2026-11-02", {}),
+        (f"/v1/reference/{attempt}", {}),
+    ]:
+        response = api.get(path, **params)
+        assert response.status_code in (400, 404), (path, params, response.status_code, response.text)
+    assert api.get("/v1/trades", **base).json()["count"] > 0  # and the tables are still there
+
+
+def test_unknown_symbols_are_404_naming_them(api: Api, landed: Settings) -> None:
+    response = api.get("/v1/trades", symbol=f"{a_symbol(landed)},NOPE,ALSO_NOPE", start=START, end=END)
+    assert response.status_code == 404
+    assert response.json()["error"]["value"] == "NOPE,ALSO_NOPE"
+
+
+def test_health_reports_each_dependency_and_a_missing_consumer_as_degraded(api: Api) -> None:
+    response = api.get("/health")
+    body = response.json()
+    assert response.status_code == 200 and body["status"] == "degraded", body
+    assert body["checks"]["catalog"]["status"] == "up" and body["checks"]["query_engine"]["status"] == "up"
+    assert body["checks"]["consumer"]["status"] == "down" and body["checks"]["consumer"]["latency_ms"] >= 0
+
+
+def test_metrics_count_every_request_across_workers(api: Api, landed: Settings) -> None:
+    def served() -> float:
+        text = api.get("/metrics").text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith('k2_api_requests_total{endpoint="/v1/symbols",method="GET",status="200"}')
+        )
+
+    before = served()
+    for _ in range(20):  # a new connection each: the kernel spreads them over the workers
+        assert httpx.get(f"{api.url}/v1/symbols", timeout=30).status_code == 200
+    assert served() == before + 20
+    pids = {p.name.rsplit("_", 1)[-1] for p in (api.home / "run" / "api-metrics").glob("*.db")}
+    assert len(pids) >= 2, pids  # both workers wrote metrics, and /metrics summed them
+
+
+def test_openapi_document_validates_and_docs_are_served(api: Api) -> None:
+    from openapi_spec_validator import validate
+
+    document = api.get("/openapi.json").json()
+    validate(document)
+    assert {"/v1/trades", "/v1/quotes", "/v1/bars", "/v1/trades/with-quotes", "/v1/summary/{symbol}/{date}",
+            "/v1/symbols", "/v1/reference/{symbol}", "/v1/sequence-events", "/v1/rejects",
+            "/v1/tables/{table}/snapshots", "/health", "/metrics"} <= set(document["paths"])  # fmt: skip
+    docs = httpx.get(f"{api.url}/docs/swagger", timeout=10)
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_oversized_requests_are_refused(api: Api, landed: Settings) -> None:
+    body = httpx.request("GET", f"{api.url}/v1/symbols", content=b"x" * (128 * 1024), timeout=30)
+    assert body.status_code == 413
+    line = api.get("/v1/trades", symbol=",".join([a_symbol(landed)] * 2000))
+    assert line.status_code in (400, 414), line.status_code  # gunicorn refuses the request line
+
+
+def test_rate_limit_answers_429_with_retry_after(landed: Settings) -> None:
+    server = Api(landed, K2_API_RATE_LIMIT="3/minute", K2_API_WORKERS="1")
+    try:
+        statuses = [server.get("/v1/symbols").status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        limited = server.get("/v1/symbols")
+        assert limited.json()["error"]["status"] == 429 and 1 <= int(limited.headers["Retry-After"]) <= 61
+        assert server.get("/health").status_code == 200  # operations are not limited
+    finally:
+        assert server.stop() == 0
+
+
+def test_api_keys_when_configured(landed: Settings) -> None:
+    server = Api(landed, K2_API_KEYS='["k2-test-key"]', K2_API_WORKERS="1")
+    try:
+        assert server.get("/v1/symbols").status_code == 401
+        assert server.get("/v1/symbols", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert server.get("/v1/symbols", headers={"X-API-Key": "k2-test-key"}).status_code == 200
+        assert server.get("/health").status_code == 200 and server.get("/openapi.json").status_code == 200
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.fixture
+def in_process(landed: Settings) -> Iterator[Any]:
+    """The app in a real WSGI server (werkzeug's) in this process, so a test can shape its engine."""
+    servers = []
+
+    def serve(engine: QueryEngine) -> str:
+        server = make_server("127.0.0.1", 0, create_app(landed, engine=engine), threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+
+
+def test_over_budget_a_request_gets_what_there_is_then_504_when_nothing(in_process: Any, landed: Settings) -> None:
+    symbol = a_symbol(landed)
+    url = in_process(slow_engine(landed))
+    partial = httpx.get(f"{url}/v1/trades", params={"symbol": symbol, "start": START, "end": END, "limit": 50_000})
+    body = partial.json()
+    assert partial.status_code == 200 and body["partial"] is True and body["next_cursor"] and body["count"] > 0
+    assert partial.headers["X-K2-Partial"] == "true"
+    fast = in_process(QueryEngine(landed))
+    rest = httpx.get(f"{fast}/v1/trades", params={"symbol": symbol, "start": START, "end": END, "limit": 50_000,
+                                                  "cursor": body["next_cursor"]})  # fmt: skip
+    ids = [r["event_id"] for r in body["data"]] + [r["event_id"] for r in rest.json()["data"]]
+    assert ids == [r["event_id"] for r in trades_of(landed, symbol)]
+    nothing = in_process(QueryEngine(landed, clock=SlowClock(), budget_seconds=0))
+    timed_out = httpx.get(f"{nothing}/v1/trades", params={"symbol": symbol, "start": START, "end": END})
+    assert timed_out.status_code == 504 and timed_out.json()["error"]["error"] == "query_timeout"
+
+
+def test_unhealthy_without_a_catalog(in_process: Any, landed: Settings, tmp_path: Path) -> None:
+    empty = load_settings(home=tmp_path / "nothing-here", kafka_bootstrap=landed.kafka_bootstrap,
+                          schema_registry_url=landed.schema_registry_url, stream_metrics_port=0)  # fmt: skip
+    url = in_process(QueryEngine(empty))
+    response = httpx.get(f"{url}/health")
+    assert response.status_code == 503 and response.json()["status"] == "unhealthy"
+    assert response.json()["checks"]["catalog"]["status"] == "down"
+
+
+def test_no_generated_request_gets_a_server_error(api: Api) -> None:
+    """Property-based requests to every endpoint, generated from the OpenAPI document: never a 5xx."""
+    schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 12
+    for operation in operations:
+
+        @hypothesis.given(case=operation.as_strategy())
+        @hypothesis.settings(max_examples=30, deadline=None, suppress_health_check=list(hypothesis.HealthCheck),
+                             database=None)  # fmt: skip
+        def never_5xx(case: Any) -> None:
+            case.call_and_validate(checks=[not_a_server_error])
+
+        never_5xx()
