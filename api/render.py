@@ -6,9 +6,7 @@ wraps the rows with the cursor and flags; the tabular formats carry those in
 JSON, CSV and Arrow are streamed a slice at a time; Parquet is written whole
 (its footer comes last) and sent with a length.
 
-JSON keeps prices exact: decimals are strings ("40.49000000"), times are
-ISO-8601 UTC with microseconds and a Z, dates ISO, bytes base64. The columns
-are converted with Arrow compute, not per value in Python.
+JSON keeps prices exact (see :mod:`k2_etl.query.output`, shared with `k2 query`).
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ from urllib.parse import urlencode
 
 import msgspec
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from flask import Response, request
@@ -28,6 +25,7 @@ from werkzeug.exceptions import NotAcceptable
 
 from k2_etl.errors import QueryError
 from k2_etl.query.engine import Result
+from k2_etl.query.output import csv_types, json_types
 
 MEDIA_TYPES = {
     "json": "application/json",
@@ -87,7 +85,7 @@ def table_response(rows: pa.Table, fmt: str, headers: dict[str, str] | None = No
 
 def jsonable(rows: pa.Table) -> list[dict[str, Any]]:
     """Rows as JSON values (exact decimals as strings, ISO times), converted column by column."""
-    return _as_json_types(rows).to_pylist()
+    return json_types(rows).to_pylist()
 
 
 def json_body(value: Any) -> bytes:
@@ -104,7 +102,7 @@ def _json_stream(rows: pa.Table, envelope: dict[str, Any]) -> Iterator[bytes]:
 
 
 def _csv_stream(rows: pa.Table) -> Iterator[bytes]:
-    flat = _as_csv_types(rows)
+    flat = csv_types(rows)
     for start in range(0, max(flat.num_rows, 1), SLICE_ROWS):
         sink = io.BytesIO()
         options = pa_csv.WriteOptions(include_header=start == 0)
@@ -127,47 +125,6 @@ def _drain(sink: io.BytesIO) -> bytes:
     sink.seek(0)
     sink.truncate()
     return data
-
-
-def _as_json_types(rows: pa.Table) -> pa.Table:
-    return pa.table({name: _json_column(column) for name, column in zip(rows.column_names, rows.columns, strict=True)})
-
-
-def _json_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    kind = column.type
-    if pa.types.is_decimal(kind):
-        return pc.cast(column, pa.string())
-    if pa.types.is_timestamp(kind):
-        if kind.tz is None:
-            column = pc.assume_timezone(column, "UTC")
-        return pc.strftime(pc.cast(column, pa.timestamp("us", tz="UTC")), format="%Y-%m-%dT%H:%M:%SZ")
-    if pa.types.is_date(kind):
-        return pc.strftime(column, format="%Y-%m-%d")
-    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        return pa.chunked_array([pa.array(_base64(chunk), pa.string()) for chunk in column.chunks], pa.string())
-    return column
-
-
-def _base64(chunk: pa.Array) -> list[str | None]:
-    import base64
-
-    return [None if v is None else base64.b64encode(v).decode() for v in chunk.to_pylist()]
-
-
-def _as_csv_types(rows: pa.Table) -> pa.Table:
-    """CSV has no lists or bytes: lists become their JSON text, bytes base64; the rest stays typed."""
-    columns = {}
-    for name, column in zip(rows.column_names, rows.columns, strict=True):
-        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type) or pa.types.is_struct(column.type):
-            column = pa.chunked_array(
-                [pa.array([None if v is None else _encode(v).decode() for v in _json_column(c).to_pylist()])
-                 for c in column.chunks] or [pa.array([], pa.string())],
-                pa.string(),
-            )  # fmt: skip
-        elif pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
-            column = _json_column(column)
-        columns[name] = column
-    return pa.table(columns)
 
 
 def _next_url(cursor: str) -> str:

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from k2_etl import __version__
 from k2_etl.config import Settings, load_settings
-from k2_etl.errors import ComponentError, K2Error
+from k2_etl.errors import ComponentError, K2Error, QueryError
 
 app = typer.Typer(
     help="K2: market-data lakehouse ETL. Vendor CSV → Kafka (Avro) → Iceberg → DuckDB/API.",
@@ -32,7 +32,12 @@ app = typer.Typer(
 )
 schemas_app = typer.Typer(help="Register and check K2's Avro schemas in the schema registry.", no_args_is_help=True)
 registry_app = typer.Typer(help="The local Confluent-compatible schema registry.", no_args_is_help=True)
+query_app = typer.Typer(
+    help="Query the tables like the REST API does: a table on the terminal, --json, or every page to a file.",
+    no_args_is_help=True,
+)
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(query_app, name="query")
 app.add_typer(registry_app, name="registry")
 
 # Not a terminal (pipes, CI logs): do not squeeze tables into 80 columns.
@@ -430,6 +435,160 @@ def consume(
         _print_json(counts.to_dict())
     else:
         out.print(f"consumed {counts.consumed:,}, landed {counts.landed:,}, rejected {counts.rejected:,}")
+
+
+# --- query -------------------------------------------------------------------------------
+
+Symbols = Annotated[list[str], typer.Argument(help="Symbol(s), e.g. BHP CBA (or BHP,CBA).", show_default=False)]
+StartOpt = Annotated[str | None, typer.Option("--start", help="From (ISO-8601 or epoch); default: a day before end.")]
+EndOpt = Annotated[str | None, typer.Option("--end", help="To, exclusive (ISO-8601 or epoch); default: now.")]
+ExchangeOpt = Annotated[str | None, typer.Option("--exchange", help="Only this exchange, e.g. ASX.")]
+AsOfOpt = Annotated[str | None, typer.Option("--as-of", help="Read the tables as they were at this time.")]
+SnapshotOpt = Annotated[int | None, typer.Option("--snapshot-id", help="Read this snapshot (time travel).")]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", help="Write every page to this file: .parquet, else CSV (with a progress bar).")
+]
+LimitOpt = Annotated[int, typer.Option("--limit", help="Rows on the terminal or in --json (1..50,000).")]
+CursorOpt = Annotated[str | None, typer.Option("--cursor", help="Go on after a previous page (its next cursor).")]
+
+
+def _time_args(start: str | None, end: str | None, as_of: str | None) -> dict[str, Any]:
+    from datetime import UTC, timedelta
+
+    from k2_etl.query.params import parse_time
+
+    end_at = parse_time("--end", end) if end else datetime.now(UTC)
+    return {
+        "start": parse_time("--start", start) if start else end_at - timedelta(days=1),
+        "end": end_at,
+        "as_of": parse_time("--as-of", as_of) if as_of else None,
+    }
+
+
+def _show(result: Any, json_output: bool, out_file: Path | None, walk: Any) -> None:
+    """One page on the terminal or as JSON, or every page (following cursors) to a file."""
+    from k2_etl.query.output import json_types, write_pages
+
+    if out_file is not None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn
+
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=Console(stderr=True)) as bar:
+            task = bar.add_task(f"writing {out_file}", total=None)
+
+            def pages() -> Any:
+                page, written = result, 0
+                while True:
+                    written += page.rows.num_rows
+                    bar.update(task, description=f"writing {out_file}: {written:,} rows")
+                    yield page.rows
+                    if page.cursor is None:
+                        return
+                    page = walk(page.cursor)
+
+            rows = write_pages(pages(), out_file)
+        out.print(f"{rows:,} rows written to {out_file}")
+        return
+    if json_output:
+        _print_json({"count": result.rows.num_rows, "next_cursor": result.cursor, "partial": result.partial,
+                     "snapshot_id": result.snapshot_id, "data": json_types(result.rows).to_pylist()})  # fmt: skip
+        return
+    shown = json_types(result.rows)
+    table = Table(*shown.column_names)
+    for row in shown.to_pylist():
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    out.print(table)
+    more = f"; more with --cursor {result.cursor}" if result.cursor else ""
+    out.print(f"{result.rows.num_rows:,} row(s) from snapshot {result.snapshot_id}{more}", markup=False)
+
+
+def _rows_command(table_name: str) -> Any:
+    def command(
+        symbols: Symbols,
+        start: StartOpt = None,
+        end: EndOpt = None,
+        exchange: ExchangeOpt = None,
+        limit: LimitOpt = 100,
+        fields: Annotated[str | None, typer.Option("--fields", help="Columns, comma-separated.")] = None,
+        cursor: CursorOpt = None,
+        as_of: AsOfOpt = None,
+        snapshot_id: SnapshotOpt = None,
+        out_file: OutOpt = None,
+        json_output: JsonFlag = False,
+    ) -> None:
+        from k2_etl.query.engine import MAX_LIMIT, QueryEngine
+        from k2_etl.query.params import parse_symbols
+
+        engine = QueryEngine(load_settings())
+        args = {"symbols": parse_symbols("symbol", symbols), "exchange": exchange, "snapshot_id": snapshot_id,
+                "fields": fields.split(",") if fields else None, **_time_args(start, end, as_of)}  # fmt: skip
+        size = MAX_LIMIT if out_file else limit
+        result = engine.page(table_name, limit=size, cursor=cursor, **args)
+        _show(result, json_output, out_file, lambda c: engine.page(table_name, limit=size, cursor=c, **args))
+
+    command.__doc__ = f"""The {table_name} of symbols in [start, end), in (time, sequence, id) order."""
+    return command
+
+
+query_app.command("trades")(_rows_command("trades"))
+query_app.command("quotes")(_rows_command("quotes"))
+
+
+@query_app.command("bars")
+def query_bars(
+    symbols: Symbols,
+    interval: Annotated[str, typer.Option("--interval", help="1s .. 1d dividing a day: 1m, 5m, 1h, 1d ...")] = "1m",
+    start: StartOpt = None,
+    end: EndOpt = None,
+    exchange: ExchangeOpt = None,
+    limit: LimitOpt = 100,
+    cursor: CursorOpt = None,
+    as_of: AsOfOpt = None,
+    snapshot_id: SnapshotOpt = None,
+    out_file: OutOpt = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """OHLCV bars with exact VWAP and trade count, in (bar start, symbol) order."""
+    from k2_etl.query.engine import MAX_LIMIT, QueryEngine
+    from k2_etl.query.params import parse_interval, parse_symbols
+
+    engine = QueryEngine(load_settings())
+    args = {"symbols": parse_symbols("symbol", symbols), "exchange": exchange, "snapshot_id": snapshot_id,
+            "interval": parse_interval("--interval", interval), **_time_args(start, end, as_of)}  # fmt: skip
+    size = MAX_LIMIT if out_file else limit
+    result = engine.bars(limit=size, cursor=cursor, **args)
+    _show(result, json_output, out_file, lambda c: engine.bars(limit=size, cursor=c, **args))
+
+
+@query_app.command("summary")
+def query_summary(
+    symbol: Annotated[str, typer.Argument(help="Symbol, e.g. BHP.")],
+    day: Annotated[str, typer.Argument(help="Trading date, YYYY-MM-DD (in the exchange's time zone).")],
+    exchange: ExchangeOpt = None,
+    as_of: AsOfOpt = None,
+    snapshot_id: SnapshotOpt = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """A symbol's trading day: open, high, low, close, volume, VWAP, trade and quote counts."""
+    import pyarrow as pa
+
+    from k2_etl.query.engine import QueryEngine
+    from k2_etl.query.output import json_types
+    from k2_etl.query.params import parse_day, parse_symbols, parse_time
+
+    engine = QueryEngine(load_settings())
+    name = (parse_symbols("symbol", [symbol]) or [""])[0]
+    if engine.unknown([name]):
+        raise QueryError("symbol", name, "no trade, quote or reference data names it")
+    row = engine.summary(name, parse_day("date", day), exchange=exchange, snapshot_id=snapshot_id,
+                         as_of=parse_time("--as-of", as_of) if as_of else None)  # fmt: skip
+    values = json_types(pa.Table.from_pylist([row])).to_pylist()[0]
+    if json_output:
+        _print_json(values)
+        return
+    table = Table("field", "value")
+    for key, value in values.items():
+        table.add_row(key, "" if value is None else str(value))
+    out.print(table)
 
 
 # --- API ---------------------------------------------------------------------------------

@@ -151,10 +151,29 @@ def consumer(settings: Settings) -> Component:
     return Component("consumer", address, "K2_STREAM_METRICS_PORT", check, command, host, port, after_init=True)
 
 
+def api(settings: Settings) -> Component:
+    """The REST API (`k2 api`), checked through its /health."""
+    host, port = settings.api_host, settings.api_port
+    address = f"http://{format_host_port(host, port)}"
+
+    def check() -> str:
+        response = httpx.get(f"{address}/health", timeout=HEALTH_TIMEOUT_SECONDS)
+        body = response.json()
+        if response.status_code != 200:
+            down = [f"{name}: {c['detail']}" for name, c in body.get("checks", {}).items() if c["status"] == "down"]
+            raise ComponentError("; ".join(down) or f"HTTP {response.status_code}")
+        return f"{body['status']}; docs at {address}/docs"
+
+    def command() -> list[str]:
+        return [sys.executable, "-m", "k2_etl", "api"]
+
+    return Component("api", address, "K2_API_PORT", check, command, host, port, after_init=True)
+
+
 def platform(settings: Settings) -> list[Component]:
     """Every component, in start order (the consumer only when it serves a health endpoint)."""
     parts = [broker(settings), registry(settings), catalog(settings)]
-    return parts + ([consumer(settings)] if settings.stream_metrics_port else [])
+    return parts + ([consumer(settings)] if settings.stream_metrics_port else []) + [api(settings)]
 
 
 def port_holder(host: str, port: int) -> str | None:

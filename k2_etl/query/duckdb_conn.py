@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from importlib import import_module
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import duckdb
 
+from k2_etl.config import Settings
 from k2_etl.errors import K2Error
 
 EXTENSIONS = ("avro", "iceberg")  # load order matters
+S3_SCHEMES = ("s3://", "s3a://")
 
 
 def extension_path(name: str) -> Path:
@@ -37,3 +40,31 @@ def connect() -> duckdb.DuckDBPyConnection:
     for name in EXTENSIONS:
         conn.execute(f"LOAD '{extension_path(name)}'")  # a path from our own install, not user input
     return conn
+
+
+def configure_storage(conn: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """Let ``conn`` read the warehouse: nothing for local files; for S3 (MinIO, AWS), the pinned
+    httpfs extension and a secret made from the K2_S3_* settings (path-style URLs, as MinIO needs)."""
+    if not (settings.warehouse or "").startswith(S3_SCHEMES):
+        return
+    conn.execute(f"LOAD '{extension_path('httpfs')}'")  # a path from our own install
+    options = {"TYPE": "s3", "URL_STYLE": "path"}
+    if settings.s3_access_key_id:
+        options["KEY_ID"] = settings.s3_access_key_id
+    if settings.s3_secret_access_key:
+        options["SECRET"] = settings.s3_secret_access_key.get_secret_value()
+    if settings.s3_region:
+        options["REGION"] = settings.s3_region
+    if settings.s3_endpoint:
+        endpoint = urlsplit(settings.s3_endpoint)
+        options["ENDPOINT"] = endpoint.netloc
+        options["USE_SSL"] = "true" if endpoint.scheme == "https" else "false"
+    # CREATE SECRET takes no bound parameters; these values are the operator's settings (never
+    # request input), quoted as SQL string literals.
+    body = ", ".join(f"{key} {_literal(value)}" if key not in ("TYPE", "USE_SSL") else f"{key} {value}"
+                     for key, value in options.items())  # fmt: skip
+    conn.execute(f"CREATE OR REPLACE SECRET k2_warehouse ({body})")
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"

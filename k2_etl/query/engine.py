@@ -20,9 +20,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import queue
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +44,7 @@ from k2_etl.config import Settings
 from k2_etl.errors import K2Error, QueryError, QueryTimeout
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.query import sql
+from k2_etl.query.duckdb_conn import S3_SCHEMES, configure_storage
 
 
 class Position(NamedTuple):
@@ -58,12 +61,13 @@ class Cursor(NamedTuple):
     related_snapshot_id: int | None  # the quotes snapshot of a trades-with-quotes walk
 
 
-REFRESH_SECONDS = 1.0  # a table's metadata is at most this old
+log = logging.getLogger(__name__)
+REFRESH_SECONDS = 1.0  # a table's metadata is about this old at most
 SYMBOLS_REFRESH_SECONDS = 60.0  # the known symbols are recomputed at least this often...
 SYMBOLS_RETRY_SECONDS = 2.0  # ...and on a miss, at most this often (a new symbol is found quickly)
 MAX_LIMIT = 50_000
 MAX_SYMBOLS = 100
-PLAN_CACHE = 256  # planned file lists kept
+PLAN_CACHE = 8192  # planned file lists kept (a few hundred bytes each)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
 FIRST = Position(datetime(1, 1, 2, tzinfo=UTC), -2, "")  # sorts before every row
@@ -146,22 +150,64 @@ class QueryEngine:
         self._tables: dict[str, tuple[float, Table]] = {}
         self._plans: OrderedDict[tuple[Any, ...], list[tuple[int | None, str]]] = OrderedDict()
         self._symbols: tuple[float, frozenset[str], pa.Table] | None = None
+        self._refresher: threading.Thread | None = None
+        self._closed = threading.Event()
         self._pool: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
         for _ in range(connections):
-            conn = duckdb.connect(config={"threads": 2})
+            conn = duckdb.connect(config={"threads": 2, "autoinstall_known_extensions": False})
             conn.execute("SET TimeZone = 'UTC'")  # dates of instants are UTC dates, whatever the host's zone
+            configure_storage(conn, settings)
             self._pool.put(conn)
 
     # --- tables, snapshots, files ------------------------------------------------------------------
     def table(self, name: str) -> Table:
+        """The table as of at most about REFRESH_SECONDS ago.
+
+        A background thread reloads every table in use each REFRESH_SECONDS (and the known
+        symbols each SYMBOLS_REFRESH_SECONDS), so requests read cached metadata and never wait
+        on the catalog; a request loads a table itself only the first time, or when the
+        refresher has fallen behind.
+        """
         with self._lock:
             cached = self._tables.get(name)
-            if cached is not None and time.monotonic() - cached[0] < REFRESH_SECONDS:
-                return cached[1]
+        if cached is not None and time.monotonic() - cached[0] < 3 * REFRESH_SECONDS:
+            return cached[1]
+        table = self.reload(name)
+        with self._lock:
+            if self._refresher is None:
+                self._refresher = threading.Thread(
+                    target=_refresh_forever, args=(weakref.ref(self), self._closed), name="k2-refresh", daemon=True
+                )  # a weak reference: an engine no one uses any more is collected, and its thread ends
+                self._refresher.start()
+        return table
+
+    def reload(self, name: str) -> Table:
+        """The table as the catalog has it now (bypassing the cache, and refreshing it)."""
         table = self._catalog.load_table((self.settings.namespace, name))
         with self._lock:
             self._tables[name] = (time.monotonic(), table)
         return table
+
+    def close(self) -> None:
+        """Stop the background refresher (the connections close with the engine)."""
+        self._closed.set()
+
+    def refresh(self) -> None:
+        """Reload every table in use, and the known symbols when due (the refresher's round)."""
+        with self._lock:
+            names = list(self._tables)
+        for name in names:
+            try:
+                self.reload(name)
+            except Exception:
+                log.warning("could not refresh table %s (requests go on with the last one)", name, exc_info=True)
+        with self._lock:
+            symbols = self._symbols
+        if symbols is not None and time.monotonic() - symbols[0] >= SYMBOLS_REFRESH_SECONDS:
+            try:
+                self._known(refresh=True)
+            except Exception:
+                log.warning("could not refresh the known symbols", exc_info=True)
 
     def snapshot(
         self, table: Table, *, snapshot_id: int | None = None, as_of: datetime | None = None
@@ -169,6 +215,8 @@ class QueryEngine:
         """The snapshot a query reads; None when the table had none (an empty answer)."""
         if snapshot_id is not None:
             found = table.snapshot_by_id(snapshot_id)
+            if found is None:  # perhaps newer than this process's cached metadata (another worker's cursor)
+                found = self.reload(table.name()[-1]).snapshot_by_id(snapshot_id)
             if found is None:
                 raise QueryError("snapshot_id", snapshot_id, f"no such snapshot of table {table.name()[-1]}")
             return found
@@ -222,7 +270,9 @@ class QueryEngine:
         time_column: str = "event_time",
     ) -> list[_Chunk]:
         """The range split by day partition, in time order (days without files are absent): a
-        query runs a day at a time, so a budget can stop it between days with what it has."""
+        query runs a day at a time, so a budget can stop it between days with what it has.
+        Neighbouring partitions holding at most a day of the range together are one chunk (a
+        market's day crosses UTC midnight: one query, not two)."""
         if snapshot is None:
             return []
         planned = self.files(table, snapshot, start, end, symbols, time_column)
@@ -231,10 +281,15 @@ class QueryEngine:
         by_day: dict[int, list[str]] = {}
         for day, path in planned:
             by_day.setdefault(day, []).append(path)  # type: ignore[arg-type]
-        return [
-            _Chunk(max(start, EPOCH + day * DAY), min(end, EPOCH + (day + 1) * DAY), paths)
-            for day, paths in sorted(by_day.items())
-        ]
+        chunks: list[_Chunk] = []
+        for day, paths in sorted(by_day.items()):
+            chunk = _Chunk(max(start, EPOCH + day * DAY), min(end, EPOCH + (day + 1) * DAY), paths)
+            if chunks and chunk.end - chunks[-1].start <= DAY:  # a day of range in one query, across UTC midnight
+                chunk = _Chunk(chunks[-1].start, chunk.end, chunks[-1].files + paths)
+                chunks[-1] = chunk
+            else:
+                chunks.append(chunk)
+        return chunks
 
     # --- trades and quotes -------------------------------------------------------------------------
     def page(
@@ -265,8 +320,9 @@ class QueryEngine:
         after, snapshot_id, as_of, _ = _resume(cursor, snapshot_id, as_of)
         snapshot = self.snapshot(table, snapshot_id=snapshot_id, as_of=as_of)
         selected = list(dict.fromkeys([*wanted, *ORDER_COLUMNS]))
-        statement = sql.PAGE.format(columns=", ".join(_quoted(c) for c in selected), relation=sql.FILES)
-        fixed = {"symbols": list(symbols), "exchange": exchange}
+        statement = sql.PAGE.format(columns=", ".join(_quoted(c) for c in selected), relation=sql.FILES,
+                                    symbols=sql.symbol_placeholders(len(symbols)))  # fmt: skip
+        fixed = {**sql.symbol_values(list(symbols)), "exchange": exchange}
         result = self._keyset(
             self.chunks(table, snapshot, start, end, symbols),
             lambda chunk, position, remaining: (
@@ -304,8 +360,8 @@ class QueryEngine:
         after, snapshot_id, as_of, _ = _resume(cursor, snapshot_id, as_of)
         table = self.table("trades")
         snapshot = self.snapshot(table, snapshot_id=snapshot_id, as_of=as_of)
-        statement = sql.BARS.format(relation=sql.FILES)
-        fixed = {"symbols": list(symbols), "exchange": exchange, "width_us": width}
+        statement = sql.BARS.format(relation=sql.FILES, symbols=sql.symbol_placeholders(len(symbols)))
+        fixed = {**sql.symbol_values(list(symbols)), "exchange": exchange, "width_us": width}
 
         def step(chunk: _Chunk, position: Position, remaining: int) -> tuple[str, dict[str, Any]]:
             lo = max(chunk.start, _floor(position.time, interval))  # whole bars: from the cursor's bar on
@@ -353,7 +409,8 @@ class QueryEngine:
             quote_snapshot = self.snapshot(quotes, snapshot_id=quote_snapshot_id)
         else:
             quote_snapshot = self._quotes_beside(trade_snapshot, snapshot_id is not None or as_of is not None)
-        fixed = {"symbols": list(symbols), "exchange": exchange}
+        fixed = {**sql.symbol_values(list(symbols)), "exchange": exchange}
+        placeholders = sql.symbol_placeholders(len(symbols))
 
         def step(chunk: _Chunk, position: Position, remaining: int) -> tuple[str, dict[str, Any]]:
             quote_files = (
@@ -366,7 +423,7 @@ class QueryEngine:
             if quote_files:
                 params["quote_files"] = quote_files
             relation = sql.QUOTE_FILES if quote_files else sql.NO_QUOTES
-            return sql.TRADES_WITH_QUOTES.format(trades=sql.FILES, quotes=relation), params
+            return sql.TRADES_WITH_QUOTES.format(trades=sql.FILES, quotes=relation, symbols=placeholders), params
 
         return self._keyset(
             self.chunks(trades, trade_snapshot, start, end, symbols),
@@ -534,8 +591,8 @@ class QueryEngine:
         with self._lock:
             cached = self._symbols
         age = time.monotonic() - cached[0] if cached else float("inf")
-        if cached is not None and age < (SYMBOLS_RETRY_SECONDS if refresh else SYMBOLS_REFRESH_SECONDS):
-            return cached[1], cached[2]
+        if cached is not None and (not refresh or age < SYMBOLS_RETRY_SECONDS):
+            return cached[1], cached[2]  # kept fresh by the refresher; a miss rescans at most every few seconds
         traded = _SYMBOL_TYPES.empty_table()
         seen: set[str] = set()
         for name in ("trades", "quotes", "reference_data"):
@@ -691,6 +748,15 @@ class QueryEngine:
                 timer.cancel()
 
 
+def _refresh_forever(engine: weakref.ref[QueryEngine], closed: threading.Event) -> None:
+    while not closed.wait(REFRESH_SECONDS):
+        alive = engine()
+        if alive is None:
+            return
+        alive.refresh()
+        del alive
+
+
 def snapshot_files(table: Table, snapshot: Snapshot) -> list[tuple[None, str]]:
     """Every data file of a snapshot (no filter)."""
     tasks = list(table.scan(snapshot_id=snapshot.snapshot_id).plan_files())
@@ -829,8 +895,11 @@ def _quoted(column: str) -> str:
 
 
 def _readable(location: str) -> str:
+    """A data file's location as DuckDB reads it: a local path, or s3:// (s3a:// is the same store)."""
     if location.startswith("file://"):
         return location.removeprefix("file://")
     if "://" not in location:
         return location
-    raise K2Error(f"K2's query engine reads local warehouses only for now, not {location.split('://')[0]}:// files")
+    if location.startswith(S3_SCHEMES):
+        return "s3://" + location.split("://", 1)[1]
+    raise K2Error(f"K2's query engine reads local and S3 warehouses, not {location.split('://')[0]}:// files")

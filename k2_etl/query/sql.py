@@ -9,10 +9,23 @@ same catalog) replace DuckDB later: the relation is the only engine-specific
 part.
 
 User input never becomes SQL text: values are ``$parameters``; the only text
-substituted is the column list, chosen from the table's own schema.
+substituted is the column list, chosen from the table's own schema, and the
+names of the symbol parameters (``$symbol_0, $symbol_1, ...``: an IN list of
+parameters is a constant filter DuckDB pushes into the Parquet scan and checks
+against row-group statistics; ``IN (SELECT unnest($list))`` is a join it is not).
 """
 
 from __future__ import annotations
+
+
+def symbol_placeholders(count: int) -> str:
+    """``$symbol_0, ..., $symbol_<count-1>`` for an ``IN ({symbols})``; values from :func:`symbol_values`."""
+    return ", ".join(f"$symbol_{i}" for i in range(count))
+
+
+def symbol_values(symbols: list[str]) -> dict[str, str]:
+    return {f"symbol_{i}": symbol for i, symbol in enumerate(symbols)}
+
 
 # The relation of a table's planned files. union_by_name: files written before a column was
 # added (schema evolution appends columns only) read it as null.
@@ -24,7 +37,7 @@ QUOTE_FILES = "read_parquet($quote_files, union_by_name := true)"  # the second 
 PAGE = """
     SELECT {columns}
     FROM {relation}
-    WHERE symbol IN (SELECT unnest($symbols))
+    WHERE symbol IN ({symbols})
       AND ($exchange IS NULL OR exchange = $exchange)
       AND event_time >= $start AND event_time < $end
       AND (event_time, coalesce(sequence_number, -1), event_id) > ($after_time, $after_sequence, $after_id)
@@ -48,7 +61,7 @@ BARS = """
                sum(price::DECIMAL(38, 8) * size::DECIMAL(38, 8)) AS notional,
                count(*) AS trades
         FROM {relation}
-        WHERE symbol IN (SELECT unnest($symbols))
+        WHERE symbol IN ({symbols})
           AND ($exchange IS NULL OR exchange = $exchange)
           AND event_time >= $start AND event_time < $end
         GROUP BY ALL
@@ -110,7 +123,7 @@ REFERENCE = """
 SEQUENCE_EVENTS = """
     SELECT {columns} FROM {relation}
     WHERE event_time >= $start AND event_time < $end
-      AND ($symbols IS NULL OR symbol IN (SELECT unnest($symbols)))
+      AND ($symbols IS NULL OR list_contains($symbols, symbol))
       AND ($exchange IS NULL OR exchange = $exchange)
       AND ($kind IS NULL OR kind = $kind)
       AND (event_time, event_id) > ($after_time, $after_id)
@@ -141,14 +154,14 @@ TRADES_WITH_QUOTES = """
                {{'quote_time': event_time, 'bid_price': bid_price, 'bid_size': bid_size,
                  'ask_price': ask_price, 'ask_size': ask_size}} AS quote
         FROM {quotes}
-        WHERE symbol IN (SELECT unnest($symbols)) AND ($exchange IS NULL OR exchange = $exchange)
+        WHERE symbol IN ({symbols}) AND ($exchange IS NULL OR exchange = $exchange)
           AND event_time >= $quotes_start AND event_time < $end
     ),
     trades AS (
         SELECT symbol, exchange, event_time, coalesce(sequence_number, -1) AS seq, event_id, 1 AS side,
                price, size, sequence_number
         FROM {trades}
-        WHERE symbol IN (SELECT unnest($symbols)) AND ($exchange IS NULL OR exchange = $exchange)
+        WHERE symbol IN ({symbols}) AND ($exchange IS NULL OR exchange = $exchange)
           AND event_time >= $start AND event_time < $end
           AND (event_time, coalesce(sequence_number, -1), event_id) > ($after_time, $after_sequence, $after_id)
     ),

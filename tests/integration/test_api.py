@@ -4,6 +4,7 @@ checked against the tables as pyiceberg reads them."""
 from __future__ import annotations
 
 import io
+import json
 import signal
 import subprocess
 import threading
@@ -223,7 +224,9 @@ def test_time_travel_and_pages_stay_on_their_snapshot_while_data_lands(
     lander.start()
     cursor = page["next_cursor"]
     while cursor:
-        page = api.get("/v1/trades", **query, cursor=cursor).json()
+        response = api.get("/v1/trades", **query, cursor=cursor)
+        assert response.status_code == 200, response.text
+        page = response.json()
         assert page["snapshot_id"] == pinned
         seen.extend(page["data"])
         cursor = page["next_cursor"]
@@ -447,3 +450,28 @@ def test_no_generated_request_gets_a_server_error(api: Api) -> None:
             case.call_and_validate(checks=[not_a_server_error])
 
         never_5xx()
+
+
+def test_k2_query_answers_like_the_api(api: Api, landed: Settings, tmp_path: Path) -> None:
+    symbol = a_symbol(landed)
+    env = env_of(landed)
+    window = ["--start", START, "--end", END]
+    trades = run_k2(env, "query", "trades", symbol, *window, "--limit", "50", "--json")
+    assert trades.returncode == 0, trades.stderr
+    assert json.loads(trades.stdout) == api.get("/v1/trades", symbol=symbol, start=START, end=END, limit=50).json()
+    out = tmp_path / "all.parquet"
+    written = run_k2(env, "query", "trades", symbol, *window, "--out", str(out))
+    assert written.returncode == 0, written.stderr
+    assert [as_json(r) for r in pq.read_table(out).to_pylist()] == [as_json(r) for r in trades_of(landed, symbol)]
+    csv_out = tmp_path / "bars.csv"
+    assert run_k2(env, "query", "bars", symbol, *window, "--interval", "15m", "--out", str(csv_out)).returncode == 0
+    bars = api.get("/v1/bars", symbol=symbol, start=START, end=END, interval="15m").json()["data"]
+    assert pa_csv.read_csv(csv_out).num_rows == len(bars) > 0
+    summary = run_k2(env, "query", "summary", symbol, "2026-11-02", "--json")
+    assert json.loads(summary.stdout) == api.get(f"/v1/summary/{symbol}/2026-11-02").json()
+    table = run_k2(env, "query", "quotes", symbol, *window, "--limit", "5")
+    assert table.returncode == 0 and "bid_price" in table.stdout and "more with --cursor" in table.stdout
+    bad = run_k2(env, "query", "bars", symbol, "--interval", "7m")
+    assert bad.returncode == 2 and "interval" in bad.stderr and "Traceback" not in bad.stderr
+    unknown = run_k2(env, "query", "summary", "NOPE", "2026-11-02")
+    assert unknown.returncode == 2 and "NOPE" in unknown.stderr

@@ -24,6 +24,7 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
         kafka_bootstrap=f"127.0.0.1:{free_port()}",
         schema_registry_url=f"http://127.0.0.1:{free_port()}",
         stream_metrics_port=str(free_port()),
+        api_port=str(free_port()),
     )
     yield env
     run_k2(env, "down")  # whatever a test left running
@@ -59,17 +60,18 @@ def test_up_status_down_lifecycle(env: dict[str, str]) -> None:
     first = run_k2(env, "up")
     assert first.returncode == 0, first.stderr + first.stdout
     assert "broker: started" in first.stdout and "registry: started" in first.stdout
-    assert "consumer: started" in first.stdout
+    assert "consumer: started" in first.stdout and "api: started" in first.stdout
     assert first.stdout.index("init:") < first.stdout.index("consumer: started")  # it needs the tables
     assert env["K2_KAFKA_BOOTSTRAP"] in first.stdout  # where it listens
 
     report = status_json(env)
     assert report["healthy"] is True
     parts = components(report)
-    assert set(parts) == {"broker", "registry", "catalog", "consumer"}
-    assert parts["broker"]["state"] == parts["registry"]["state"] == parts["consumer"]["state"] == "running"
+    assert set(parts) == {"broker", "registry", "catalog", "consumer", "api"}
+    assert {parts[n]["state"] for n in ("broker", "registry", "consumer", "api")} == {"running"}
     assert "group k2-stream: landed 0" in str(parts["consumer"]["detail"])
-    pids = {name: parts[name]["pid"] for name in ("broker", "registry", "consumer")}
+    assert str(parts["api"]["detail"]).startswith("healthy")  # catalog, query engine and consumer all up
+    pids = {name: parts[name]["pid"] for name in ("broker", "registry", "consumer", "api")}
     assert all(running(pid) for pid in pids.values())
 
     again = run_k2(env, "up")  # harmless when up
@@ -80,7 +82,7 @@ def test_up_status_down_lifecycle(env: dict[str, str]) -> None:
     down = run_k2(env, "down")
     assert down.returncode == 0
     assert "registry: stopped" in down.stdout and "broker: stopped" in down.stdout
-    assert "consumer: stopped" in down.stdout
+    assert "consumer: stopped" in down.stdout and "api: stopped" in down.stdout
     assert not any(running(pid) for pid in pids.values())
     assert not list((Path(env["K2_HOME"]) / "run").glob("*.pid"))
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
@@ -25,6 +26,7 @@ from confluent_kafka.schema_registry import Schema
 from k2_etl.config import Settings, load_settings
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.tables import TABLES, ensure_tables
+from k2_etl.query.engine import QueryEngine
 from k2_etl.schemas import TRADE
 from tests.helpers import a_trade, free_port, poll
 from tests.integration.conftest import RegistryProcess
@@ -129,3 +131,6 @@ def test_warehouse_on_s3(s3_endpoint: str, tmp_path: Path) -> None:
     keys = [o["Key"] for o in objects.get("Contents", [])]
     assert any(k.endswith(".parquet") for k in keys) and any(k.endswith(".metadata.json") for k in keys)
     assert not (tmp_path / "warehouse").exists()  # nothing went to local disk
+    at = datetime(2026, 11, 25, tzinfo=UTC)  # a_trade()'s day
+    page = QueryEngine(settings).page("trades", symbols=["BHP"], start=at, end=at + timedelta(days=1))
+    assert page.rows.to_pylist() == [a_trade()]  # the query engine reads the S3 warehouse (DuckDB's httpfs)
