@@ -42,6 +42,8 @@ bench: install  ## run the benchmarks (results in bench/results/)
 	$(BIN)/python bench/registry_bench.py
 	$(BIN)/python bench/ingest_bench.py
 	$(BIN)/python bench/stream_bench.py
+	command -v wrk >/dev/null || apt-get install -y -qq wrk  # the API benchmark's load generator
+	$(BIN)/python bench/api_bench.py
 
 down: install  ## stop the local platform
 	$(BIN)/k2 down

@@ -8,6 +8,8 @@ misspelt ``symbols=`` is a 400, not a silently ignored filter).
 
 from __future__ import annotations
 
+import copy
+import functools
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -25,6 +27,11 @@ from k2_etl.query.params import (
     parse_time,
 )
 from k2_etl.stream.sequences import KINDS
+
+
+@functools.cache
+def _schema_of(model: type[BaseModel], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return BaseModel.model_json_schema.__func__(model, *args, **kwargs)  # type: ignore[attr-defined]
 
 
 def _parsed(parse: Any, parameter: str) -> Any:
@@ -79,7 +86,15 @@ Interval = Annotated[
 ]  # fmt: skip
 
 
-class _Query(BaseModel):
+class _Cached(BaseModel):
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Cached: flask-openapi3 asks for the schema on every request to read the list
+        parameters (~5 ms each time, measured); it is the same for the life of the process."""
+        return copy.deepcopy(_schema_of(cls, *args, **kwargs))
+
+
+class _Query(_Cached):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -117,7 +132,7 @@ class BarsQuery(RangeQuery):
     limit: int = Field(10_000, ge=1, le=MAX_LIMIT, description="Bars per page")
 
 
-class SummaryPath(BaseModel):
+class SummaryPath(_Cached):
     symbol: str = Field(pattern=SYMBOL_PATTERN, max_length=40)
     date: Annotated[
         date,
@@ -131,7 +146,7 @@ class SummaryQuery(_TimeTravel):
     format: Format | None = Field(None, description=FORMAT_HELP)
 
 
-class SymbolPath(BaseModel):
+class SymbolPath(_Cached):
     symbol: str = Field(pattern=SYMBOL_PATTERN, max_length=40)
 
 
@@ -158,7 +173,7 @@ class RejectsQuery(LogQuery):
     record_type: Literal["trade", "quote", "reference_data"] | None = None
 
 
-class TablePath(BaseModel):
+class TablePath(_Cached):
     table: str = Field(pattern=r"^[a-z_]{1,40}$")
 
 

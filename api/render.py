@@ -25,7 +25,7 @@ from werkzeug.exceptions import NotAcceptable
 
 from k2_etl.errors import QueryError
 from k2_etl.query.engine import Result
-from k2_etl.query.output import csv_types, json_types
+from k2_etl.query.output import csv_types, json_array, json_types
 
 MEDIA_TYPES = {
     "json": "application/json",
@@ -34,7 +34,7 @@ MEDIA_TYPES = {
     "arrow": "application/vnd.apache.arrow.stream",
 }
 FORMATS = tuple(MEDIA_TYPES)
-SLICE_ROWS = 2_000  # rows encoded per streamed piece
+SLICE_ROWS = 10_000  # rows encoded per streamed piece
 _encode = msgspec.json.Encoder().encode
 
 
@@ -96,7 +96,7 @@ def _json_stream(rows: pa.Table, envelope: dict[str, Any]) -> Iterator[bytes]:
     head = _encode(envelope)
     yield head[:-1] + b',"data":['  # the envelope's fields, then the rows
     for start in range(0, rows.num_rows, SLICE_ROWS):
-        piece = _encode(jsonable(rows.slice(start, SLICE_ROWS)))
+        piece = json_array(rows.slice(start, SLICE_ROWS))
         yield (b"," if start else b"") + piece[1:-1]
     yield b"]}"
 

@@ -40,7 +40,9 @@ def time_range(query: RangeQuery) -> dict[str, Any]:
     start = query.start or end - DEFAULT_SPAN
     if start >= end:
         raise QueryError("start", start.isoformat(), f"must be before end {end.isoformat()}")
-    return {"symbols": known(query.symbol), "start": start, "end": end, "exchange": query.exchange,
+    resuming = query.cursor is not None or query.snapshot_id is not None  # the symbols were known then
+    symbols = query.symbol if resuming else known(query.symbol)
+    return {"symbols": symbols, "start": start, "end": end, "exchange": query.exchange,
             "cursor": query.cursor, "snapshot_id": query.snapshot_id, "as_of": query.as_of}  # fmt: skip
 
 

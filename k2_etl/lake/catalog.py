@@ -12,8 +12,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from k2_etl.config import REST_CATALOG_SCHEMES, Settings, redact_url
 from k2_etl.errors import UnavailableError
@@ -68,3 +71,20 @@ def table_names(catalog: Catalog, namespace: str) -> list[str]:
         return sorted(ident[-1] for ident in catalog.list_tables(namespace))
     except (NoSuchNamespaceError, NoSuchTableError):
         return []
+
+
+def metadata_location(catalog: Catalog, namespace: str, table: str) -> str | None:
+    """Where the table's current metadata file is, asked cheaply (one indexed row of a SQL
+    catalog) so readers can tell whether it changed without loading and parsing the metadata.
+    None when the catalog has no cheaper way than loading the table (REST): reload then."""
+    if not isinstance(catalog, SqlCatalog):
+        return None
+    with Session(catalog.engine) as session:
+        location = session.scalar(
+            select(IcebergTables.metadata_location).where(
+                IcebergTables.catalog_name == catalog.name,
+                IcebergTables.table_namespace == namespace,
+                IcebergTables.table_name == table,
+            )
+        )
+    return str(location) if location is not None else None

@@ -35,14 +35,16 @@ from typing import Any, NamedTuple
 
 import duckdb
 import pyarrow as pa
-from pyiceberg.expressions import And, BooleanExpression, GreaterThanOrEqual, In, LessThan
+from pyiceberg.conversions import from_bytes
+from pyiceberg.manifest import ManifestContent
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.transforms import DayTransform
+from pyiceberg.types import StringType, TimestampType, TimestamptzType
 
 from k2_etl.config import Settings
 from k2_etl.errors import K2Error, QueryError, QueryTimeout
-from k2_etl.lake.catalog import open_catalog
+from k2_etl.lake.catalog import metadata_location, open_catalog
 from k2_etl.query import sql
 from k2_etl.query.duckdb_conn import S3_SCHEMES, configure_storage
 
@@ -65,9 +67,12 @@ log = logging.getLogger(__name__)
 REFRESH_SECONDS = 1.0  # a table's metadata is about this old at most
 SYMBOLS_REFRESH_SECONDS = 60.0  # the known symbols are recomputed at least this often...
 SYMBOLS_RETRY_SECONDS = 2.0  # ...and on a miss, at most this often (a new symbol is found quickly)
+SYMBOL_TABLES = ("trades", "quotes", "reference_data")  # a symbol any of them names is known
 MAX_LIMIT = 50_000
 MAX_SYMBOLS = 100
 PLAN_CACHE = 8192  # planned file lists kept (a few hundred bytes each)
+MANIFEST_CACHE = 20_000  # decoded manifests kept (immutable: by path)
+_DAY_US = 86_400_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
 FIRST = Position(datetime(1, 1, 2, tzinfo=UTC), -2, "")  # sorts before every row
@@ -123,6 +128,41 @@ def decode_cursor(cursor: str) -> Cursor:
 
 
 @dataclass(frozen=True)
+class _IndexedFile:
+    """What planning needs of a data file: where, its day partition, its columns' bounds (by field id)."""
+
+    path: str
+    day: int | None  # the day partition (days since the epoch) of the column day_source
+    day_source: int | None
+    lower: dict[int, Any]
+    upper: dict[int, Any]
+
+    @classmethod
+    def of(cls, data_file: Any, spec: Any, types: dict[int, Any]) -> _IndexedFile:
+        def decoded(bounds: dict[int, bytes] | None) -> dict[int, Any]:
+            return {i: from_bytes(types[i], b) for i, b in (bounds or {}).items() if _has_bounds(types.get(i))}
+
+        day_source, day = _day_of(data_file, spec)
+        return cls(_readable(data_file.file_path), day, day_source, decoded(data_file.lower_bounds),
+                   decoded(data_file.upper_bounds))  # fmt: skip
+
+
+def _has_bounds(kind: Any) -> bool:
+    """The column types planning compares (times as epoch microseconds, strings)."""
+    return isinstance(kind, StringType | TimestamptzType | TimestampType)
+
+
+def _may_overlap(lower: Any, upper: Any, lo: int, hi: int) -> bool:
+    """Whether a file whose column lies in [lower, upper] (None: unknown) may hold a value in [lo, hi]."""
+    return (lower is None or lower <= hi) and (upper is None or upper >= lo)
+
+
+def _may_hold(lower: str | None, upper: str | None, value: str) -> bool:
+    """Bounds of strings may be truncated (a prefix below, a successor above): still conservative."""
+    return (lower is None or lower <= value) and (upper is None or value <= upper)
+
+
+@dataclass(frozen=True)
 class _Chunk:
     """One day partition's files (or all files, for tables not partitioned by day) and its time range."""
 
@@ -149,7 +189,8 @@ class QueryEngine:
         self._lock = threading.Lock()
         self._tables: dict[str, tuple[float, Table]] = {}
         self._plans: OrderedDict[tuple[Any, ...], list[tuple[int | None, str]]] = OrderedDict()
-        self._symbols: tuple[float, frozenset[str], pa.Table] | None = None
+        self._manifests: OrderedDict[str, list[_IndexedFile]] = OrderedDict()
+        self._symbols: tuple[float, frozenset[str], pa.Table, tuple[int | None, ...]] | None = None
         self._refresher: threading.Thread | None = None
         self._closed = threading.Event()
         self._pool: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
@@ -198,6 +239,13 @@ class QueryEngine:
             names = list(self._tables)
         for name in names:
             try:
+                with self._lock:
+                    cached = self._tables[name][1]
+                where = metadata_location(self._catalog, self.settings.namespace, name)
+                if where is not None and where == cached.metadata_location:
+                    with self._lock:  # unchanged: no need to read and parse the metadata again
+                        self._tables[name] = (time.monotonic(), cached)
+                    continue
                 self.reload(name)
             except Exception:
                 log.warning("could not refresh table %s (requests go on with the last one)", name, exc_info=True)
@@ -240,18 +288,22 @@ class QueryEngine:
             if key in self._plans:
                 self._plans.move_to_end(key)
                 return self._plans[key]
-        row_filter: BooleanExpression = And(
-            GreaterThanOrEqual(time_column, start.isoformat()),  # type: ignore[call-arg,arg-type]
-            LessThan(time_column, end.isoformat()),  # type: ignore[call-arg,arg-type]
-        )
-        if symbols:
-            row_filter = And(row_filter, In("symbol", set(symbols)))  # type: ignore[call-arg,arg-type]
-        tasks = list(table.scan(row_filter=row_filter, snapshot_id=snapshot.snapshot_id).plan_files())
-        if any(task.delete_files for task in tasks):
-            raise K2Error(f"table {table.name()[-1]} has delete files, which K2's query engine does not read yet")
-        specs = table.specs()
+        schema = table.schema()
+        time_id = schema.find_field(time_column).field_id
+        symbol_id = schema.find_field("symbol").field_id if symbols and "symbol" in schema.column_names else None
+        lo, hi = _micros(start), _micros(end)
+        first_day, last_day = lo // _DAY_US, (hi - 1) // _DAY_US
         planned = sorted(
-            ((_day_of(task.file, specs[task.file.spec_id]), _readable(task.file.file_path)) for task in tasks),
+            (
+                (f.day, f.path)
+                for f in self._indexed(table, snapshot)
+                if (f.day is None or first_day <= f.day <= last_day)
+                and _may_overlap(f.lower.get(time_id), f.upper.get(time_id), lo, hi - 1)
+                and (
+                    symbol_id is None
+                    or any(_may_hold(f.lower.get(symbol_id), f.upper.get(symbol_id), s) for s in symbols or ())
+                )
+            ),
             key=lambda f: (f[0] is None, f[0] or 0, f[1]),
         )
         with self._lock:
@@ -259,6 +311,37 @@ class QueryEngine:
             while len(self._plans) > PLAN_CACHE:
                 self._plans.popitem(last=False)
         return planned
+
+    def _indexed(self, table: Table, snapshot: Snapshot) -> list[_IndexedFile]:
+        """Every data file of ``snapshot`` with its day partition and column bounds.
+
+        Why not pyiceberg's planner per query: it re-reads the manifests on every scan (about 10
+        ms a query here, the largest share of a cached page's time). Manifests are immutable, so
+        their decoded entries are kept by path: a new snapshot reads only the manifests it added.
+        """
+        files: list[_IndexedFile] = []
+        specs = table.specs()
+        types = {f.field_id: f.field_type for f in table.schema().fields}
+        for manifest in snapshot.manifests(table.io):
+            with self._lock:
+                cached = self._manifests.get(manifest.manifest_path)
+                if cached is not None:
+                    self._manifests.move_to_end(manifest.manifest_path)
+            if cached is None:
+                cached = [
+                    _IndexedFile.of(entry.data_file, specs[entry.data_file.spec_id], types)
+                    for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+                ]
+                if manifest.content != ManifestContent.DATA and cached:
+                    raise K2Error(
+                        f"table {table.name()[-1]} has delete files, which K2's query engine does not read yet"
+                    )
+                with self._lock:
+                    self._manifests[manifest.manifest_path] = cached
+                    while len(self._manifests) > MANIFEST_CACHE:
+                        self._manifests.popitem(last=False)
+            files.extend(cached)
+        return files
 
     def chunks(
         self,
@@ -486,7 +569,9 @@ class QueryEngine:
         """The symbols no trade, quote or reference row names (the API answers 404 for them)."""
         known = self._known()[0]
         missing = [s for s in symbols if s not in known]
-        if missing:  # perhaps new since the last scan
+        if missing:  # perhaps landed since the last scan: look at the catalog itself, rescan if it moved
+            for name in SYMBOL_TABLES:
+                self.reload(name)
             known = self._known(refresh=True)[0]
         return [s for s in symbols if s not in known]
 
@@ -590,17 +675,19 @@ class QueryEngine:
     def _known(self, *, refresh: bool = False) -> tuple[frozenset[str], pa.Table]:
         with self._lock:
             cached = self._symbols
-        age = time.monotonic() - cached[0] if cached else float("inf")
-        if cached is not None and (not refresh or age < SYMBOLS_RETRY_SECONDS):
-            return cached[1], cached[2]  # kept fresh by the refresher; a miss rescans at most every few seconds
+        snapshots = tuple(_snapshot_id(self.table(name)) for name in SYMBOL_TABLES)
+        if cached is not None:
+            age = time.monotonic() - cached[0]
+            if not refresh or cached[3] == snapshots or age < SYMBOLS_RETRY_SECONDS:
+                return cached[1], cached[2]  # unchanged tables; a miss rescans at most every few seconds
         traded = _SYMBOL_TYPES.empty_table()
         seen: set[str] = set()
-        for name in ("trades", "quotes", "reference_data"):
+        for name in SYMBOL_TABLES:
             table = self.table(name)
             snapshot = table.current_snapshot()
             if snapshot is None:
                 continue
-            files = [p for _, p in snapshot_files(table, snapshot)]
+            files = [f.path for f in self._indexed(table, snapshot)]
             if not files:
                 continue
             if name == "trades":
@@ -611,7 +698,7 @@ class QueryEngine:
                 seen.update(found.column("symbol").to_pylist())
         listing = self._symbol_listing(traded, seen)
         with self._lock:
-            self._symbols = (time.monotonic(), frozenset(seen), listing)
+            self._symbols = (time.monotonic(), frozenset(seen), listing, snapshots)
         return self._symbols[1], listing
 
     def _symbol_listing(self, traded: pa.Table, seen: set[str]) -> pa.Table:
@@ -748,6 +835,11 @@ class QueryEngine:
                 timer.cancel()
 
 
+def _snapshot_id(table: Table) -> int | None:
+    snapshot = table.current_snapshot()
+    return snapshot.snapshot_id if snapshot is not None else None
+
+
 def _refresh_forever(engine: weakref.ref[QueryEngine], closed: threading.Event) -> None:
     while not closed.wait(REFRESH_SECONDS):
         alive = engine()
@@ -755,14 +847,6 @@ def _refresh_forever(engine: weakref.ref[QueryEngine], closed: threading.Event) 
             return
         alive.refresh()
         del alive
-
-
-def snapshot_files(table: Table, snapshot: Snapshot) -> list[tuple[None, str]]:
-    """Every data file of a snapshot (no filter)."""
-    tasks = list(table.scan(snapshot_id=snapshot.snapshot_id).plan_files())
-    if any(task.delete_files for task in tasks):
-        raise K2Error(f"table {table.name()[-1]} has delete files, which K2's query engine does not read yet")
-    return [(None, _readable(task.file.file_path)) for task in tasks]
 
 
 _BAR_TYPES = {
@@ -858,16 +942,16 @@ def _int(summary: Any, key: str) -> int | None:
     return int(value) if value is not None else None
 
 
-def _day_of(data_file: Any, spec: Any) -> int | None:
-    """The file's day partition (days since the epoch), None when its spec has no ``event_day``-like
-    day field (unpartitioned, monthly, or an evolved spec)."""
+def _day_of(data_file: Any, spec: Any) -> tuple[int | None, int | None]:
+    """(source field id, day) of the file's day partition (days since the epoch); (None, None) when
+    its spec has no day field (unpartitioned, monthly)."""
     for position, field in enumerate(spec.fields):
         if isinstance(field.transform, DayTransform):
             value = data_file.partition[position]
             if isinstance(value, date):
-                return (value - EPOCH.date()).days
-            return value if isinstance(value, int) else None
-    return None
+                return field.source_id, (value - EPOCH.date()).days
+            return field.source_id, value if isinstance(value, int) else None
+    return None, None
 
 
 def _check_limit(limit: int) -> None:

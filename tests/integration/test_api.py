@@ -232,7 +232,8 @@ def test_time_travel_and_pages_stay_on_their_snapshot_while_data_lands(
         cursor = page["next_cursor"]
     lander.join()
     at_pin = [r for r in trades_of(landed, first, pinned) if r["event_time"] >= datetime(2026, 11, 2, 12, tzinfo=UTC)]
-    assert [r["event_id"] for r in seen] == [r["event_id"] for r in at_pin]
+    shown = (pinned, len(seen), len(at_pin), seen[-1:], at_pin[len(seen) - 1 : len(seen) + 1])
+    assert [r["event_id"] for r in seen] == [r["event_id"] for r in at_pin], shown
     more_now = lambda: len(walk(api, "/v1/trades", **{**query, "limit": 50_000})[0]) > len(seen) or None  # noqa: E731
     poll(more_now, timeout=10, what="the second load visible to a new walk (metadata is cached up to 1 s)")
     past = walk(api, "/v1/trades", **query, snapshot_id=before.snapshot_id)[0]

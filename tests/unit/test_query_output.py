@@ -1,0 +1,70 @@
+"""JSON text of query results: exact decimals as strings, ISO UTC times, escaped strings, nulls."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import msgspec
+import pyarrow as pa
+import pytest
+
+from k2_etl.query.output import DUCKDB_ROWS, json_array
+
+STRINGS = ["", "BHP", 'say "hi"', "back\\slash", "ünï", "x" * 50, "/data/2026-11-02/trades_ASX.csv"]
+CONTROLS = ["tab\there", "line\nbreak"]
+
+
+def a_table(seed: int, rows: int, strings: list[str]) -> pa.Table:
+    rng = random.Random(seed)
+
+    def maybe(value: object) -> object:
+        return None if rng.random() < 0.2 else value
+
+    start = datetime(2026, 11, 2, tzinfo=UTC)
+    return pa.table(
+        {
+            "s": pa.array([maybe(rng.choice(strings)) for _ in range(rows)], pa.string()),
+            "t": pa.array(
+                [maybe(start + timedelta(microseconds=rng.randrange(10**12))) for _ in range(rows)],
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "d": pa.array([maybe(date(2026, 1, 1) + timedelta(days=rng.randrange(365))) for _ in range(rows)]),
+            "p": pa.array(
+                [maybe(Decimal(rng.randrange(-(10**12), 10**12)) / 10**8) for _ in range(rows)], pa.decimal128(18, 8)
+            ),
+            "n": pa.array([maybe(rng.randrange(-(2**62), 2**62)) for _ in range(rows)], pa.int64()),
+            "b": pa.array([maybe(rng.random() < 0.5) for _ in range(rows)], pa.bool_()),
+            "l": pa.array(
+                [maybe([rng.choice(strings) for _ in range(rng.randrange(3))]) for _ in range(rows)],
+                pa.list_(pa.string()),
+            ),
+        }
+    )
+
+
+def as_json(value: object) -> object:
+    """A value as the API's JSON shows it, by plain Python."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+@pytest.mark.parametrize("rows", [500, DUCKDB_ROWS + 1], ids=["python", "duckdb"])
+@pytest.mark.parametrize("seed", range(5))
+def test_json_array_says_every_value_exactly(seed: int, rows: int) -> None:
+    table = a_table(seed, rows, STRINGS + CONTROLS)
+    expected = [{k: as_json(v) for k, v in row.items()} for row in table.to_pylist()]
+    assert msgspec.json.decode(json_array(table)) == expected
+    assert json_array(table) == msgspec.json.encode(expected)  # the same bytes either way
+
+
+def test_times_are_iso_utc_with_microseconds_and_z() -> None:
+    table = pa.table({"t": pa.array([datetime(2026, 11, 2, 23, 0, 12, tzinfo=UTC)], pa.timestamp("us", tz="UTC"))})
+    assert json_array(table) == b'[{"t":"2026-11-02T23:00:12.000000Z"}]'
+    assert json_array(table.slice(0, 0)) == b"[]"
