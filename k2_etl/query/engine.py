@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import queue
@@ -61,6 +62,7 @@ class Cursor(NamedTuple):
     snapshot_id: int
     position: Position
     related_snapshot_id: int | None  # the quotes snapshot of a trades-with-quotes walk
+    span: tuple[datetime, datetime] | None = None  # the query's [start, end)
 
 
 log = logging.getLogger(__name__)
@@ -103,12 +105,21 @@ class Result:
     partial: bool = False
 
 
-def encode_cursor(snapshot_id: int, position: Position, related: int | None = None) -> str:
-    """An opaque cursor: the snapshot(s) read and the position (time, sequence, id) after which to go on."""
+def encode_cursor(
+    snapshot_id: int,
+    position: Position,
+    related: int | None = None,
+    span: tuple[datetime, datetime] | None = None,
+) -> str:
+    """An opaque cursor: the snapshot(s) read, the query's range, and the position (time,
+    sequence, id) after which to go on. The range is the first page's: a later page must not
+    recompute a default ("the day before now") and skip the rows between."""
     state: dict[str, Any] = {"s": snapshot_id, "t": (position.time - EPOCH) // timedelta(microseconds=1),
                              "q": position.sequence, "i": position.key}  # fmt: skip
     if related is not None:
         state["r"] = related
+    if span is not None:
+        state["a"], state["b"] = _micros(span[0]), _micros(span[1])
     return base64.urlsafe_b64encode(json.dumps(state, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
@@ -117,12 +128,13 @@ def decode_cursor(cursor: str) -> Cursor:
     try:
         state = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         snapshot_id, micros, sequence, key = state["s"], state["t"], state["q"], state["i"]
-        related = state.get("r")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (snapshot_id, micros, sequence)):
+        related, lo, hi = state.get("r"), state.get("a"), state.get("b")
+        if not all(_int64(v) for v in (snapshot_id, micros, sequence)) or not isinstance(key, str):
             raise ValueError
-        if not isinstance(key, str) or not (related is None or isinstance(related, int)):
+        if not all(v is None or _int64(v) for v in (related, lo, hi)) or (lo is None) != (hi is None):
             raise ValueError
-        return Cursor(snapshot_id, Position(EPOCH + timedelta(microseconds=micros), sequence, key), related)
+        span = (EPOCH + timedelta(microseconds=lo), EPOCH + timedelta(microseconds=hi)) if lo is not None else None
+        return Cursor(snapshot_id, Position(EPOCH + timedelta(microseconds=micros), sequence, key), related, span)
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, UnicodeDecodeError, OverflowError):
         raise QueryError("cursor", cursor, "not a cursor this service issued") from None
 
@@ -193,6 +205,7 @@ class QueryEngine:
         self._symbols: tuple[float, frozenset[str], pa.Table, tuple[int | None, ...]] | None = None
         self._refresher: threading.Thread | None = None
         self._closed = threading.Event()
+        self._rescan_lock = threading.Lock()
         self._pool: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
         for _ in range(connections):
             conn = duckdb.connect(config={"threads": 2, "autoinstall_known_extensions": False})
@@ -224,8 +237,15 @@ class QueryEngine:
 
     def reload(self, name: str) -> Table:
         """The table as the catalog has it now (bypassing the cache, and refreshing it)."""
-        table = self._catalog.load_table((self.settings.namespace, name))
+        return self._store(name, self._catalog.load_table((self.settings.namespace, name)))
+
+    def _store(self, name: str, table: Table) -> Table:
+        """Cache ``table`` unless another thread stored newer metadata meanwhile (cached
+        metadata never goes back in time); returns the newer of the two."""
         with self._lock:
+            cached = self._tables.get(name)
+            if cached is not None and cached[1].metadata.last_updated_ms > table.metadata.last_updated_ms:
+                table = cached[1]
             self._tables[name] = (time.monotonic(), table)
         return table
 
@@ -233,18 +253,18 @@ class QueryEngine:
         """Stop the background refresher (the connections close with the engine)."""
         self._closed.set()
 
-    def refresh(self) -> None:
-        """Reload every table in use, and the known symbols when due (the refresher's round)."""
+    def refresh(self, names: Sequence[str] | None = None) -> None:
+        """Reload the tables whose metadata moved (default: every table in use), and the known
+        symbols when due (the refresher's round)."""
         with self._lock:
-            names = list(self._tables)
+            names = list(names if names is not None else self._tables)
         for name in names:
             try:
                 with self._lock:
-                    cached = self._tables[name][1]
+                    cached = self._tables.get(name, (0.0, None))[1]
                 where = metadata_location(self._catalog, self.settings.namespace, name)
-                if where is not None and where == cached.metadata_location:
-                    with self._lock:  # unchanged: no need to read and parse the metadata again
-                        self._tables[name] = (time.monotonic(), cached)
+                if cached is not None and where is not None and where == cached.metadata_location:
+                    self._store(name, cached)  # unchanged: no need to read and parse the metadata again
                     continue
                 self.reload(name)
             except Exception:
@@ -257,14 +277,26 @@ class QueryEngine:
             except Exception:
                 log.warning("could not refresh the known symbols", exc_info=True)
 
+    def pinned(
+        self, name: str, *, snapshot_id: int | None = None, as_of: datetime | None = None
+    ) -> tuple[Table, Snapshot | None]:
+        """The table and the snapshot a query reads (None: the table had none then, an empty answer).
+
+        A snapshot newer than this process's cached metadata (a cursor another worker issued)
+        reloads the table, and that reloaded table is the one to plan with: the cached one does
+        not know the snapshot's manifests or partition specs.
+        """
+        table = self.table(name)
+        if snapshot_id is not None and table.snapshot_by_id(snapshot_id) is None:
+            table = self.reload(name)
+        return table, self.snapshot(table, snapshot_id=snapshot_id, as_of=as_of)
+
     def snapshot(
         self, table: Table, *, snapshot_id: int | None = None, as_of: datetime | None = None
     ) -> Snapshot | None:
-        """The snapshot a query reads; None when the table had none (an empty answer)."""
+        """The snapshot of ``table`` a query reads; None when the table had none (an empty answer)."""
         if snapshot_id is not None:
             found = table.snapshot_by_id(snapshot_id)
-            if found is None:  # perhaps newer than this process's cached metadata (another worker's cursor)
-                found = self.reload(table.name()[-1]).snapshot_by_id(snapshot_id)
             if found is None:
                 raise QueryError("snapshot_id", snapshot_id, f"no such snapshot of table {table.name()[-1]}")
             return found
@@ -400,8 +432,8 @@ class QueryEngine:
         unknown = [f for f in wanted if f not in columns]
         if unknown:
             raise QueryError("fields", ",".join(unknown), f"not columns of {table_name} ({', '.join(columns)})")
-        after, snapshot_id, as_of, _ = _resume(cursor, snapshot_id, as_of)
-        snapshot = self.snapshot(table, snapshot_id=snapshot_id, as_of=as_of)
+        after, snapshot_id, as_of, _, (start, end) = _resume(cursor, snapshot_id, as_of, (start, end))
+        table, snapshot = self.pinned(table_name, snapshot_id=snapshot_id, as_of=as_of)
         selected = list(dict.fromkeys([*wanted, *ORDER_COLUMNS]))
         statement = sql.PAGE.format(columns=", ".join(_quoted(c) for c in selected), relation=sql.FILES,
                                     symbols=sql.symbol_placeholders(len(symbols)))  # fmt: skip
@@ -417,6 +449,7 @@ class QueryEngine:
             _trade_position,
             snapshot,
             empty=table.schema().as_arrow().empty_table().select(selected),
+            span=(start, end),
         )
         return replace(result, rows=result.rows.select(wanted))
 
@@ -440,9 +473,8 @@ class QueryEngine:
         width = interval // timedelta(microseconds=1)
         if not timedelta(seconds=1) <= interval <= DAY or width % 1_000_000 or DAY % interval:
             raise QueryError("interval", _interval_text(interval), "must be whole seconds from 1s to 1d dividing a day")
-        after, snapshot_id, as_of, _ = _resume(cursor, snapshot_id, as_of)
-        table = self.table("trades")
-        snapshot = self.snapshot(table, snapshot_id=snapshot_id, as_of=as_of)
+        after, snapshot_id, as_of, _, (start, end) = _resume(cursor, snapshot_id, as_of, (start, end))
+        table, snapshot = self.pinned("trades", snapshot_id=snapshot_id, as_of=as_of)
         statement = sql.BARS.format(relation=sql.FILES, symbols=sql.symbol_placeholders(len(symbols)))
         fixed = {**sql.symbol_values(list(symbols)), "exchange": exchange, "width_us": width}
 
@@ -460,6 +492,7 @@ class QueryEngine:
             snapshot,
             empty=pa.table({name: pa.array([], t) for name, t in _BAR_TYPES.items()}),
             shape=_bar_shape,
+            span=(start, end),
         )
         return replace(result, rows=_with_vwap(result.rows))
 
@@ -485,12 +518,12 @@ class QueryEngine:
         """
         _check_range(symbols, start, end)
         _check_limit(limit)
-        after, snapshot_id, as_of, quote_snapshot_id = _resume(cursor, snapshot_id, as_of)
-        trades, quotes = self.table("trades"), self.table("quotes")
-        trade_snapshot = self.snapshot(trades, snapshot_id=snapshot_id, as_of=as_of)
+        after, snapshot_id, as_of, quote_snapshot_id, (start, end) = _resume(cursor, snapshot_id, as_of, (start, end))
+        trades, trade_snapshot = self.pinned("trades", snapshot_id=snapshot_id, as_of=as_of)
         if quote_snapshot_id is not None:
-            quote_snapshot = self.snapshot(quotes, snapshot_id=quote_snapshot_id)
+            quotes, quote_snapshot = self.pinned("quotes", snapshot_id=quote_snapshot_id)
         else:
+            quotes = self.table("quotes")
             quote_snapshot = self._quotes_beside(trade_snapshot, snapshot_id is not None or as_of is not None)
         fixed = {**sql.symbol_values(list(symbols)), "exchange": exchange}
         placeholders = sql.symbol_placeholders(len(symbols))
@@ -517,6 +550,7 @@ class QueryEngine:
             trade_snapshot,
             empty=_TRADES_WITH_QUOTES.empty_table(),
             related=quote_snapshot.snapshot_id if quote_snapshot is not None else None,
+            span=(start, end),
         )
 
     def summary(
@@ -538,8 +572,7 @@ class QueryEngine:
         end = start + 3 * DAY  # every zone's trading day lies within the UTC day before .. after
         deadline = self._clock() + self.budget_seconds
         params = {"symbol": symbol, "exchange": exchange, "start": start, "end": end, "date": day}
-        trades = self.table("trades")
-        trade_snapshot = self.snapshot(trades, snapshot_id=snapshot_id, as_of=as_of)
+        trades, trade_snapshot = self.pinned("trades", snapshot_id=snapshot_id, as_of=as_of)
         trade_files = [p for _, p in self.files(trades, trade_snapshot, start, end, [symbol])] if trade_snapshot else []
         row: dict[str, Any] = dict.fromkeys(_SUMMARY_FIELDS)
         row["trades"] = 0
@@ -570,8 +603,7 @@ class QueryEngine:
         known = self._known()[0]
         missing = [s for s in symbols if s not in known]
         if missing:  # perhaps landed since the last scan: look at the catalog itself, rescan if it moved
-            for name in SYMBOL_TABLES:
-                self.reload(name)
+            self.refresh(SYMBOL_TABLES)
             known = self._known(refresh=True)[0]
         return [s for s in symbols if s not in known]
 
@@ -629,7 +661,9 @@ class QueryEngine:
         ordered = sorted(table.snapshots(), key=lambda s: (s.timestamp_ms, s.snapshot_id), reverse=True)
         if cursor is not None:
             state = decode_cursor(cursor)
-            last = (_micros(state.position.time) // 1000, int(state.position.key or 0))
+            if not state.position.key.lstrip("-").isdigit():
+                raise QueryError("cursor", cursor, "not a cursor of a snapshot listing")
+            last = (_micros(state.position.time) // 1000, int(state.position.key))
             ordered = [s for s in ordered if (s.timestamp_ms, s.snapshot_id) < last]
         page = ordered[:limit]
         rows = [
@@ -673,6 +707,16 @@ class QueryEngine:
         return f"trades at snapshot {snapshot.snapshot_id}" if snapshot else "trades has no snapshot yet"
 
     def _known(self, *, refresh: bool = False) -> tuple[frozenset[str], pa.Table]:
+        """The known symbols and the listing; a rescan runs one at a time (concurrent misses wait
+        for it and find it done), only when the tables moved, at most every few seconds."""
+        with self._lock:
+            cached = self._symbols
+        if cached is not None and not refresh:
+            return cached[1], cached[2]
+        with self._rescan_lock:
+            return self._rescan_if_due(refresh)
+
+    def _rescan_if_due(self, refresh: bool) -> tuple[frozenset[str], pa.Table]:
         with self._lock:
             cached = self._symbols
         snapshots = tuple(_snapshot_id(self.table(name)) for name in SYMBOL_TABLES)
@@ -735,9 +779,8 @@ class QueryEngine:
     ) -> Result:
         _check_times(start, end)
         _check_limit(limit)
-        after, snapshot_id, _, _ = _resume(cursor, None, None)
-        table = self.table(table_name)
-        snapshot = self.snapshot(table, snapshot_id=snapshot_id)
+        after, snapshot_id, _, _, (start, end) = _resume(cursor, None, None, (start, end))
+        table, snapshot = self.pinned(table_name, snapshot_id=snapshot_id)
         columns = [f.name for f in table.schema().fields]
         text = statement.format(columns=", ".join(_quoted(c) for c in columns), relation=sql.FILES)
         return self._keyset(
@@ -757,6 +800,7 @@ class QueryEngine:
             lambda row: Position(row[time_column], 0, row[key_column]),
             snapshot,
             empty=table.schema().as_arrow().empty_table(),
+            span=(start, end),
         )
 
     def _keyset(
@@ -771,6 +815,7 @@ class QueryEngine:
         empty: pa.Table,
         shape: Callable[[pa.Table], pa.Table] | None = None,
         related: int | None = None,
+        span: tuple[datetime, datetime] | None = None,
     ) -> Result:
         """Run ``step``'s statement a day at a time from the cursor's position until ``limit`` rows,
         the end of the range, or the time budget. Out of budget with rows: a partial result whose
@@ -806,7 +851,7 @@ class QueryEngine:
         next_cursor = None
         if (remaining == 0 or partial) and snapshot_id is not None:
             last = rows.slice(rows.num_rows - 1).to_pylist()[0]
-            next_cursor = encode_cursor(snapshot_id, position_of(last), related)
+            next_cursor = encode_cursor(snapshot_id, position_of(last), related, span)
         return Result(rows, next_cursor, snapshot_id, partial)
 
     @contextmanager
@@ -825,7 +870,13 @@ class QueryEngine:
         if left <= 0:
             raise QueryTimeout(f"the query ran longer than its budget of {self.budget_seconds:g} s")
         with self._connection() as conn:
-            timer = threading.Timer(left, conn.interrupt)
+            fired = threading.Event()
+
+            def interrupt() -> None:
+                fired.set()
+                conn.interrupt()
+
+            timer = threading.Timer(left, interrupt)
             timer.start()
             try:
                 return conn.execute(statement, params).to_arrow_table()
@@ -833,6 +884,9 @@ class QueryEngine:
                 raise QueryTimeout(f"the query ran longer than its budget of {self.budget_seconds:g} s") from None
             finally:
                 timer.cancel()
+                if fired.is_set():  # an interrupt that came as the query ended must not hit the next one
+                    with contextlib.suppress(duckdb.InterruptException):
+                        conn.execute("SELECT 1").fetchall()
 
 
 def _snapshot_id(table: Table) -> int | None:
@@ -899,13 +953,18 @@ def _bar_shape(rows: pa.Table) -> pa.Table:
 
 
 def _resume(
-    cursor: str | None, snapshot_id: int | None, as_of: datetime | None
-) -> tuple[Position, int | None, datetime | None, int | None]:
-    """(position to go on after, snapshot id, as_of, related snapshot id): a cursor pins the snapshots."""
+    cursor: str | None, snapshot_id: int | None, as_of: datetime | None, span: tuple[datetime, datetime]
+) -> tuple[Position, int | None, datetime | None, int | None, tuple[datetime, datetime]]:
+    """(position to go on after, snapshot id, as_of, related snapshot id, range): a cursor pins
+    the snapshots and the range of its first page."""
     if cursor is None:
-        return FIRST, snapshot_id, as_of, None
+        return FIRST, snapshot_id, as_of, None, span
     state = decode_cursor(cursor)
-    return state.position, state.snapshot_id, None, state.related_snapshot_id
+    return state.position, state.snapshot_id, None, state.related_snapshot_id, state.span or span
+
+
+def _int64(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
 
 
 def _range_params(chunk: _Chunk) -> dict[str, Any]:

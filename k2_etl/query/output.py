@@ -57,7 +57,7 @@ def _duckdb() -> duckdb.DuckDBPyConnection:
 
 def _iso_times(values: pa.Array) -> pa.Array:
     """ISO-8601 UTC with microseconds and a Z. Arrow's strftime converts through the time zone
-    (~1.2 µs a value); the naive UTC value cast to text and patched is ~20 times faster."""
+    (~1.2 µs a value); the naive UTC value cast to text and patched was ~12 times faster."""
     naive = pc.cast(values, pa.timestamp("us", tz=values.type.tz) if values.type.unit != "us" else values.type)
     naive = naive.cast(pa.timestamp("us"))  # the same UTC instant, without the zone
     text = pc.replace_substring(pc.cast(naive, pa.string()), " ", "T", max_replacements=1)

@@ -41,9 +41,12 @@ def parse_time(parameter: str, text: str) -> datetime:
 
 def parse_day(parameter: str, text: str) -> date:
     try:
-        return date.fromisoformat(text.strip())
+        day = date.fromisoformat(text.strip())
     except ValueError:
         raise QueryError(parameter, text, "not a date; expected YYYY-MM-DD") from None
+    if not MIN_TIME.date() < day < MAX_TIME.date():
+        raise QueryError(parameter, text, "outside 1970-01-02 .. 2261-12-31")
+    return day
 
 
 def parse_interval(parameter: str, text: str) -> timedelta:

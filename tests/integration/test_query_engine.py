@@ -3,6 +3,7 @@ checked against plain Python on the same rows."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -292,3 +293,27 @@ def test_a_query_with_nothing_within_its_budget_times_out(landed: Settings) -> N
     engine = QueryEngine(landed, clock=SlowClock(), budget_seconds=0)
     with pytest.raises(QueryTimeout):
         engine.page("trades", symbols=[a_symbol(landed)], start=DAY_START, end=DAY_END)
+
+
+def test_a_cursor_from_a_newer_snapshot_reads_on_a_process_with_older_metadata(
+    landed: Settings, tmp_path: Path
+) -> None:
+    """Two API workers: A issues a cursor on a snapshot B's cached metadata predates. B must plan
+    that snapshot with metadata that knows it (it once planned nothing: a short last page)."""
+    stale = QueryEngine(landed)
+    old_tables = {name: stale.table(name) for name in ("trades", "quotes")}
+    data = tmp_path / "later"
+    generated = run_k2(env_of(landed), "generate", "--out", str(data), "--symbols", "2", "--days", "1",
+                       "--start", "2026-11-10", "--trades-per-day", "200", "--seed", "21")  # fmt: skip
+    assert generated.returncode == 0, generated.stderr
+    land(landed, data)
+    symbol = (data / "2026-11-10" / "trades_ASX.csv").read_text().splitlines()[1].split(",")[1]
+    span = {"symbols": [symbol], "start": datetime(2026, 11, 9, tzinfo=UTC), "end": datetime(2026, 11, 11, tzinfo=UTC)}
+    first = QueryEngine(landed).page("trades", limit=10, **span)
+    assert first.cursor is not None
+    for name, table in old_tables.items():  # B's cache still holds the metadata from before the load
+        stale._tables[name] = (time.monotonic(), table)
+    rest = stale.page("trades", limit=50_000, cursor=first.cursor, **span)
+    expected = [r["event_id"] for r in trades_of(landed, symbol) if span["start"] <= r["event_time"] < span["end"]]
+    assert first.rows.column("event_id").to_pylist() + rest.rows.column("event_id").to_pylist() == expected
+    assert len(expected) > 10 and rest.snapshot_id == first.snapshot_id
