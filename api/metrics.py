@@ -18,7 +18,7 @@ REQUESTS = Counter(
 )
 LATENCY = Histogram(
     "k2_api_request_duration_seconds",
-    "Time to answer a request (until the body is produced), by endpoint.",
+    "Time until a request's answer starts, by endpoint (a streamed body is encoded as it is sent).",
     ["endpoint"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
