@@ -6,6 +6,7 @@ one line on stderr and become the exit code; see the README for the codes.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -501,6 +502,14 @@ def _show(result: Any, json_output: bool, out_file: Path | None, walk: Any) -> N
     out.print(f"{result.rows.num_rows:,} row(s) from snapshot {result.snapshot_id}{more}", markup=False)
 
 
+def _paged(query: Any, limit: int, cursor: str | None, out_file: Path | None, json_output: bool) -> None:
+    """One page (``limit`` rows) to the terminal or as JSON, or with --out every page, 50,000 at a time."""
+    from k2_etl.query.engine import MAX_LIMIT
+
+    size = MAX_LIMIT if out_file else limit
+    _show(query(limit=size, cursor=cursor), json_output, out_file, lambda c: query(limit=size, cursor=c))
+
+
 def _rows_command(table_name: str) -> Any:
     def command(
         symbols: Symbols,
@@ -515,15 +524,13 @@ def _rows_command(table_name: str) -> Any:
         out_file: OutOpt = None,
         json_output: JsonFlag = False,
     ) -> None:
-        from k2_etl.query.engine import MAX_LIMIT, QueryEngine
+        from k2_etl.query.engine import QueryEngine
         from k2_etl.query.params import parse_symbols
 
         engine = QueryEngine(load_settings())
         args = {"symbols": parse_symbols("symbol", symbols), "exchange": exchange, "snapshot_id": snapshot_id,
                 "fields": fields.split(",") if fields else None, **_time_args(start, end, as_of)}  # fmt: skip
-        size = MAX_LIMIT if out_file else limit
-        result = engine.page(table_name, limit=size, cursor=cursor, **args)
-        _show(result, json_output, out_file, lambda c: engine.page(table_name, limit=size, cursor=c, **args))
+        _paged(functools.partial(engine.page, table_name, **args), limit, cursor, out_file, json_output)
 
     command.__doc__ = f"""The {table_name} of symbols in [start, end), in (time, sequence, id) order."""
     return command
@@ -548,15 +555,13 @@ def query_bars(
     json_output: JsonFlag = False,
 ) -> None:
     """OHLCV bars with exact VWAP and trade count, in (bar start, symbol) order."""
-    from k2_etl.query.engine import MAX_LIMIT, QueryEngine
+    from k2_etl.query.engine import QueryEngine
     from k2_etl.query.params import parse_interval, parse_symbols
 
     engine = QueryEngine(load_settings())
     args = {"symbols": parse_symbols("symbol", symbols), "exchange": exchange, "snapshot_id": snapshot_id,
             "interval": parse_interval("--interval", interval), **_time_args(start, end, as_of)}  # fmt: skip
-    size = MAX_LIMIT if out_file else limit
-    result = engine.bars(limit=size, cursor=cursor, **args)
-    _show(result, json_output, out_file, lambda c: engine.bars(limit=size, cursor=c, **args))
+    _paged(functools.partial(engine.bars, **args), limit, cursor, out_file, json_output)
 
 
 @query_app.command("summary")

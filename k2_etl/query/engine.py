@@ -204,7 +204,6 @@ class QueryEngine:
         self._manifests: OrderedDict[str, list[_IndexedFile]] = OrderedDict()
         self._symbols: tuple[float, frozenset[str], pa.Table, tuple[int | None, ...]] | None = None
         self._refresher: threading.Thread | None = None
-        self._closed = threading.Event()
         self._rescan_lock = threading.Lock()
         self._pool: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
         for _ in range(connections):
@@ -230,7 +229,7 @@ class QueryEngine:
         with self._lock:
             if self._refresher is None:
                 self._refresher = threading.Thread(
-                    target=_refresh_forever, args=(weakref.ref(self), self._closed), name="k2-refresh", daemon=True
+                    target=_refresh_forever, args=(weakref.ref(self),), name="k2-refresh", daemon=True
                 )  # a weak reference: an engine no one uses any more is collected, and its thread ends
                 self._refresher.start()
         return table
@@ -248,10 +247,6 @@ class QueryEngine:
                 table = cached[1]
             self._tables[name] = (time.monotonic(), table)
         return table
-
-    def close(self) -> None:
-        """Stop the background refresher (the connections close with the engine)."""
-        self._closed.set()
 
     def refresh(self, names: Sequence[str] | None = None) -> None:
         """Reload the tables whose metadata moved (default: every table in use), and the known
@@ -448,7 +443,7 @@ class QueryEngine:
             limit,
             _trade_position,
             snapshot,
-            empty=table.schema().as_arrow().empty_table().select(selected),
+            empty=lambda: table.schema().as_arrow().empty_table().select(selected),
             span=(start, end),
         )
         return replace(result, rows=result.rows.select(wanted))
@@ -490,7 +485,7 @@ class QueryEngine:
             limit,
             lambda row: Position(row["bar_start"], 0, row["symbol"]),
             snapshot,
-            empty=pa.table({name: pa.array([], t) for name, t in _BAR_TYPES.items()}),
+            empty=lambda: pa.table({name: pa.array([], t) for name, t in _BAR_TYPES.items()}),
             shape=_bar_shape,
             span=(start, end),
         )
@@ -548,7 +543,7 @@ class QueryEngine:
             limit,
             _trade_position,
             trade_snapshot,
-            empty=_TRADES_WITH_QUOTES.empty_table(),
+            empty=_TRADES_WITH_QUOTES.empty_table,
             related=quote_snapshot.snapshot_id if quote_snapshot is not None else None,
             span=(start, end),
         )
@@ -799,7 +794,7 @@ class QueryEngine:
             limit,
             lambda row: Position(row[time_column], 0, row[key_column]),
             snapshot,
-            empty=table.schema().as_arrow().empty_table(),
+            empty=lambda: table.schema().as_arrow().empty_table(),
             span=(start, end),
         )
 
@@ -812,7 +807,7 @@ class QueryEngine:
         position_of: Callable[[dict[str, Any]], Position],
         snapshot: Snapshot | None,
         *,
-        empty: pa.Table,
+        empty: Callable[[], pa.Table],  # the columns of an empty answer (built only then: it costs ~0.5 ms)
         shape: Callable[[pa.Table], pa.Table] | None = None,
         related: int | None = None,
         span: tuple[datetime, datetime] | None = None,
@@ -846,7 +841,7 @@ class QueryEngine:
                     raise QueryTimeout(f"the query found nothing within its budget of {self.budget_seconds:g} s")
                 partial = True
                 break
-        rows = pa.concat_tables(parts, promote_options="permissive") if parts else empty
+        rows = pa.concat_tables(parts, promote_options="permissive") if parts else empty()
         snapshot_id = snapshot.snapshot_id if snapshot is not None else None
         next_cursor = None
         if (remaining == 0 or partial) and snapshot_id is not None:
@@ -894,8 +889,10 @@ def _snapshot_id(table: Table) -> int | None:
     return snapshot.snapshot_id if snapshot is not None else None
 
 
-def _refresh_forever(engine: weakref.ref[QueryEngine], closed: threading.Event) -> None:
-    while not closed.wait(REFRESH_SECONDS):
+def _refresh_forever(engine: weakref.ref[QueryEngine]) -> None:
+    """The refresher's loop; it ends when its engine is gone."""
+    while True:
+        time.sleep(REFRESH_SECONDS)  # a period, not a wait for anything
         alive = engine()
         if alive is None:
             return
