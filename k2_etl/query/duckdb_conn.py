@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from importlib import import_module
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import duckdb
@@ -34,9 +35,13 @@ def extension_path(name: str) -> Path:
     return path
 
 
-def connect() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the Iceberg extension loaded from the pinned packages."""
-    conn = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the Iceberg extension loaded from the pinned packages
+    (``threads``: DuckDB's threads for this connection; default, one per core)."""
+    config: dict[str, Any] = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    if threads is not None:
+        config["threads"] = threads
+    conn = duckdb.connect(config=config)
     for name in EXTENSIONS:
         conn.execute(f"LOAD '{extension_path(name)}'")  # a path from our own install, not user input
     return conn

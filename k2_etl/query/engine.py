@@ -1,12 +1,14 @@
-"""Queries over the Iceberg tables: pyiceberg plans a snapshot's files, DuckDB reads them.
+"""Queries over the Iceberg tables: K2 plans a snapshot's files, DuckDB reads them.
 
-Why this split: pyiceberg prunes by partition (the day of ``event_time``) and
-by the data files' column statistics (``symbol``: files are sorted by it), so
-DuckDB opens only files that can hold the answer, then skips row groups by
-their own statistics. Planning is cached per (table, snapshot, days,
-symbols); a table's metadata is reloaded from the catalog at most every
-:data:`REFRESH_SECONDS`, which is how new snapshots (the consumer commits
-about every second) become visible.
+Why this split: planning prunes by partition (the day of ``event_time``) and
+by the data files' column bounds (``symbol``: files are sorted by it), from
+a cache of decoded manifests, so DuckDB opens only files that can hold the
+answer, then skips row groups by their own statistics. A snapshot with
+delete files (merge-on-read writes by other engines) is read through
+DuckDB's iceberg extension instead, which applies them. Plans are cached per
+(table, snapshot, range, symbols); a background thread reloads a table's
+metadata when the catalog's metadata location moves (the consumer commits
+about every second), which is how new snapshots become visible.
 
 Pages use keyset pagination in a stable order (event time, sequence number,
 event id) and an opaque cursor that pins the snapshot: walking the pages of
@@ -47,7 +49,7 @@ from k2_etl.config import Settings
 from k2_etl.errors import K2Error, QueryError, QueryTimeout
 from k2_etl.lake.catalog import metadata_location, open_catalog
 from k2_etl.query import sql
-from k2_etl.query.duckdb_conn import S3_SCHEMES, configure_storage
+from k2_etl.query.duckdb_conn import S3_SCHEMES, configure_storage, connect
 
 
 class Position(NamedTuple):
@@ -174,6 +176,31 @@ def _may_hold(lower: str | None, upper: str | None, value: str) -> bool:
     return (lower is None or lower <= value) and (upper is None or value <= upper)
 
 
+class _Scan(NamedTuple):
+    """A snapshot with delete files, as DuckDB's iceberg_scan reads it (:func:`sql.relation`)."""
+
+    metadata: str
+    snapshot_id: int
+
+
+def _reading(paths: list[str], scan: _Scan | None, prefix: str = "") -> tuple[str, dict[str, Any]]:
+    """The relation reading ``paths`` (planned data files of a snapshot), with its parameters."""
+    if scan is None:
+        return sql.relation(False, prefix), {f"{prefix}files": paths}
+    return sql.relation(True, prefix), {f"{prefix}metadata": scan.metadata, f"{prefix}snapshot_id": scan.snapshot_id}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The data files of a snapshot a query may need, and whether it has delete files."""
+
+    files: list[tuple[int | None, str]]  # (day partition or None, path), in day order
+    scan: _Scan | None
+
+    def reading(self, prefix: str = "") -> tuple[str, dict[str, Any]]:
+        return _reading([path for _, path in self.files], self.scan, prefix)
+
+
 @dataclass(frozen=True)
 class _Chunk:
     """One day partition's files (or all files, for tables not partitioned by day) and its time range."""
@@ -181,6 +208,10 @@ class _Chunk:
     start: datetime
     end: datetime
     files: list[str]
+    scan: _Scan | None
+
+    def reading(self, prefix: str = "") -> tuple[str, dict[str, Any]]:
+        return _reading(self.files, self.scan, prefix)
 
 
 class QueryEngine:
@@ -200,14 +231,14 @@ class QueryEngine:
         self._catalog = open_catalog(settings)
         self._lock = threading.Lock()
         self._tables: dict[str, tuple[float, Table]] = {}
-        self._plans: OrderedDict[tuple[Any, ...], list[tuple[int | None, str]]] = OrderedDict()
-        self._manifests: OrderedDict[str, list[_IndexedFile]] = OrderedDict()
+        self._plans: OrderedDict[tuple[Any, ...], _Plan] = OrderedDict()
+        self._manifests: OrderedDict[str, list[_IndexedFile]] = OrderedDict()  # data manifests, by path
         self._symbols: tuple[float, frozenset[str], pa.Table, tuple[int | None, ...]] | None = None
         self._refresher: threading.Thread | None = None
         self._rescan_lock = threading.Lock()
         self._pool: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
         for _ in range(connections):
-            conn = duckdb.connect(config={"threads": 2, "autoinstall_known_extensions": False})
+            conn = connect(threads=2)  # with the iceberg extension, for snapshots with delete files
             conn.execute("SET TimeZone = 'UTC'")  # dates of instants are UTC dates, whatever the host's zone
             configure_storage(conn, settings)
             self._pool.put(conn)
@@ -307,9 +338,9 @@ class QueryEngine:
         end: datetime,
         symbols: Sequence[str] | None = None,
         time_column: str = "event_time",
-    ) -> list[tuple[int | None, str]]:
-        """(day partition, path) of the data files of ``snapshot`` that may hold rows of ``symbols``
-        in [start, end) of ``time_column``, in day order (None: the file has no day partition)."""
+    ) -> _Plan:
+        """The data files of ``snapshot`` that may hold rows of ``symbols`` in [start, end) of
+        ``time_column``, in day order, and how to read them."""
         key = (table.name(), snapshot.snapshot_id, start, end, tuple(sorted(symbols or ())), time_column)
         with self._lock:
             if key in self._plans:
@@ -320,10 +351,11 @@ class QueryEngine:
         symbol_id = schema.find_field("symbol").field_id if symbols and "symbol" in schema.column_names else None
         lo, hi = _micros(start), _micros(end)
         first_day, last_day = lo // _DAY_US, (hi - 1) // _DAY_US
-        planned = sorted(
+        indexed, deletes = self._indexed(table, snapshot)
+        files = sorted(
             (
                 (f.day, f.path)
-                for f in self._indexed(table, snapshot)
+                for f in indexed
                 if (f.day is None or first_day <= f.day <= last_day)
                 and _may_overlap(f.lower.get(time_id), f.upper.get(time_id), lo, hi - 1)
                 and (
@@ -333,23 +365,31 @@ class QueryEngine:
             ),
             key=lambda f: (f[0] is None, f[0] or 0, f[1]),
         )
+        planned = _Plan(files, _Scan(_readable(table.metadata_location), snapshot.snapshot_id) if deletes else None)
         with self._lock:
             self._plans[key] = planned
             while len(self._plans) > PLAN_CACHE:
                 self._plans.popitem(last=False)
         return planned
 
-    def _indexed(self, table: Table, snapshot: Snapshot) -> list[_IndexedFile]:
-        """Every data file of ``snapshot`` with its day partition and column bounds.
+    def _indexed(self, table: Table, snapshot: Snapshot) -> tuple[list[_IndexedFile], bool]:
+        """Every data file of ``snapshot`` with its day partition and column bounds; and whether
+        the snapshot has delete files (then its files are read through iceberg_scan, which applies
+        them: :func:`sql.relation`).
 
         Why not pyiceberg's planner per query: it re-reads the manifests on every scan (about 10
         ms a query here, the largest share of a cached page's time). Manifests are immutable, so
         their decoded entries are kept by path: a new snapshot reads only the manifests it added.
         """
         files: list[_IndexedFile] = []
+        deletes = False
         specs = table.specs()
         types = {f.field_id: f.field_type for f in table.schema().fields}
         for manifest in snapshot.manifests(table.io):
+            if manifest.content != ManifestContent.DATA:
+                # Live delete files (None: a writer that did not count them; assume some).
+                deletes = deletes or (manifest.added_files_count, manifest.existing_files_count) != (0, 0)
+                continue
             with self._lock:
                 cached = self._manifests.get(manifest.manifest_path)
                 if cached is not None:
@@ -359,16 +399,12 @@ class QueryEngine:
                     _IndexedFile.of(entry.data_file, specs[entry.data_file.spec_id], types)
                     for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True)
                 ]
-                if manifest.content != ManifestContent.DATA and cached:
-                    raise K2Error(
-                        f"table {table.name()[-1]} has delete files, which K2's query engine does not read yet"
-                    )
                 with self._lock:
                     self._manifests[manifest.manifest_path] = cached
                     while len(self._manifests) > MANIFEST_CACHE:
                         self._manifests.popitem(last=False)
             files.extend(cached)
-        return files
+        return files, deletes
 
     def chunks(
         self,
@@ -386,16 +422,17 @@ class QueryEngine:
         if snapshot is None:
             return []
         planned = self.files(table, snapshot, start, end, symbols, time_column)
-        if any(day is None for day, _ in planned):
-            return [_Chunk(start, end, [path for _, path in planned])] if planned else []
+        scan = planned.scan
+        if any(day is None for day, _ in planned.files):
+            return [_Chunk(start, end, [path for _, path in planned.files], scan)] if planned.files else []
         by_day: dict[int, list[str]] = {}
-        for day, path in planned:
+        for day, path in planned.files:
             by_day.setdefault(day, []).append(path)  # type: ignore[arg-type]
         chunks: list[_Chunk] = []
         for day, paths in sorted(by_day.items()):
-            chunk = _Chunk(max(start, EPOCH + day * DAY), min(end, EPOCH + (day + 1) * DAY), paths)
+            chunk = _Chunk(max(start, EPOCH + day * DAY), min(end, EPOCH + (day + 1) * DAY), paths, scan)
             if chunks and chunk.end - chunks[-1].start <= DAY:  # a day of range in one query, across UTC midnight
-                chunk = _Chunk(chunks[-1].start, chunk.end, chunks[-1].files + paths)
+                chunk = _Chunk(chunks[-1].start, chunk.end, chunks[-1].files + paths, scan)
                 chunks[-1] = chunk
             else:
                 chunks.append(chunk)
@@ -430,15 +467,17 @@ class QueryEngine:
         after, snapshot_id, as_of, _, (start, end) = _resume(cursor, snapshot_id, as_of, (start, end))
         table, snapshot = self.pinned(table_name, snapshot_id=snapshot_id, as_of=as_of)
         selected = list(dict.fromkeys([*wanted, *ORDER_COLUMNS]))
-        statement = sql.PAGE.format(columns=", ".join(_quoted(c) for c in selected), relation=sql.FILES,
-                                    symbols=sql.symbol_placeholders(len(symbols)))  # fmt: skip
+        columns_text, placeholders = ", ".join(_quoted(c) for c in selected), sql.symbol_placeholders(len(symbols))
         fixed = {**sql.symbol_values(list(symbols)), "exchange": exchange}
+
+        def step(chunk: _Chunk, position: Position, remaining: int) -> tuple[str, dict[str, Any]]:
+            relation, source = chunk.reading()
+            return sql.PAGE.format(columns=columns_text, relation=relation, symbols=placeholders), {
+                **fixed, **source, **_range_params(chunk), **_after_params(position), "limit": remaining}  # fmt: skip
+
         result = self._keyset(
             self.chunks(table, snapshot, start, end, symbols),
-            lambda chunk, position, remaining: (
-                statement,
-                {**fixed, **_range_params(chunk), **_after_params(position), "limit": remaining},
-            ),
+            step,
             after,
             limit,
             _trade_position,
@@ -470,13 +509,15 @@ class QueryEngine:
             raise QueryError("interval", _interval_text(interval), "must be whole seconds from 1s to 1d dividing a day")
         after, snapshot_id, as_of, _, (start, end) = _resume(cursor, snapshot_id, as_of, (start, end))
         table, snapshot = self.pinned("trades", snapshot_id=snapshot_id, as_of=as_of)
-        statement = sql.BARS.format(relation=sql.FILES, symbols=sql.symbol_placeholders(len(symbols)))
+        placeholders = sql.symbol_placeholders(len(symbols))
         fixed = {**sql.symbol_values(list(symbols)), "exchange": exchange, "width_us": width}
 
         def step(chunk: _Chunk, position: Position, remaining: int) -> tuple[str, dict[str, Any]]:
             lo = max(chunk.start, _floor(position.time, interval))  # whole bars: from the cursor's bar on
-            return statement, {**fixed, "files": chunk.files, "start": lo, "end": chunk.end, "limit": remaining,
-                               "after_us": _micros(position.time), "after_id": position.key}  # fmt: skip
+            relation, source = chunk.reading()
+            return sql.BARS.format(relation=relation, symbols=placeholders), {
+                **fixed, **source, "start": lo, "end": chunk.end, "limit": remaining,
+                "after_us": _micros(position.time), "after_id": position.key}  # fmt: skip
 
         result = self._keyset(
             self.chunks(table, snapshot, start, end, symbols),
@@ -524,17 +565,18 @@ class QueryEngine:
         placeholders = sql.symbol_placeholders(len(symbols))
 
         def step(chunk: _Chunk, position: Position, remaining: int) -> tuple[str, dict[str, Any]]:
-            quote_files = (
-                [path for _, path in self.files(quotes, quote_snapshot, chunk.start - lookback, chunk.end, symbols)]
-                if quote_snapshot is not None
-                else []
-            )
-            params = {**fixed, **_range_params(chunk), **_after_params(position), "limit": remaining,
-                      "quotes_start": chunk.start - lookback}  # fmt: skip
-            if quote_files:
-                params["quote_files"] = quote_files
-            relation = sql.QUOTE_FILES if quote_files else sql.NO_QUOTES
-            return sql.TRADES_WITH_QUOTES.format(trades=sql.FILES, quotes=relation, symbols=placeholders), params
+            trades_relation, params = chunk.reading()
+            params.update(fixed, **_range_params(chunk), **_after_params(position), limit=remaining,
+                          quotes_start=chunk.start - lookback)  # fmt: skip
+            quotes_relation = sql.NO_QUOTES
+            if quote_snapshot is not None:
+                plan = self.files(quotes, quote_snapshot, chunk.start - lookback, chunk.end, symbols)
+                if plan.files:
+                    quotes_relation, source = plan.reading(prefix="quote_")
+                    params.update(source)
+            statement = sql.TRADES_WITH_QUOTES.format(trades=trades_relation, quotes=quotes_relation,
+                                                      symbols=placeholders)  # fmt: skip
+            return statement, params
 
         return self._keyset(
             self.chunks(trades, trade_snapshot, start, end, symbols),
@@ -568,19 +610,20 @@ class QueryEngine:
         deadline = self._clock() + self.budget_seconds
         params = {"symbol": symbol, "exchange": exchange, "start": start, "end": end, "date": day}
         trades, trade_snapshot = self.pinned("trades", snapshot_id=snapshot_id, as_of=as_of)
-        trade_files = [p for _, p in self.files(trades, trade_snapshot, start, end, [symbol])] if trade_snapshot else []
         row: dict[str, Any] = dict.fromkeys(_SUMMARY_FIELDS)
         row["trades"] = 0
-        if trade_files:
-            found = self._run(sql.SUMMARY.format(relation=sql.FILES), {**params, "files": trade_files}, deadline)
-            row.update(found.to_pylist()[0])
+        plan = self.files(trades, trade_snapshot, start, end, [symbol]) if trade_snapshot else None
+        if plan is not None and plan.files:
+            relation, source = plan.reading()
+            row.update(self._run(sql.SUMMARY.format(relation=relation), {**params, **source}, deadline).to_pylist()[0])
         quotes = self.table("quotes")
         quote_snapshot = self._quotes_beside(trade_snapshot, snapshot_id is not None or as_of is not None)
-        quote_files = [p for _, p in self.files(quotes, quote_snapshot, start, end, [symbol])] if quote_snapshot else []
         row["quotes"] = 0
-        if quote_files:
-            statement = sql.SUMMARY_QUOTES.format(relation=sql.FILES)
-            row["quotes"] = self._run(statement, {**params, "files": quote_files}, deadline).column(0)[0].as_py()
+        plan = self.files(quotes, quote_snapshot, start, end, [symbol]) if quote_snapshot else None
+        if plan is not None and plan.files:
+            relation, source = plan.reading()
+            statement = sql.SUMMARY_QUOTES.format(relation=relation)
+            row["quotes"] = self._run(statement, {**params, **source}, deadline).column(0)[0].as_py()
         notional = row.pop("notional")
         with localcontext(prec=80):
             row["vwap"] = (notional / row["volume"]).quantize(EIGHT_PLACES) if row["volume"] else None
@@ -608,12 +651,12 @@ class QueryEngine:
         columns = [f.name for f in table.schema().fields]
         if snapshot is None:
             return table.schema().as_arrow().empty_table()
-        files = [p for _, p in self.files(table, snapshot, EPOCH, datetime.max.replace(tzinfo=UTC), [symbol],
-                                          time_column="ingest_time")]  # fmt: skip
-        if not files:
+        plan = self.files(table, snapshot, EPOCH, datetime.max.replace(tzinfo=UTC), [symbol], time_column="ingest_time")
+        if not plan.files:
             return table.schema().as_arrow().empty_table()
-        statement = sql.REFERENCE.format(columns=", ".join(_quoted(c) for c in columns), relation=sql.FILES)
-        return self._run(statement, {"files": files, "symbol": symbol})
+        relation, source = plan.reading()
+        statement = sql.REFERENCE.format(columns=", ".join(_quoted(c) for c in columns), relation=relation)
+        return self._run(statement, {**source, "symbol": symbol})
 
     def sequence_events(
         self,
@@ -726,14 +769,14 @@ class QueryEngine:
             snapshot = table.current_snapshot()
             if snapshot is None:
                 continue
-            files = [f.path for f in self._indexed(table, snapshot)]
-            if not files:
+            relation, source = self._whole(table, snapshot)
+            if not source:
                 continue
             if name == "trades":
-                traded = self._run(sql.SYMBOLS_TRADED.format(relation=sql.FILES), {"files": files})
+                traded = self._run(sql.SYMBOLS_TRADED.format(relation=relation), source)
                 seen.update(traded.column("symbol").to_pylist())
             else:
-                found = self._run(sql.SYMBOLS_SEEN.format(relation=sql.FILES), {"files": files})
+                found = self._run(sql.SYMBOLS_SEEN.format(relation=relation), source)
                 seen.update(found.column("symbol").to_pylist())
         listing = self._symbol_listing(traded, seen)
         with self._lock:
@@ -745,10 +788,10 @@ class QueryEngine:
         table = self.table("reference_data")
         snapshot = table.current_snapshot()
         if snapshot is not None:
-            fields = ("symbol", "name", "isin", "currency", "valid_from")
-            rows = table.scan(snapshot_id=snapshot.snapshot_id, selected_fields=fields).to_arrow()
-            for row in rows.sort_by([("valid_from", "ascending")]).to_pylist():
-                reference[row["symbol"]] = row  # the latest validity wins
+            relation, source = self._whole(table, snapshot)
+            if source:
+                for row in self._run(sql.REFERENCE_ALL.format(relation=relation), source).to_pylist():
+                    reference[row["symbol"]] = row  # the latest validity wins
         by_symbol = {row["symbol"]: row for row in traded.to_pylist()}
         rows = []
         for symbol in sorted(seen):
@@ -759,6 +802,14 @@ class QueryEngine:
                          "trades": trade.get("trades", 0), "first_trade": trade.get("first_trade"),
                          "last_trade": trade.get("last_trade")})  # fmt: skip
         return pa.Table.from_pylist(rows, _SYMBOL_LISTING)
+
+    def _whole(self, table: Table, snapshot: Snapshot) -> tuple[str, dict[str, Any]]:
+        """The relation of every row of ``snapshot`` and its parameters (none: no data files)."""
+        indexed, deletes = self._indexed(table, snapshot)
+        if not indexed:
+            return "", {}
+        scan = _Scan(_readable(table.metadata_location), snapshot.snapshot_id) if deletes else None
+        return _reading([f.path for f in indexed], scan)
 
     def _log_page(
         self,
@@ -776,20 +827,17 @@ class QueryEngine:
         _check_limit(limit)
         after, snapshot_id, _, _, (start, end) = _resume(cursor, None, None, (start, end))
         table, snapshot = self.pinned(table_name, snapshot_id=snapshot_id)
-        columns = [f.name for f in table.schema().fields]
-        text = statement.format(columns=", ".join(_quoted(c) for c in columns), relation=sql.FILES)
+        columns = ", ".join(_quoted(f.name) for f in table.schema().fields)
+
+        def step(chunk: _Chunk, position: Position, remaining: int) -> tuple[str, dict[str, Any]]:
+            relation, source = chunk.reading()
+            return statement.format(columns=columns, relation=relation), {
+                **filters, **source, **_range_params(chunk), "after_time": position.time,
+                "after_id": position.key, "limit": remaining}  # fmt: skip
+
         return self._keyset(
             self.chunks(table, snapshot, start, end, time_column=time_column),
-            lambda chunk, position, remaining: (
-                text,
-                {
-                    **filters,
-                    **_range_params(chunk),
-                    "after_time": position.time,
-                    "after_id": position.key,
-                    "limit": remaining,
-                },
-            ),
+            step,
             after,
             limit,
             lambda row: Position(row[time_column], 0, row[key_column]),
@@ -965,7 +1013,7 @@ def _int64(value: object) -> bool:
 
 
 def _range_params(chunk: _Chunk) -> dict[str, Any]:
-    return {"files": chunk.files, "start": chunk.start, "end": chunk.end}
+    return {"start": chunk.start, "end": chunk.end}
 
 
 def _after_params(position: Position) -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """Every SQL statement K2's queries run, in one place.
 
-DuckDB runs them over the Parquet files pyiceberg planned for a snapshot
+DuckDB runs them over the Parquet files K2 planned for a snapshot
 (``read_parquet($files)``): the fastest of the options measured on this
-machine (PLATFORM-NOTES: 25 ms for a symbol-day page against 42 ms through
-the iceberg extension). Keeping the statements here, each taking only bound
-parameters, is what lets another engine (Trino's Iceberg connector on the
-same catalog) replace DuckDB later: the relation is the only engine-specific
-part.
+machine (bench/results/api.json: 20 ms for a symbol-day page against 27 ms
+through the iceberg extension). A snapshot with delete files is read through
+the iceberg extension instead (:func:`relation`). Keeping the statements
+here, each taking only bound parameters, is what lets another engine (Trino's
+Iceberg connector on the same catalog) replace DuckDB later: the relation is
+the only engine-specific part.
 
 User input never becomes SQL text: values are ``$parameters``; the only text
 substituted is the column list, chosen from the table's own schema, and the
@@ -27,10 +28,21 @@ def symbol_values(symbols: list[str]) -> dict[str, str]:
     return {f"symbol_{i}": symbol for i, symbol in enumerate(symbols)}
 
 
-# The relation of a table's planned files. union_by_name: files written before a column was
-# added (schema evolution appends columns only) read it as null.
-FILES = "read_parquet($files, union_by_name := true)"
-QUOTE_FILES = "read_parquet($quote_files, union_by_name := true)"  # the second table of a join
+def relation(scan: bool, prefix: str = "") -> str:
+    """What a statement reads one table's snapshot from; ``prefix`` names the parameters of the
+    second table of a join (``quote_``).
+
+    - The planned data files (``$files``). union_by_name: files written before a column was added
+      (schema evolution appends columns only) read it as null.
+    - ``scan``: the snapshot has delete files (merge-on-read deletes and updates by Spark, Trino or
+      Flink; K2 itself only rewrites files). DuckDB's iceberg extension reads the snapshot of the
+      metadata file (``$metadata``, ``$snapshot_id``) and applies its position and equality deletes
+      by sequence number, as the Iceberg spec says; K2 does not reimplement that.
+    """
+    if scan:
+        return f"iceberg_scan(${prefix}metadata, snapshot_from_id := ${prefix}snapshot_id)"
+    return f"read_parquet(${prefix}files, union_by_name := true)"
+
 
 #: Trades or quotes of some symbols in [start, end), one page in the stable order
 #: (event time, sequence number, event id), after the cursor's position.
@@ -110,6 +122,12 @@ SYMBOLS_TRADED = """
 
 #: Every symbol with quotes or reference data (the symbols a query may name).
 SYMBOLS_SEEN = "SELECT DISTINCT symbol FROM {relation}"
+
+#: Every symbol's reference data, oldest validity first (for the listing: the latest wins).
+REFERENCE_ALL = """
+    SELECT symbol, name, isin, currency FROM {relation}
+    ORDER BY valid_from NULLS FIRST, ingest_time, event_id
+"""
 
 #: A symbol's reference data, oldest validity first.
 REFERENCE = """

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings, load_settings
 from k2_etl.lake.catalog import open_catalog
+from k2_etl.query.engine import Result
 from k2_etl.schemas.registration import register_schemas
 from k2_etl.stream.consumer import Counts, StreamConsumer
 from tests.helpers import REPO
@@ -68,12 +71,61 @@ def land_sample(platform_settings: Settings, tmp_path_factory: pytest.TempPathFa
 
 def trades_of(settings: Settings, symbol: str, snapshot_id: int | None = None) -> list[dict[str, Any]]:
     """The symbol's trades as pyiceberg reads them, in the stable order, by plain Python."""
-    table = open_catalog(settings).load_table((settings.namespace, "trades"))
+    return of_symbol(settings, "trades", symbol, snapshot_id)
+
+
+def of_symbol(settings: Settings, name: str, symbol: str, snapshot_id: int | None = None) -> list[dict[str, Any]]:
+    """The symbol's trades or quotes as pyiceberg reads them, in the stable order."""
+    table = open_catalog(settings).load_table((settings.namespace, name))
     rows = [r for r in table.scan(snapshot_id=snapshot_id).to_arrow().to_pylist() if r["symbol"] == symbol]
-    return sorted(
-        rows,
-        key=lambda r: (r["event_time"], -1 if r["sequence_number"] is None else r["sequence_number"], r["event_id"]),
-    )
+    return sorted(rows, key=stable_order)
+
+
+def stable_order(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row["event_time"], -1 if row["sequence_number"] is None else row["sequence_number"], row["event_id"]
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def bars_of(trades: list[dict[str, Any]], width: timedelta) -> list[dict[str, Any]]:
+    """OHLCV, VWAP and trade count per bar of ``trades`` (one symbol, in the stable order)."""
+    by_bar: dict[datetime, list[dict[str, Any]]] = {}
+    for r in trades:
+        by_bar.setdefault(EPOCH + (r["event_time"] - EPOCH) // width * width, []).append(r)
+    bars = []
+    for start, rows in sorted(by_bar.items()):
+        volume = sum((r["size"] for r in rows), Decimal(0))
+        notional = sum((r["price"] * r["size"] for r in rows), Decimal(0))
+        bars.append({"bar_start": start, "open": rows[0]["price"], "high": max(r["price"] for r in rows),
+                     "low": min(r["price"] for r in rows), "close": rows[-1]["price"], "volume": volume,
+                     "trades": len(rows), "vwap": (notional / volume).quantize(Decimal("0.00000001"))})  # fmt: skip
+    return bars
+
+
+def check_prevailing_quotes(
+    joined: list[dict[str, Any]], trades: list[dict[str, Any]], quotes: list[dict[str, Any]]
+) -> int:
+    """Assert each joined trade carries the quote prevailing at its time (the last of its exchange at
+    or before it, by (time, sequence, id)) with its spread and mid; returns how many had a quote."""
+    assert [j["event_id"] for j in joined] == [t["event_id"] for t in trades]
+    with_quote = 0
+    for row, trade in zip(joined, trades, strict=True):
+        before = [q for q in quotes if q["exchange"] == trade["exchange"] and q["event_time"] <= trade["event_time"]]
+        if not before:
+            assert row["quote_time"] is None and row["bid_price"] is None and row["mid"] is None
+            continue
+        with_quote += 1
+        quote = before[-1]
+        sides = ("bid_price", "ask_price", "bid_size", "ask_size")
+        assert row["quote_time"] == quote["event_time"]
+        assert [row[k] for k in sides] == [quote[k] for k in sides]
+        if quote["bid_price"] is not None and quote["ask_price"] is not None:
+            assert row["spread"] == quote["ask_price"] - quote["bid_price"]
+            assert row["mid"] == (quote["bid_price"] + quote["ask_price"]) / 2
+        else:
+            assert row["spread"] is None and row["mid"] is None  # one-sided: no spread, no mid
+    return with_quote
 
 
 def a_symbol(settings: Settings) -> str:
@@ -83,3 +135,16 @@ def a_symbol(settings: Settings) -> str:
 
 def rows_of(settings: Settings, name: str) -> list[dict[str, Any]]:
     return open_catalog(settings).load_table((settings.namespace, name)).scan().to_arrow().to_pylist()
+
+
+def walk(query: Any, **arguments: Any) -> tuple[list[dict[str, Any]], int]:
+    """Every row of a paged query, following cursors; and how many pages it took."""
+    seen: list[dict[str, Any]] = []
+    cursor, pages = None, 0
+    while True:
+        result: Result = query(**arguments, cursor=cursor)
+        seen.extend(result.rows.to_pylist())
+        pages += 1
+        if result.cursor is None:
+            return seen, pages
+        cursor = result.cursor

@@ -14,9 +14,19 @@ import pytest
 from k2_etl.config import Settings
 from k2_etl.errors import QueryError, QueryTimeout
 from k2_etl.lake.catalog import open_catalog
-from k2_etl.query.engine import QueryEngine, Result
+from k2_etl.query.engine import QueryEngine
 from tests.helpers import env_of, run_k2
-from tests.integration.query_helpers import a_symbol, land, land_sample, rows_of, trades_of
+from tests.integration.query_helpers import (
+    a_symbol,
+    bars_of,
+    check_prevailing_quotes,
+    land,
+    land_sample,
+    of_symbol,
+    rows_of,
+    trades_of,
+    walk,
+)
 
 pytestmark = pytest.mark.integration
 DAY_START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -60,22 +70,9 @@ def test_bars_match_an_independent_computation(landed: Settings) -> None:
     engine = QueryEngine(landed)
     symbol = a_symbol(landed)
     bars = engine.bars(symbols=[symbol], start=DAY_START, end=DAY_END, interval=timedelta(minutes=5)).rows.to_pylist()
-    width = 300_000_000
-    by_bar: dict[datetime, list[dict[str, Any]]] = {}
-    for r in trades_of(landed, symbol):  # already in the stable order
-        micros = (r["event_time"] - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-        by_bar.setdefault(
-            datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros // width * width), []
-        ).append(r)
-    assert [b["bar_start"] for b in bars] == sorted(by_bar)
-    for bar in bars:
-        rows = by_bar[bar["bar_start"]]
-        volume = sum((r["size"] for r in rows), Decimal(0))
-        notional = sum((r["price"] * r["size"] for r in rows), Decimal(0))
-        assert bar["open"] == rows[0]["price"] and bar["close"] == rows[-1]["price"]
-        assert bar["high"] == max(r["price"] for r in rows) and bar["low"] == min(r["price"] for r in rows)
-        assert bar["volume"] == volume and bar["trades"] == len(rows)
-        assert bar["vwap"] == (notional / volume).quantize(Decimal("0.00000001"))
+    expected = bars_of(trades_of(landed, symbol), timedelta(minutes=5))
+    assert len(expected) > 10
+    assert [{k: bar[k] for k in expected[0]} for bar in bars] == expected
 
 
 def test_time_travel_reads_a_past_snapshot(landed: Settings, tmp_path: Path) -> None:
@@ -134,41 +131,8 @@ def test_each_trade_gets_the_quote_prevailing_at_its_time(landed: Settings) -> N
     engine = QueryEngine(landed)
     symbol = a_symbol(landed)
     joined = engine.trades_with_quotes(symbols=[symbol], start=DAY_START, end=DAY_END, limit=50_000).rows.to_pylist()
-    quotes_table = open_catalog(landed).load_table((landed.namespace, "quotes")).scan().to_arrow().to_pylist()
-    quotes = sorted((q for q in quotes_table if q["symbol"] == symbol),
-                    key=lambda q: (q["event_time"], q["sequence_number"] or -1, q["event_id"]))  # fmt: skip
     trades = trades_of(landed, symbol)
-    assert [j["event_id"] for j in joined] == [t["event_id"] for t in trades]
-    with_quote = 0
-    for row, trade in zip(joined, trades, strict=True):
-        before = [q for q in quotes if q["exchange"] == trade["exchange"] and q["event_time"] <= trade["event_time"]]
-        if not before:
-            assert row["quote_time"] is None and row["bid_price"] is None and row["mid"] is None
-            continue
-        with_quote += 1
-        quote = before[-1]  # the last by (time, sequence, id): what prevailed
-        sides = ("bid_price", "ask_price", "bid_size", "ask_size")
-        assert row["quote_time"] == quote["event_time"]
-        assert [row[k] for k in sides] == [quote[k] for k in sides]
-        if quote["bid_price"] is not None and quote["ask_price"] is not None:
-            assert row["spread"] == quote["ask_price"] - quote["bid_price"]
-            assert row["mid"] == (quote["bid_price"] + quote["ask_price"]) / 2
-        else:
-            assert row["spread"] is None and row["mid"] is None  # one-sided: no spread, no mid
-    assert with_quote > len(trades) // 2
-
-
-def walk(query: Any, **arguments: Any) -> tuple[list[dict[str, Any]], int]:
-    """Every row of a paged query, following cursors; and how many pages it took."""
-    seen: list[dict[str, Any]] = []
-    cursor, pages = None, 0
-    while True:
-        result: Result = query(**arguments, cursor=cursor)
-        seen.extend(result.rows.to_pylist())
-        pages += 1
-        if result.cursor is None:
-            return seen, pages
-        cursor = result.cursor
+    assert check_prevailing_quotes(joined, trades, of_symbol(landed, "quotes", symbol)) > len(trades) // 2
 
 
 def test_the_summary_of_a_trading_day_matches_an_independent_computation(landed: Settings) -> None:
