@@ -30,9 +30,10 @@ run: install  ## start the local platform, register the schemas, load the bundle
 	$(BIN)/k2 status
 
 test: install  ## lint, then the whole test suite (unit + integration against real processes)
-	$(BIN)/ruff check k2_etl api tests bench
-	$(BIN)/ruff format --check k2_etl api tests bench
+	$(BIN)/ruff check k2_etl api dags plugins tests bench
+	$(BIN)/ruff format --check k2_etl api dags plugins tests bench
 	$(BIN)/mypy k2_etl api
+	MYPYPATH=plugins $(BIN)/mypy plugins/k2_airflow dags
 	$(BIN)/pytest
 
 test-fast: install  ## unit tests only (seconds)
@@ -44,6 +45,7 @@ bench: install  ## run the benchmarks (results in bench/results/)
 	$(BIN)/python bench/stream_bench.py
 	command -v wrk >/dev/null || apt-get install -y -qq wrk  # the API benchmark's load generator
 	$(BIN)/python bench/api_bench.py
+	$(BIN)/python bench/maintenance_bench.py
 
 down: install  ## stop the local platform
 	$(BIN)/k2 down

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from k2_etl import __version__
 from k2_etl.config import Settings, load_settings
-from k2_etl.errors import ComponentError, K2Error, QueryError
+from k2_etl.errors import ComponentError, ConfigError, K2Error, QueryError
 
 app = typer.Typer(
     help="K2: market-data lakehouse ETL. Vendor CSV → Kafka (Avro) → Iceberg → DuckDB/API.",
@@ -436,6 +436,118 @@ def consume(
         _print_json(counts.to_dict())
     else:
         out.print(f"consumed {counts.consumed:,}, landed {counts.landed:,}, rejected {counts.rejected:,}")
+
+
+# --- table maintenance -------------------------------------------------------------------
+
+TablesOpt = Annotated[
+    list[str] | None, typer.Option("--table", "-t", help="A table (repeatable; default: every K2 table).")
+]
+
+
+def _maintained(names: list[str] | None) -> list[tuple[Any, Any]]:
+    """(table definition, loaded table) of the tables named, or of every K2 table; unknown names exit 2."""
+    from k2_etl.lake.catalog import open_catalog
+    from k2_etl.lake.tables import TABLES, TABLES_BY_NAME
+
+    unknown = [n for n in names or () if n not in TABLES_BY_NAME]
+    if unknown:
+        raise ConfigError(f"not K2 tables: {', '.join(unknown)} (known: {', '.join(TABLES_BY_NAME)})")
+    settings = load_settings()
+    catalog = open_catalog(settings)
+    chosen = [TABLES_BY_NAME[n] for n in names] if names else list(TABLES)
+    return [(d, catalog.load_table((settings.namespace, d.name))) for d in chosen]
+
+
+@app.command("compact")
+def compact_tables(
+    tables: TablesOpt = None,
+    min_files: Annotated[
+        int | None, typer.Option("--min-files", min=2, help="Rewrite partitions with at least this many data files.")
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Rewrite each partition's small files into large sorted ones, dropping duplicate ids.
+
+    Safe while `k2 consume` runs: one commit per partition swaps exactly the files it read for
+    the files it wrote, so rows landed meanwhile stay.
+    """
+    from k2_etl.lake.maintenance import compact
+
+    say = _say(json_output)
+    threshold = min_files or load_settings().maintenance_min_files
+    reports = []
+    for definition, table in _maintained(tables):
+
+        def done(p: Any, name: str = definition.name) -> None:
+            say(f"{name} {p.partition}: {p.outcome}, {p.files_before:,} -> {p.files_after:,} files, "
+                f"{p.bytes_before:,} -> {p.bytes_after:,} bytes, {p.duplicates_removed:,} duplicates")  # fmt: skip
+
+        report = compact(table, definition, min_files=threshold, on_partition=done)
+        reports.append(report)
+        say(f"{report.table}: {report.files_before:,} -> {report.files_after:,} data files, "
+            f"{report.bytes_before:,} -> {report.bytes_after:,} bytes in {report.seconds:.1f} s")  # fmt: skip
+    if json_output:
+        _print_json({"tables": [r.as_dict() for r in reports]})
+
+
+@app.command("expire")
+def expire(
+    tables: TablesOpt = None,
+    older_than_hours: Annotated[
+        float | None,
+        typer.Option("--older-than-hours", min=0, help="Default: K2_MAINTENANCE_SNAPSHOT_RETENTION_HOURS."),
+    ] = None,
+    retain_last: Annotated[
+        int | None, typer.Option("--retain-last", min=1, help="Default: K2_MAINTENANCE_RETAIN_SNAPSHOTS.")
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Expire old snapshots, keeping the newest ones, tagged ones and the consumers' offsets.
+
+    Only metadata changes; files no snapshot needs any more are deleted by `k2 clean-orphans`.
+    """
+    from datetime import UTC, timedelta
+
+    from k2_etl.lake.maintenance import expire_snapshots
+
+    settings = load_settings()
+    hours = settings.maintenance_snapshot_retention_hours if older_than_hours is None else older_than_hours
+    before = datetime.now(UTC) - timedelta(hours=hours)
+    keep = retain_last or settings.maintenance_retain_snapshots
+    reports = [expire_snapshots(table, older_than=before, retain_last=keep) for _, table in _maintained(tables)]
+    if json_output:
+        _print_json({"older_than": before.isoformat(), "tables": [r.__dict__ for r in reports]})
+        return
+    for r in reports:
+        out.print(f"{r.table}: {r.snapshots_before:,} -> {r.snapshots_after:,} snapshots ({len(r.expired):,} expired)")
+
+
+@app.command("clean-orphans")
+def clean_orphans(
+    tables: TablesOpt = None,
+    older_than_hours: Annotated[
+        float | None, typer.Option("--older-than-hours", min=0, help="Default: K2_MAINTENANCE_ORPHAN_AGE_HOURS.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the orphans; delete nothing.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Delete files under each table's location that no snapshot references, once old enough."""
+    from datetime import UTC, timedelta
+
+    from k2_etl.lake.maintenance import remove_orphan_files
+
+    settings = load_settings()
+    hours = settings.maintenance_orphan_age_hours if older_than_hours is None else older_than_hours
+    before = datetime.now(UTC) - timedelta(hours=hours)
+    reports = [remove_orphan_files(t, older_than=before, dry_run=dry_run) for _, t in _maintained(tables)]
+    if json_output:
+        _print_json({"older_than": before.isoformat(), "tables": [r.__dict__ for r in reports]})
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for r in reports:
+        out.print(f"{r.table}: {r.files_seen:,} files, {r.referenced:,} referenced; {verb} {r.orphans:,} orphans "
+                  f"({r.bytes:,} bytes)", markup=False)  # fmt: skip
 
 
 # --- query -------------------------------------------------------------------------------

@@ -165,6 +165,22 @@ class Settings(BaseSettings):
         description='API keys (JSON list, e.g. ["k1","k2"]); when set, /v1 needs one in the X-API-Key header.',
     )
 
+    # --- Table maintenance (`k2 compact`, `k2 expire`, `k2 clean-orphans`, k2_maintenance) ---------
+    maintenance_min_files: int = Field(
+        5, ge=2, le=100_000, description="Compaction rewrites a partition once it holds at least this many data files."
+    )
+    maintenance_snapshot_retention_hours: float = Field(
+        168.0, gt=0, le=24 * 3650, allow_inf_nan=False,
+        description="Snapshots older than this are expired (how far back time travel reaches).",
+    )  # fmt: skip
+    maintenance_retain_snapshots: int = Field(
+        50, ge=1, le=100_000, description="The newest snapshots always kept, whatever their age."
+    )
+    maintenance_orphan_age_hours: float = Field(
+        72.0, ge=1, le=24 * 3650, allow_inf_nan=False,
+        description="Unreferenced files are deleted only once this old (a younger one may be a commit in flight).",
+    )  # fmt: skip
+
     # --- Local platform ----------------------------------------------------
     start_timeout_seconds: float = Field(
         30.0, gt=0, le=3600, allow_inf_nan=False, description="How long `k2 up` waits for a component to be healthy."

@@ -82,3 +82,27 @@ STREAM_LAG = Gauge(
     "Messages in the partition after the offset its table records (the broker's high watermark minus it).",
     ["topic", "partition"],
 )
+
+# --- table maintenance (k2 compact / expire / clean-orphans, k2_maintenance) ---------------------
+MAINTENANCE_SECONDS = Histogram(
+    "k2_maintenance_duration_seconds",
+    "Wall time of one maintenance operation on one table.",
+    ["operation", "table"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
+MAINTENANCE_FILES_REWRITTEN = Counter(
+    "k2_maintenance_files_rewritten_total", "Data files compaction replaced.", ["table"]
+)
+MAINTENANCE_FILES_WRITTEN = Counter("k2_maintenance_files_written_total", "Data files compaction wrote.", ["table"])
+MAINTENANCE_DUPLICATES_REMOVED = Counter(
+    "k2_maintenance_duplicates_removed_total", "Rows with an id already landed, dropped by compaction.", ["table"]
+)
+MAINTENANCE_CONFLICTS = Counter(
+    "k2_maintenance_conflicts_total",
+    "Maintenance commits refused by a concurrent change (the work is left for the next run).",
+    ["operation", "table"],
+)
+MAINTENANCE_SNAPSHOTS_EXPIRED = Counter("k2_maintenance_snapshots_expired_total", "Snapshots expired.", ["table"])
+MAINTENANCE_ORPHANS_REMOVED = Counter(
+    "k2_maintenance_orphan_files_removed_total", "Files no snapshot referenced, deleted.", ["table"]
+)

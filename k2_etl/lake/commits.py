@@ -17,11 +17,12 @@ writers (another consumer, maintenance) are retried on a refreshed table.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from k2_etl.errors import K2Error
@@ -38,14 +39,34 @@ class Fenced(K2Error):
 
 def _recorded(table: Table) -> dict[str, dict[str, dict[str, int]]]:
     """The offsets property of the newest snapshot that has one (maintenance snapshots do not)."""
-    snapshot = table.current_snapshot()
-    while snapshot is not None:
-        summary = snapshot.summary
-        value = summary.additional_properties.get(OFFSETS_PROPERTY) if summary is not None else None
+    for snapshot in _back_to_offsets(table):
+        value = snapshot.summary.additional_properties.get(OFFSETS_PROPERTY) if snapshot.summary else None
         if value is not None:
             return json.loads(value)
-        snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id else None
     return {}
+
+
+def _back_to_offsets(table: Table) -> Iterator[Snapshot]:
+    """The current snapshot and its ancestors, newest first, down to the newest that records offsets."""
+    snapshot = table.current_snapshot()
+    while snapshot is not None:
+        yield snapshot
+        if snapshot.summary is not None and OFFSETS_PROPERTY in snapshot.summary.additional_properties:
+            return
+        snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id else None
+
+
+def offsets_lineage(table: Table) -> set[int]:
+    """The snapshots the table's offsets are found through (the current one back to the newest
+    that records them): snapshot expiry must keep them, or consumers would lose their place.
+    Empty when no snapshot records offsets (a table no consumer landed)."""
+    lineage = list(_back_to_offsets(table))
+    last = lineage[-1].summary if lineage else None
+    return (
+        {s.snapshot_id for s in lineage}
+        if last is not None and OFFSETS_PROPERTY in last.additional_properties
+        else set()
+    )
 
 
 def committed_offsets(table: Table, group: str) -> Offsets:

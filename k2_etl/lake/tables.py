@@ -43,6 +43,14 @@ from k2_etl.schemas import LOAD_MANIFEST, QUOTE, REFERENCE_DATA, REJECT, SEQUENC
 TABLE_PROPERTIES = {
     "format-version": "2",
     "write.parquet.compression-codec": "zstd",
+    # Row groups of 50k rows in large (compacted) files: files are sorted by symbol, so a
+    # one-symbol query skips most row groups by their statistics (pyiceberg's default is 1M).
+    "write.parquet.row-group-limit": "50000",
+    # Maintenance (compaction, replay) replaces files while the consumer appends. Serializable
+    # isolation would fail every such commit the stream appended beside; snapshot isolation
+    # still refuses one whose rewritten files were removed or got delete files meanwhile.
+    "write.update.isolation-level": "snapshot",
+    "write.delete.isolation-level": "snapshot",
 }
 
 
@@ -53,12 +61,19 @@ class TableDef:
     Attributes:
         partition: ``(column, transform, partition field name)`` triples.
         sort: columns of the sort order, ascending, nulls first.
+        id_column: the deterministic record id rows are deduplicated by (None: not deduplicated).
     """
 
     name: str
     record: RecordType
     partition: tuple[tuple[str, Transform[Any, Any], str], ...]
     sort: tuple[str, ...]
+    id_column: str | None = "event_id"
+
+    @property
+    def day_column(self) -> str | None:
+        """The column partitioned by day (the scope of deduplication and maintenance), if any."""
+        return next((column for column, transform, _ in self.partition if isinstance(transform, DayTransform)), None)
 
     def schema(self) -> Schema:
         return iceberg_schema(self.record)
@@ -81,14 +96,20 @@ TABLES: tuple[TableDef, ...] = (
     TableDef("trades", TRADE, (("event_time", DayTransform(), "event_day"),), ("symbol", "event_time")),
     TableDef("quotes", QUOTE, (("event_time", DayTransform(), "event_day"),), ("symbol", "event_time")),
     TableDef("reference_data", REFERENCE_DATA, (), ("symbol",)),
-    TableDef("rejects", REJECT, (("rejected_at", MonthTransform(), "rejected_month"),), ("source", "line_number")),
+    TableDef(
+        "rejects",
+        REJECT,
+        (("rejected_at", MonthTransform(), "rejected_month"),),
+        ("source", "line_number"),
+        "reject_id",
+    ),
     TableDef(
         "sequence_events",
         SEQUENCE_EVENT,
         (("trading_date", MonthTransform(), "trading_month"),),
         ("exchange", "symbol", "trading_date"),
     ),
-    TableDef("load_manifest", LOAD_MANIFEST, (("started_at", MonthTransform(), "started_month"),), ("load_id",)),
+    TableDef("load_manifest", LOAD_MANIFEST, (("started_at", MonthTransform(), "started_month"),), ("load_id",), None),
 )
 TABLES_BY_NAME = {t.name: t for t in TABLES}
 
@@ -222,10 +243,14 @@ def ensure_table(catalog: Catalog, namespace: str, table: TableDef) -> TableStat
         )
         return TableStatus(table.name, "created", created.metadata_location)
     existing: Table = catalog.load_table(identifier)
+    missing = {k: v for k, v in TABLE_PROPERTIES.items() if k != "format-version" and existing.properties.get(k) != v}
+    if missing:  # tables created before a property was added get it
+        with existing.transaction() as transaction:
+            transaction.set_properties(missing)
     current = _columns(existing.schema())
     wanted = _columns(desired)
     if all(current.get(name) == spec for name, spec in wanted.items()):
-        return TableStatus(table.name, "unchanged", existing.metadata_location)
+        return TableStatus(table.name, "evolved" if missing else "unchanged", existing.metadata_location)
     try:
         with existing.update_schema() as update:
             update.union_by_name(desired)

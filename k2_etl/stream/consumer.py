@@ -47,7 +47,6 @@ from confluent_kafka.schema_registry import Schema
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.schema import Schema as IcebergSchema
 from pyiceberg.table import Table
-from pyiceberg.transforms import DayTransform
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -163,9 +162,8 @@ class StreamConsumer:
         self.indexes: dict[str, IdIndex] = {}
         for t in self.topics:
             definition = table_of[self.record_types[t]]
-            day = next((c for c, transform, _ in definition.partition if isinstance(transform, DayTransform)), None)
-            id_column = "reject_id" if definition.record is REJECT else "event_id"
-            self.indexes[t] = IdIndex(self.tables[t], id_column, day)
+            assert definition.id_column is not None, f"{definition.name} is not landed from a topic"
+            self.indexes[t] = IdIndex(self.tables[t], definition.id_column, definition.day_column)
         self.sequence_events = catalog.load_table((settings.namespace, table_of[SEQUENCE_EVENT.name].name))
         self.trackers: dict[str, SequenceTracker] = {
             t: SequenceTracker(self.tables[t], self.sequence_events, self.record_types[t])

@@ -108,3 +108,17 @@ def test_init_evolves_a_table_when_its_schema_gains_a_field(own_settings: Settin
     assert ensure_table(catalog, own_settings.namespace, evolved).action == "unchanged"
     # the current definition still matches (the extra column is kept, nothing is dropped)
     assert ensure_table(catalog, own_settings.namespace, trades_def).action == "unchanged"
+
+
+def test_init_gives_tables_made_before_a_property_existed_the_property(own_settings: Settings) -> None:
+    """Tables created by an older K2 get properties added since (maintenance's isolation level)."""
+    assert run_k2(env_of(own_settings), "init").returncode == 0
+    catalog = open_catalog(own_settings)
+    table = catalog.load_table((own_settings.namespace, "quotes"))
+    with table.transaction() as transaction:
+        transaction.remove_properties("write.update.isolation-level")
+    quotes_def = next(t for t in TABLES if t.name == "quotes")
+    assert ensure_table(catalog, own_settings.namespace, quotes_def).action == "evolved"
+    table = catalog.load_table((own_settings.namespace, "quotes"))
+    assert table.properties["write.update.isolation-level"] == "snapshot"
+    assert ensure_table(catalog, own_settings.namespace, quotes_def).action == "unchanged"

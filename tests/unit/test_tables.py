@@ -38,3 +38,12 @@ def test_partition_and_sort_resolve_against_the_schema() -> None:
         assert len(table.sort_order(schema).fields) == len(table.sort)
     trades = TABLES_BY_NAME["trades"]
     assert [str(f.transform) for f in trades.partition_spec(trades.schema()).fields] == ["day"]
+
+
+def test_id_and_day_columns_are_columns_of_their_tables() -> None:
+    for table in TABLES:
+        columns = table.schema().column_names
+        assert table.id_column is None or table.id_column in columns, table.name
+        assert table.day_column is None or table.day_column in columns, table.name
+    assert (TABLES_BY_NAME["trades"].day_column, TABLES_BY_NAME["rejects"].id_column) == ("event_time", "reject_id")
+    assert TABLES_BY_NAME["load_manifest"].id_column is None and TABLES_BY_NAME["reference_data"].day_column is None

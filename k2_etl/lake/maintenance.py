@@ -1,0 +1,307 @@
+"""Table maintenance beside the stream: compaction, snapshot expiry, orphan file removal.
+
+The streaming consumer commits about once a second: a snapshot per commit and a
+small file per day partition it touched. Queries slow down with the files, and
+metadata grows with the snapshots. These three operations keep tables fast, and
+each is safe while the consumer streams:
+
+* :func:`compact`: each partition holding at least ``min_files`` data files is
+  read whole, duplicate ids are dropped (the first landed wins), the rows are
+  sorted by the table's sort order and written as large files, and one snapshot
+  replaces exactly the files read with the files written (pyiceberg's file-level
+  overwrite). Rows appended meanwhile are in other files, so they stay. Snapshot
+  isolation (:data:`~k2_etl.lake.tables.TABLE_PROPERTIES`) lets that commit land
+  beside appends, and still refuses it when a file it rewrote was removed
+  meanwhile (a concurrent compaction): that partition is left for the next run.
+* :func:`expire_snapshots`: drops snapshots older than a retention, keeping the
+  newest ``retain_last``, every branch head and tag (pinned time travel), and
+  the snapshots the consumers' Kafka offsets are found through
+  (:func:`~k2_etl.lake.commits.offsets_lineage`). It only edits metadata.
+* :func:`remove_orphan_files`: deletes files under the table's location that no
+  remaining snapshot or metadata file references, once older than a safety
+  window (younger ones may belong to a commit in flight).
+
+pyiceberg 0.12 has no compaction or orphan removal of its own; these use its
+scan, writer and snapshot APIs rather than writing Iceberg metadata by hand.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.io.pyarrow import ArrowScan, PyArrowFileIO, _dataframe_to_data_files
+from pyiceberg.manifest import DataFile, DataFileContent, ManifestContent
+from pyiceberg.table import FileScanTask, Table
+from pyiceberg.table.update.validate import ValidationException
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from k2_etl.errors import K2Error
+from k2_etl.lake.commits import offsets_lineage
+from k2_etl.lake.tables import TableDef
+from k2_etl.observability import (
+    MAINTENANCE_CONFLICTS,
+    MAINTENANCE_DUPLICATES_REMOVED,
+    MAINTENANCE_FILES_REWRITTEN,
+    MAINTENANCE_FILES_WRITTEN,
+    MAINTENANCE_ORPHANS_REMOVED,
+    MAINTENANCE_SECONDS,
+    MAINTENANCE_SNAPSHOTS_EXPIRED,
+)
+
+MAINTENANCE_PROPERTY = "k2.maintenance"  # in the summary of snapshots maintenance commits: what it did
+DEFAULT_MIN_FILES = 5  # a partition with fewer data files is left alone (Spark's rewrite default too)
+
+_ROW = "_k2_row"  # the landing order of a row while a partition is rewritten
+
+
+@dataclass
+class PartitionCompaction:
+    """What compaction did to one partition (``outcome``: compacted, or why not)."""
+
+    partition: str
+    outcome: str
+    files_before: int
+    bytes_before: int
+    rows_before: int
+    files_after: int = 0
+    bytes_after: int = 0
+    rows_after: int = 0
+
+    @property
+    def duplicates_removed(self) -> int:
+        return self.rows_before - self.rows_after if self.outcome == "compacted" else 0
+
+
+@dataclass
+class CompactionReport:
+    table: str
+    partitions: list[PartitionCompaction] = field(default_factory=list)
+    files_before: int = 0  # data files of the whole table, before and after
+    files_after: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "partitions": [{**asdict(p), "duplicates_removed": p.duplicates_removed}
+                                               for p in self.partitions]}  # fmt: skip
+
+
+@dataclass
+class ExpiryReport:
+    table: str
+    snapshots_before: int
+    snapshots_after: int
+    expired: list[int]
+    seconds: float
+
+
+@dataclass
+class OrphanReport:
+    table: str
+    files_seen: int
+    referenced: int
+    orphans: int
+    bytes: int
+    removed: list[str]
+    dry_run: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Live:
+    """A live data file of the current snapshot and its data sequence number (landing order)."""
+
+    data_file: DataFile
+    sequence_number: int
+
+
+def compact(
+    table: Table,
+    definition: TableDef,
+    *,
+    min_files: int = DEFAULT_MIN_FILES,
+    on_partition: Callable[[PartitionCompaction], None] | None = None,
+) -> CompactionReport:
+    """Rewrite each partition holding at least ``min_files`` data files (see the module docstring).
+
+    Partitions with delete files (merge-on-read writes of another engine) are skipped: rewriting
+    their data files would bring deleted rows back. ``on_partition`` is told of each partition
+    done (progress).
+    """
+    started = time.perf_counter()
+    name = table.name()[-1]
+    by_partition, with_deletes = _live_files(table)
+    report = CompactionReport(name)
+    report.files_before = sum(len(files) for files in by_partition.values())
+    report.bytes_before = sum(f.data_file.file_size_in_bytes for files in by_partition.values() for f in files)
+    for key, files in sorted(by_partition.items(), key=lambda item: _partition_name(table, item[1][0].data_file)):
+        if len(files) < min_files:
+            continue
+        partition = PartitionCompaction(
+            _partition_name(table, files[0].data_file), "compacted", len(files),
+            sum(f.data_file.file_size_in_bytes for f in files), sum(f.data_file.record_count for f in files),
+        )  # fmt: skip
+        if key in with_deletes:
+            partition.outcome = "skipped: the partition has delete files (rewriting would restore deleted rows)"
+        else:
+            _rewrite(table, definition, files, partition)
+        report.partitions.append(partition)
+        if on_partition is not None:
+            on_partition(partition)
+    table.refresh()
+    after, _ = _live_files(table)
+    report.files_after = sum(len(files) for files in after.values())
+    report.bytes_after = sum(f.data_file.file_size_in_bytes for files in after.values() for f in files)
+    report.seconds = round(time.perf_counter() - started, 3)
+    MAINTENANCE_SECONDS.labels("compact", name).observe(report.seconds)
+    return report
+
+
+def _rewrite(table: Table, definition: TableDef, files: list[_Live], partition: PartitionCompaction) -> None:
+    name = table.name()[-1]
+    ordered = sorted(files, key=lambda f: (f.sequence_number, f.data_file.file_path))
+    scan = ArrowScan(table.metadata, table.io, projected_schema=table.schema(), row_filter=AlwaysTrue())
+    rows = scan.to_table([FileScanTask(f.data_file) for f in ordered])  # in task order: landing order
+    rows = _first_of_each_id(rows, definition.id_column)
+    sort_keys = [*definition.sort, *(c for c in ("event_time", definition.id_column) if c and c not in definition.sort)]
+    rows = rows.sort_by([(column, "ascending") for column in sort_keys if column in rows.column_names])
+    written = list(_dataframe_to_data_files(table.metadata, rows, table.io, write_uuid=uuid.uuid4()))
+    try:
+        with table.transaction() as transaction:
+            properties = {MAINTENANCE_PROPERTY: "compact"}
+            with transaction.update_snapshot(snapshot_properties=properties).overwrite() as rewrite:
+                for live in files:
+                    rewrite.delete_data_file(live.data_file)
+                for data_file in written:
+                    rewrite.append_data_file(data_file)
+    except (CommitFailedException, ValidationException) as exc:
+        for data_file in written:  # never referenced: remove rather than leave orphans
+            table.io.delete(data_file.file_path)
+        partition.outcome = f"conflict: {exc} (left for the next run)"
+        MAINTENANCE_CONFLICTS.labels("compact", name).inc()
+        return
+    partition.files_after = len(written)
+    partition.bytes_after = sum(f.file_size_in_bytes for f in written)
+    partition.rows_after = rows.num_rows
+    MAINTENANCE_FILES_REWRITTEN.labels(name).inc(len(files))
+    MAINTENANCE_FILES_WRITTEN.labels(name).inc(len(written))
+    MAINTENANCE_DUPLICATES_REMOVED.labels(name).inc(partition.duplicates_removed)
+
+
+def _first_of_each_id(rows: pa.Table, id_column: str | None) -> pa.Table:
+    """The rows without repeated ids, each id's first row kept (rows are in landing order)."""
+    if id_column is None or rows.num_rows == 0:
+        return rows
+    numbered = rows.append_column(_ROW, pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+    first = numbered.group_by(id_column, use_threads=False).aggregate([(_ROW, "min")]).column(f"{_ROW}_min")
+    if len(first) == rows.num_rows:
+        return rows
+    return rows.take(np.sort(first.to_numpy()))
+
+
+def _live_files(table: Table) -> tuple[dict[tuple[Any, ...], list[_Live]], set[tuple[Any, ...]]]:
+    """The current snapshot's data files by partition, and the partitions with delete files."""
+    snapshot = table.current_snapshot()
+    by_partition: dict[tuple[Any, ...], list[_Live]] = {}
+    with_deletes: set[tuple[Any, ...]] = set()
+    if snapshot is None:
+        return by_partition, with_deletes
+    for manifest in snapshot.manifests(table.io):
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+            data_file = entry.data_file
+            key = (data_file.spec_id, *(data_file.partition[i] for i in range(len(data_file.partition))))
+            if manifest.content == ManifestContent.DELETES or data_file.content != DataFileContent.DATA:
+                with_deletes.add(key)
+            else:
+                by_partition.setdefault(key, []).append(_Live(data_file, entry.sequence_number or 0))
+    return by_partition, with_deletes
+
+
+def _partition_name(table: Table, data_file: DataFile) -> str:
+    spec = table.specs()[data_file.spec_id]
+    return spec.partition_to_path(data_file.partition, table.schema()) if spec.fields else "(unpartitioned)"
+
+
+@retry(
+    retry=retry_if_exception_type(CommitFailedException),
+    stop=stop_after_attempt(10),
+    wait=wait_random_exponential(multiplier=0.05, max=2),
+    reraise=True,
+)
+def expire_snapshots(table: Table, *, older_than: datetime, retain_last: int) -> ExpiryReport:
+    """Expire the snapshots committed before ``older_than``, except the newest ``retain_last``,
+    branch heads and tags, and the consumers' offsets lineage. A commit conflict (the consumer
+    committed meanwhile) starts over on the refreshed table."""
+    if retain_last < 1:
+        raise K2Error(f"retain_last must be at least 1, not {retain_last}")
+    started = time.perf_counter()
+    table.refresh()
+    snapshots = sorted(table.snapshots(), key=lambda s: (s.timestamp_ms, s.snapshot_id), reverse=True)
+    keep = {s.snapshot_id for s in snapshots[:retain_last]} | offsets_lineage(table)
+    keep |= {ref.snapshot_id for ref in table.metadata.refs.values()}
+    cutoff = int(older_than.timestamp() * 1000)
+    expired = [s.snapshot_id for s in snapshots if s.timestamp_ms < cutoff and s.snapshot_id not in keep]
+    if expired:
+        table.maintenance.expire_snapshots().by_ids(expired).commit()
+        MAINTENANCE_SNAPSHOTS_EXPIRED.labels(table.name()[-1]).inc(len(expired))
+    seconds = round(time.perf_counter() - started, 3)
+    MAINTENANCE_SECONDS.labels("expire", table.name()[-1]).observe(seconds)
+    return ExpiryReport(table.name()[-1], len(snapshots), len(snapshots) - len(expired), expired, seconds)
+
+
+def remove_orphan_files(table: Table, *, older_than: datetime, dry_run: bool = False) -> OrphanReport:
+    """Delete the files under the table's location that nothing references and that were last
+    modified before ``older_than`` (``dry_run``: only report them)."""
+    started = time.perf_counter()
+    io = table.io
+    if not isinstance(io, PyArrowFileIO):
+        raise K2Error(f"orphan removal lists files through pyarrow; table {table.name()[-1]} uses {type(io).__name__}")
+    scheme, netloc, root = io.parse_location(table.location(), io.properties)
+    fs = io.fs_by_scheme(scheme, netloc)
+    referenced = {io.parse_location(path, io.properties)[2] for path in _referenced(table)}
+    listed = [
+        info
+        for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        if info.type == pafs.FileType.File
+    ]
+    orphans = [info for info in listed if info.path not in referenced and info.mtime is not None
+               and info.mtime.timestamp() < older_than.timestamp()]  # fmt: skip
+    if not dry_run:
+        for info in orphans:
+            fs.delete_file(info.path)
+        MAINTENANCE_ORPHANS_REMOVED.labels(table.name()[-1]).inc(len(orphans))
+    seconds = round(time.perf_counter() - started, 3)
+    MAINTENANCE_SECONDS.labels("clean_orphans", table.name()[-1]).observe(seconds)
+    return OrphanReport(table.name()[-1], len(listed), len(referenced), len(orphans),
+                        sum(info.size or 0 for info in orphans), sorted(info.path for info in orphans), dry_run,
+                        seconds)  # fmt: skip
+
+
+def _referenced(table: Table) -> Iterable[str]:
+    """Every file the table's metadata reaches: metadata files (current and logged), statistics,
+    and for each snapshot its manifest list, manifests and their live data and delete files."""
+    metadata = table.metadata
+    yield table.metadata_location
+    yield from (entry.metadata_file for entry in metadata.metadata_log)
+    yield from (s.statistics_path for s in metadata.statistics)
+    yield from (s.statistics_path for s in metadata.partition_statistics)
+    seen: set[str] = set()
+    for snapshot in table.snapshots():
+        yield snapshot.manifest_list
+        for manifest in snapshot.manifests(table.io):
+            if manifest.manifest_path in seen:
+                continue
+            seen.add(manifest.manifest_path)
+            yield manifest.manifest_path
+            yield from (e.data_file.file_path for e in manifest.fetch_manifest_entry(table.io, discard_deleted=True))
