@@ -33,7 +33,12 @@ from k2_etl.lake.tables import TABLES_BY_NAME
     render_template_as_native_obj=True,  # params.min_files stays None or an int, not text
     doc_md=__doc__,
     tags=["k2", "maintenance", "iceberg"],
-    default_args={"owner": "k2", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    default_args={
+        "owner": "k2",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=5),
+        "execution_timeout": timedelta(hours=2),
+    },  # a stuck run must not block the next hours
     params={
         "tables": Param(
             list(TABLES_BY_NAME), type="array", items={"enum": list(TABLES_BY_NAME)}, description="Tables to maintain."

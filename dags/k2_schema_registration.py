@@ -24,7 +24,12 @@ from k2_airflow.operators import RegisterSchemasOperator
     catchup=False,
     doc_md=__doc__,
     tags=["k2", "schemas"],
-    default_args={"owner": "k2", "retries": 2, "retry_delay": timedelta(minutes=1)},  # an unreachable registry
+    default_args={
+        "owner": "k2",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),  # an unreachable registry
+        "execution_timeout": timedelta(minutes=10),
+    },
 )
 def k2_schema_registration() -> None:
     RegisterSchemasOperator(task_id="register_schemas")

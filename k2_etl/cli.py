@@ -527,7 +527,12 @@ def expire(
 def clean_orphans(
     tables: TablesOpt = None,
     older_than_hours: Annotated[
-        float | None, typer.Option("--older-than-hours", min=0, help="Default: K2_MAINTENANCE_ORPHAN_AGE_HOURS.")
+        float | None,
+        typer.Option(
+            "--older-than-hours",
+            min=1,
+            help="At least 1 (younger files may be commits in flight). Default: K2_MAINTENANCE_ORPHAN_AGE_HOURS.",
+        ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the orphans; delete nothing.")] = False,
     json_output: JsonFlag = False,

@@ -11,7 +11,8 @@ when it took the partition (or when it last committed). At commit time the
 table must still record exactly that; otherwise another consumer has
 committed the partition since (a rebalance moved it) and this batch is stale:
 :class:`Fenced` is raised and nothing is written. Commit conflicts with other
-writers (another consumer, maintenance) are retried on a refreshed table.
+writers (another consumer, maintenance) are retried on a refreshed table, the
+check included (pyiceberg's own retry, which would skip it, is turned off).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Iterator, Mapping
 
 import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.table import Table
+from pyiceberg.table import Table, TableProperties
 from pyiceberg.table.snapshots import Snapshot
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
@@ -96,6 +97,7 @@ def append_with_offsets(
     batch began (None: nothing recorded). Raises :class:`Fenced` when it records anything else.
     """
     table.refresh()
+    _without_commit_retries(table)
     recorded = _recorded(table)
     mine = recorded.get(group, {})
     for topic, partitions in expected.items():
@@ -111,3 +113,16 @@ def append_with_offsets(
         merged.setdefault(topic, {}).update({str(p): o for p, o in partitions.items()})
     recorded[group] = merged
     table.append(data, snapshot_properties={OFFSETS_PROPERTY: json.dumps(recorded, sort_keys=True)})
+
+
+def _without_commit_retries(table: Table) -> None:
+    """Turn off pyiceberg's own retry of a conflicting commit, for this table object.
+
+    pyiceberg rebuilds a conflicting append on the new head with the same snapshot properties,
+    so a stale consumer's offsets would commit without the fencing check above (its batch
+    landing twice, other groups' offsets rolled back). The whole append is retried here instead,
+    check included. Only the in-memory metadata changes: a commit applies its updates to the
+    catalog's current metadata, so the stored table properties are untouched.
+    """
+    properties = {**table.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
+    table.metadata = table.metadata.model_copy(update={"properties": properties})

@@ -27,12 +27,14 @@ scan, writer and snapshot APIs rather than writing Iceberg metadata by hand.
 
 from __future__ import annotations
 
+import posixpath
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -135,27 +137,33 @@ def compact(
 ) -> CompactionReport:
     """Rewrite each partition holding at least ``min_files`` data files (see the module docstring).
 
-    Partitions with delete files (merge-on-read writes of another engine) are skipped: rewriting
-    their data files would bring deleted rows back. ``on_partition`` is told of each partition
-    done (progress).
+    Each partition is planned on fresh metadata just before it is rewritten, and checked again
+    just before its commit. Partitions with delete files (merge-on-read writes of another
+    engine) are skipped: rewriting their data files would bring deleted rows back.
+    ``on_partition`` is told of each partition done (progress).
     """
     started = time.perf_counter()
     name = table.name()[-1]
-    by_partition, with_deletes = _live_files(table)
+    table.refresh()
+    by_partition, _ = _live_files(table)
     report = CompactionReport(name)
     report.files_before = sum(len(files) for files in by_partition.values())
     report.bytes_before = sum(f.data_file.file_size_in_bytes for files in by_partition.values() for f in files)
-    for key, files in sorted(by_partition.items(), key=lambda item: _partition_name(table, item[1][0].data_file)):
+    candidates = sorted((_partition_name(table, files[0].data_file), key)
+                        for key, files in by_partition.items() if len(files) >= min_files)  # fmt: skip
+    for partition_name, key in candidates:
+        table.refresh()
+        live, deletes = _live_files(table)
+        files = live.get(key, [])
         if len(files) < min_files:
-            continue
-        partition = PartitionCompaction(
-            _partition_name(table, files[0].data_file), "compacted", len(files),
-            sum(f.data_file.file_size_in_bytes for f in files), sum(f.data_file.record_count for f in files),
-        )  # fmt: skip
-        if key in with_deletes:
+            continue  # compacted meanwhile (another run)
+        partition = PartitionCompaction(partition_name, "compacted", len(files),
+                                        sum(f.data_file.file_size_in_bytes for f in files),
+                                        sum(f.data_file.record_count for f in files))  # fmt: skip
+        if _has_deletes(key, deletes):
             partition.outcome = "skipped: the partition has delete files (rewriting would restore deleted rows)"
         else:
-            _rewrite(table, definition, files, partition)
+            _rewrite(table, definition, key, files, partition)
         report.partitions.append(partition)
         if on_partition is not None:
             on_partition(partition)
@@ -168,7 +176,11 @@ def compact(
     return report
 
 
-def _rewrite(table: Table, definition: TableDef, files: list[_Live], partition: PartitionCompaction) -> None:
+class _Conflict(Exception):
+    """The partition changed under a rewrite in a way the rewrite must not overwrite."""
+
+
+def _rewrite(table: Table, definition: TableDef, key: _Key, files: list[_Live], partition: PartitionCompaction) -> None:
     name = table.name()[-1]
     ordered = sorted(files, key=lambda f: (f.sequence_number, f.data_file.file_path))
     scan = ArrowScan(table.metadata, table.io, projected_schema=table.schema(), row_filter=AlwaysTrue())
@@ -178,14 +190,8 @@ def _rewrite(table: Table, definition: TableDef, files: list[_Live], partition: 
     rows = rows.sort_by([(column, "ascending") for column in sort_keys if column in rows.column_names])
     written = list(_dataframe_to_data_files(table.metadata, rows, table.io, write_uuid=uuid.uuid4()))
     try:
-        with table.transaction() as transaction:
-            properties = {MAINTENANCE_PROPERTY: "compact"}
-            with transaction.update_snapshot(snapshot_properties=properties).overwrite() as rewrite:
-                for live in files:
-                    rewrite.delete_data_file(live.data_file)
-                for data_file in written:
-                    rewrite.append_data_file(data_file)
-    except (CommitFailedException, ValidationException) as exc:
+        _commit_rewrite(table, key, {f.data_file.file_path for f in files}, written)
+    except (_Conflict, CommitFailedException, ValidationException) as exc:
         for data_file in written:  # never referenced: remove rather than leave orphans
             table.io.delete(data_file.file_path)
         partition.outcome = f"conflict: {exc} (left for the next run)"
@@ -199,6 +205,38 @@ def _rewrite(table: Table, definition: TableDef, files: list[_Live], partition: 
     MAINTENANCE_DUPLICATES_REMOVED.labels(name).inc(partition.duplicates_removed)
 
 
+@retry(
+    retry=retry_if_exception_type(CommitFailedException),
+    stop=stop_after_attempt(5),
+    wait=wait_random_exponential(multiplier=0.1, max=2),
+    reraise=True,
+)
+def _commit_rewrite(table: Table, key: _Key, read: set[str], written: list[DataFile]) -> None:
+    """Replace the files ``read`` of partition ``key`` by ``written``, in one snapshot.
+
+    Checked on fresh metadata first: every file read is still live (no other rewrite removed
+    it) and the partition has no delete files (none committed while it was rewritten). Commits
+    after that are checked by pyiceberg itself (snapshot isolation: appends beside are fine, a
+    removed file or a new delete file on a rewritten file is not); a conflicting commit starts
+    over here.
+    """
+    table.refresh()
+    live, deletes = _live_files(table)
+    current = {f.data_file.file_path: f.data_file for f in live.get(key, [])}
+    gone = sorted(read - set(current))
+    if gone:
+        raise _Conflict(f"{len(gone)} of the files rewritten were removed meanwhile, e.g. {gone[0]}")
+    if _has_deletes(key, deletes):
+        raise _Conflict("delete files were committed to the partition while it was rewritten")
+    with table.transaction() as transaction:
+        properties = {MAINTENANCE_PROPERTY: "compact"}
+        with transaction.update_snapshot(snapshot_properties=properties).overwrite() as rewrite:
+            for path in sorted(read):
+                rewrite.delete_data_file(current[path])
+            for data_file in written:
+                rewrite.append_data_file(data_file)
+
+
 def _first_of_each_id(rows: pa.Table, id_column: str | None) -> pa.Table:
     """The rows without repeated ids, each id's first row kept (rows are in landing order)."""
     if id_column is None or rows.num_rows == 0:
@@ -210,22 +248,31 @@ def _first_of_each_id(rows: pa.Table, id_column: str | None) -> pa.Table:
     return rows.take(np.sort(first.to_numpy()))
 
 
-def _live_files(table: Table) -> tuple[dict[tuple[Any, ...], list[_Live]], set[tuple[Any, ...]]]:
+_Key = tuple[Any, ...]  # a partition: (spec id, partition values...)
+_EVERY_PARTITION: _Key = ("*",)  # the key of delete files of an unpartitioned spec: they apply everywhere
+
+
+def _live_files(table: Table) -> tuple[dict[_Key, list[_Live]], set[_Key]]:
     """The current snapshot's data files by partition, and the partitions with delete files."""
     snapshot = table.current_snapshot()
-    by_partition: dict[tuple[Any, ...], list[_Live]] = {}
-    with_deletes: set[tuple[Any, ...]] = set()
+    by_partition: dict[_Key, list[_Live]] = {}
+    with_deletes: set[_Key] = set()
     if snapshot is None:
         return by_partition, with_deletes
+    specs = table.specs()
     for manifest in snapshot.manifests(table.io):
         for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
             data_file = entry.data_file
             key = (data_file.spec_id, *(data_file.partition[i] for i in range(len(data_file.partition))))
             if manifest.content == ManifestContent.DELETES or data_file.content != DataFileContent.DATA:
-                with_deletes.add(key)
+                with_deletes.add(key if specs[data_file.spec_id].fields else _EVERY_PARTITION)
             else:
                 by_partition.setdefault(key, []).append(_Live(data_file, entry.sequence_number or 0))
     return by_partition, with_deletes
+
+
+def _has_deletes(key: _Key, with_deletes: set[_Key]) -> bool:
+    return key in with_deletes or _EVERY_PARTITION in with_deletes
 
 
 def _partition_name(table: Table, data_file: DataFile) -> str:
@@ -269,13 +316,22 @@ def remove_orphan_files(table: Table, *, older_than: datetime, dry_run: bool = F
         raise K2Error(f"orphan removal lists files through pyarrow; table {table.name()[-1]} uses {type(io).__name__}")
     scheme, netloc, root = io.parse_location(table.location(), io.properties)
     fs = io.fs_by_scheme(scheme, netloc)
-    referenced = {io.parse_location(path, io.properties)[2] for path in _referenced(table)}
+    root = _normalized(root)
+    references = [
+        (_normalized(io.parse_location(path, io.properties)[2]), needed) for path, needed in _referenced(table)
+    ]
+    referenced = {path for path, _ in references}
     listed = [
         info
         for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
         if info.type == pafs.FileType.File
     ]
-    orphans = [info for info in listed if info.path not in referenced and info.mtime is not None
+    found = {_normalized(info.path) for info in listed}
+    unseen = sorted(p for p, needed in references if needed and p.startswith(root + "/") and p not in found)
+    if unseen:  # paths spelled differently from the listing, or files missing: deleting could corrupt
+        raise K2Error(f"table {table.name()[-1]}: {len(unseen)} referenced files are not among the files listed "
+                      f"under {root} (e.g. {unseen[0]}); removing no orphans")  # fmt: skip
+    orphans = [info for info in listed if _normalized(info.path) not in referenced and info.mtime is not None
                and info.mtime.timestamp() < older_than.timestamp()]  # fmt: skip
     if not dry_run:
         for info in orphans:
@@ -288,20 +344,27 @@ def remove_orphan_files(table: Table, *, older_than: datetime, dry_run: bool = F
                         seconds)  # fmt: skip
 
 
-def _referenced(table: Table) -> Iterable[str]:
-    """Every file the table's metadata reaches: metadata files (current and logged), statistics,
-    and for each snapshot its manifest list, manifests and their live data and delete files."""
+def _normalized(path: str) -> str:
+    """One spelling of a path for comparing references with a listing (percent-escapes, ``..``, ``//``)."""
+    return posixpath.normpath(unquote(path))
+
+
+def _referenced(table: Table) -> Iterable[tuple[str, bool]]:
+    """Every file the table's metadata reaches, and whether reading the table needs it: metadata
+    files (the current one; logged ones may already be gone), statistics, and for each snapshot
+    its manifest list, manifests and their live data and delete files."""
     metadata = table.metadata
-    yield table.metadata_location
-    yield from (entry.metadata_file for entry in metadata.metadata_log)
-    yield from (s.statistics_path for s in metadata.statistics)
-    yield from (s.statistics_path for s in metadata.partition_statistics)
+    yield table.metadata_location, True
+    yield from ((entry.metadata_file, False) for entry in metadata.metadata_log)
+    yield from ((s.statistics_path, True) for s in metadata.statistics)
+    yield from ((s.statistics_path, True) for s in metadata.partition_statistics)
     seen: set[str] = set()
     for snapshot in table.snapshots():
-        yield snapshot.manifest_list
+        yield snapshot.manifest_list, True
         for manifest in snapshot.manifests(table.io):
             if manifest.manifest_path in seen:
                 continue
             seen.add(manifest.manifest_path)
-            yield manifest.manifest_path
-            yield from (e.data_file.file_path for e in manifest.fetch_manifest_entry(table.io, discard_deleted=True))
+            yield manifest.manifest_path, True
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+                yield entry.data_file.file_path, True

@@ -243,8 +243,8 @@ def ensure_table(catalog: Catalog, namespace: str, table: TableDef) -> TableStat
         )
         return TableStatus(table.name, "created", created.metadata_location)
     existing: Table = catalog.load_table(identifier)
-    missing = {k: v for k, v in TABLE_PROPERTIES.items() if k != "format-version" and existing.properties.get(k) != v}
-    if missing:  # tables created before a property was added get it
+    missing = {k: v for k, v in TABLE_PROPERTIES.items() if k != "format-version" and k not in existing.properties}
+    if missing:  # tables created before a property was added get it (values an operator set are kept)
         with existing.transaction() as transaction:
             transaction.set_properties(missing)
     current = _columns(existing.schema())

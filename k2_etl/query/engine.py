@@ -560,7 +560,7 @@ class QueryEngine:
             quotes, quote_snapshot = self.pinned("quotes", snapshot_id=quote_snapshot_id)
         else:
             quotes = self.table("quotes")
-            quote_snapshot = self._quotes_beside(trade_snapshot, snapshot_id is not None or as_of is not None)
+            quote_snapshot = self._quotes_beside(quotes, trade_snapshot, snapshot_id is not None or as_of is not None)
         fixed = {**sql.symbol_values(list(symbols)), "exchange": exchange}
         placeholders = sql.symbol_placeholders(len(symbols))
 
@@ -617,7 +617,7 @@ class QueryEngine:
             relation, source = plan.reading()
             row.update(self._run(sql.SUMMARY.format(relation=relation), {**params, **source}, deadline).to_pylist()[0])
         quotes = self.table("quotes")
-        quote_snapshot = self._quotes_beside(trade_snapshot, snapshot_id is not None or as_of is not None)
+        quote_snapshot = self._quotes_beside(quotes, trade_snapshot, snapshot_id is not None or as_of is not None)
         row["quotes"] = 0
         plan = self.files(quotes, quote_snapshot, start, end, [symbol]) if quote_snapshot else None
         if plan is not None and plan.files:
@@ -724,9 +724,10 @@ class QueryEngine:
             next_cursor = encode_cursor(current_id or 0, Position(at, 0, str(shown.snapshot_id)))
         return Result(pa.Table.from_pylist(rows, SNAPSHOT_COLUMNS), next_cursor, current_id)
 
-    def _quotes_beside(self, trade_snapshot: Snapshot | None, travelling: bool) -> Snapshot | None:
-        """The quotes snapshot read with a trades snapshot: current, or as of its time when travelling."""
-        quotes = self.table("quotes")
+    def _quotes_beside(self, quotes: Table, trade_snapshot: Snapshot | None, travelling: bool) -> Snapshot | None:
+        """The snapshot of ``quotes`` read with a trades snapshot: current, or as of its time when
+        travelling. Of the very table object the caller plans with (the refresher may swap the
+        cached one meanwhile, whose metadata would not match the snapshot)."""
         if not travelling:
             return quotes.current_snapshot()
         if trade_snapshot is None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseHook
-from pyiceberg.catalog import Catalog
-from pyiceberg.table import Table
 
 from k2_etl.config import Settings, load_settings
-from k2_etl.lake.catalog import open_catalog
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+    from pyiceberg.table import Table
 
 
 class K2Hook(BaseHook):
@@ -30,6 +32,8 @@ class K2Hook(BaseHook):
 
     @cached_property
     def catalog(self) -> Catalog:
+        from k2_etl.lake.catalog import open_catalog  # pyiceberg: not at DAG-parse time
+
         return open_catalog(self.settings)
 
     def table(self, name: str) -> Table:

@@ -11,9 +11,10 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from k2_airflow.hooks import K2Hook
 from k2_etl.errors import ConfigError, SchemaError
-from k2_etl.lake.maintenance import compact, expire_snapshots, remove_orphan_files
 from k2_etl.lake.tables import TABLES_BY_NAME
-from k2_etl.schemas.registration import register_schemas
+
+# k2_etl's heavier modules (pyiceberg IO, numpy, confluent-kafka) are imported in execute():
+# every scheduler parse of a DAG file imports this module.
 
 MAINTENANCE_OPERATIONS = ("compact", "expire", "clean_orphans")
 
@@ -35,6 +36,8 @@ class TableMaintenanceOperator(BaseOperator):
         self.min_files = min_files
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from k2_etl.lake.maintenance import compact, expire_snapshots, remove_orphan_files
+
         if self.table not in TABLES_BY_NAME:
             raise ConfigError(f"not a K2 table: {self.table!r} (known: {', '.join(TABLES_BY_NAME)})")
         hook = K2Hook()
@@ -71,6 +74,8 @@ class RegisterSchemasOperator(BaseOperator):
     """
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
+        from k2_etl.schemas.registration import register_schemas
+
         try:
             checks = register_schemas(K2Hook().settings)
         except SchemaError as exc:

@@ -47,3 +47,25 @@ def test_groups_keep_their_own_offsets_and_maintenance_snapshots_are_skipped(tra
     trades.append(rows(trades, "c"))  # another writer (say, maintenance) records no offsets
     assert committed_offsets(trades, "g1") == {"t": {0: 3}}
     assert committed_offsets(trades, "g2") == {"t": {0: 7}}
+
+
+def test_a_commit_that_conflicts_is_checked_again_so_a_stale_batch_is_fenced_not_landed_twice(
+    trades: Table, own_settings: Settings
+) -> None:
+    """Consumer A checks the table (partition 0 at 1), then, before its commit lands, consumer B
+    commits the same batch. A's commit conflicts; retried with the check, A is fenced."""
+    append_with_offsets(trades, rows(trades, "x-1"), "g", {"t": {0: None}}, {"t": {0: 1}})
+    other = open_catalog(own_settings).load_table((own_settings.namespace, "trades"))
+    append = trades.append
+
+    def b_commits_first(*args: object, **kwargs: object) -> None:
+        trades.append = append  # type: ignore[method-assign]  # once
+        append_with_offsets(other, rows(other, "x-2"), "g", {"t": {0: 1}}, {"t": {0: 2}})
+        append(*args, **kwargs)  # type: ignore[arg-type]
+
+    trades.append = b_commits_first  # type: ignore[method-assign]
+    with pytest.raises(Fenced, match=r"t\[0\] is at offset 2 in the table, not 1"):
+        append_with_offsets(trades, rows(trades, "x-2"), "g", {"t": {0: 1}}, {"t": {0: 2}})
+    trades.refresh()
+    assert sorted(trades.scan().to_arrow().column("event_id").to_pylist()) == ["x-1", "x-2"]
+    assert committed_offsets(trades, "g") == {"t": {0: 2}}

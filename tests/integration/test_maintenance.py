@@ -17,6 +17,7 @@ import pytest
 
 from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings, load_settings
+from k2_etl.lake import maintenance
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import committed_offsets
 from k2_etl.lake.maintenance import MAINTENANCE_PROPERTY, compact, expire_snapshots, remove_orphan_files
@@ -24,6 +25,7 @@ from k2_etl.lake.tables import TABLES_BY_NAME
 from k2_etl.schemas.registration import register_schemas
 from k2_etl.stream.consumer import Counts, StreamConsumer
 from tests.helpers import env_of, run_k2
+from tests.integration.iceberg_deletes import commit_deletes, position_deletes
 from tests.integration.ingest_helpers import load, messages_of
 from tests.integration.lake_helpers import GROUP, batch, data_files, land_batches, trades_table
 
@@ -140,8 +142,11 @@ def test_compaction_beside_the_streaming_consumer_loses_and_duplicates_nothing(
 
     consumer = StreamConsumer(settings)
 
+    landed = [0]
+
     def enough(counts: Counts) -> None:
-        if counts.landed + counts.deduplicated >= want:
+        landed[0] = counts.landed + counts.deduplicated
+        if landed[0] >= want:
             consumer.stop()
 
     runner = threading.Thread(target=consumer.run, kwargs={"on_commit": enough})
@@ -154,7 +159,7 @@ def test_compaction_beside_the_streaming_consumer_loses_and_duplicates_nothing(
             assert time.monotonic() < deadline, "the consumer did not land the load in 240 s"
             table.refresh()
             done = compact(table, TRADES, min_files=3)
-            if runner.is_alive():  # the consumer went on committing beside this compaction
+            if landed[0] < want:  # committed while the consumer still had records to land
                 compacted_while_streaming += sum(p.outcome == "compacted" for p in done.partitions)
     finally:
         consumer.stop()
@@ -184,9 +189,80 @@ def test_k2_compact_expire_and_clean_orphans_commands(tmp_path: Path) -> None:
     assert trades["partitions"][0]["outcome"] == "compacted" and "trades event_day=" in compacted.stderr
     expired = run_k2(env, "expire", "--older-than-hours", "0", "--retain-last", "2")
     assert expired.returncode == 0 and "trades: 6 -> 2 snapshots (4 expired)" in expired.stdout, expired.stdout
-    dry = run_k2(env, "clean-orphans", "--older-than-hours", "0", "--dry-run", "--json")
+    two_hours_ago = time.time() - 7200
+    for path in Path(table.location().removeprefix("file://")).rglob("*"):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    too_soon = run_k2(env, "clean-orphans", "--older-than-hours", "0")
+    assert too_soon.returncode == 2 and "--older-than-hours" in too_soon.stderr
+    dry = run_k2(env, "clean-orphans", "--older-than-hours", "1", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
     found: dict[str, Any] = {t["table"]: t for t in json.loads(dry.stdout)["tables"]}
     assert found["trades"]["orphans"] > 0 and found["trades"]["dry_run"] is True
     unknown = run_k2(env, "compact", "--table", "nope")
     assert unknown.returncode == 2 and "not K2 tables: nope" in unknown.stderr
+
+
+def rewrite_with(monkeypatch: pytest.MonkeyPatch, meanwhile: Any) -> None:
+    """Run ``meanwhile()`` once, after compaction has read a partition and before it commits."""
+    write = maintenance._dataframe_to_data_files
+
+    def write_then_interfere(*args: Any, **kwargs: Any) -> Any:
+        written = list(write(*args, **kwargs))
+        monkeypatch.setattr(maintenance, "_dataframe_to_data_files", write)
+        meanwhile()
+        return written
+
+    monkeypatch.setattr(maintenance, "_dataframe_to_data_files", write_then_interfere)
+
+
+def test_rows_appended_while_a_partition_is_rewritten_stay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, table = trades_table(tmp_path)
+    land_batches(table, [batch(table, [f"r-{10 * b + i}" for i in range(10)]) for b in range(5)])
+    other = open_catalog(settings).load_table((settings.namespace, "trades"))
+    rewrite_with(monkeypatch, lambda: other.append(batch(other, ["late-1", "late-2"])))
+
+    [done] = compact(table, TRADES, min_files=5).partitions
+
+    assert done.outcome == "compacted" and (done.files_before, done.files_after) == (5, 1)
+    ids = table.scan().to_arrow().column("event_id").to_pylist()
+    assert len(ids) == 52 and {"late-1", "late-2"} <= set(ids)
+    assert data_files(table) == {"event_day=2026-11-02": 2}  # the compacted file and the late one
+
+
+def test_two_compactions_of_one_partition_one_wins_the_other_conflicts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, table = trades_table(tmp_path)
+    land_batches(table, [batch(table, [f"c-{10 * b + i}" for i in range(10)]) for b in range(5)])
+    other = open_catalog(settings).load_table((settings.namespace, "trades"))
+    inner: list[Any] = []
+    rewrite_with(monkeypatch, lambda: inner.append(compact(other, TRADES, min_files=5)))
+
+    [outer] = compact(table, TRADES, min_files=5).partitions
+
+    assert inner[0].partitions[0].outcome == "compacted"
+    assert outer.outcome.startswith("conflict: 5 of the files rewritten were removed meanwhile")
+    ids = table.scan().to_arrow().column("event_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 50 and data_files(table) == {"event_day=2026-11-02": 1}
+    written = {p.name for p in Path(table.location().removeprefix("file://")).rglob("*.parquet")}
+    live = {Path(t.file.file_path).name for t in table.scan().plan_files()}
+    assert len(written - live) == 5  # the five small files (the loser's output was deleted)
+
+
+def test_a_partition_with_delete_files_is_skipped_and_one_deleted_from_meanwhile_conflicts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, table = trades_table(tmp_path)
+    land_batches(table, [batch(table, [f"d-{10 * b + i}" for i in range(10)]) for b in range(5)])
+    victim = next(iter(table.scan().plan_files())).file
+    other = open_catalog(settings).load_table((settings.namespace, "trades"))
+    rewrite_with(monkeypatch, lambda: commit_deletes(other, [position_deletes(other, victim, [0, 1])]))
+
+    [during] = compact(table, TRADES, min_files=5).partitions
+
+    assert during.outcome.startswith("conflict: delete files were committed to the partition")
+    table.refresh()
+    assert table.scan().to_arrow().num_rows == 48  # the deleted rows stay deleted
+    [after] = compact(table, TRADES, min_files=5).partitions
+    assert after.outcome.startswith("skipped: the partition has delete files")
+    assert data_files(table) == {"event_day=2026-11-02": 5}
