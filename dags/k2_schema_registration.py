@@ -6,7 +6,7 @@ registry, under `<topic>-value` (Confluent's TopicNameStrategy): what the loader
 need before a record is produced. Idempotent: an unchanged schema is left alone, a compatible
 change becomes a new version. All or nothing: when one schema is incompatible with its subject's
 compatibility level, nothing is registered and the task fails at once (no retries), naming the
-subject and the field. Triggered by hand or after a deployment (no schedule); `k2_daily_load`
+subject and the field. Triggered by hand or after a deployment (no schedule); the daily load
 checks the same schemas before it loads. The same as `k2 schemas register`.
 """
 

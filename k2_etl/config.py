@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     ingest_metrics_port: int = Field(
         9102, ge=0, le=65535, description="Port where `k2 load` serves /metrics while it runs (0: off)."
     )
+    landing: Path | None = Field(
+        None, description="Where vendor files wait for the daily load: <landing>/<format>/<YYYY-MM-DD>/... "
+        "(default: K2_HOME/landing)."
+    )  # fmt: skip
 
     # --- Streaming consumer ----------------------------------------------------
     stream_group: str = Field(
@@ -181,6 +185,15 @@ class Settings(BaseSettings):
     maintenance_orphan_age_hours: float = Field(
         72.0, ge=1, le=24 * 3650, allow_inf_nan=False,
         description="Unreferenced files are deleted only once this old (a younger one may be a commit in flight).",
+    )  # fmt: skip
+
+    # --- Daily load (k2_daily_load) -------------------------------------------
+    daily_load_wait_seconds: float = Field(
+        7200.0, gt=0, le=7 * 86_400, allow_inf_nan=False,
+        description="How long the daily load waits for the consumer to land what it loaded before failing.",
+    )  # fmt: skip
+    daily_load_poke_seconds: float = Field(
+        30.0, ge=1, le=3600, allow_inf_nan=False, description="How often the daily load looks (no worker slot held)."
     )  # fmt: skip
 
     # --- Local platform ----------------------------------------------------
@@ -294,6 +307,7 @@ class Settings(BaseSettings):
             object.__setattr__(self, "catalog_uri", f"sqlite:///{home / 'catalog.db'}")
         if self.warehouse is None:
             object.__setattr__(self, "warehouse", (home / "warehouse").as_uri())
+        object.__setattr__(self, "landing", (self.landing or home / "landing").resolve())
         return self
 
     # --- derived values (never settings of their own) -------------------------

@@ -4,7 +4,7 @@ A load records, per file, the offset range it produced to each topic-partition (
 manifest). The consumer records, in each table's snapshots, the next offset it will read per
 topic-partition (:mod:`k2_etl.lake.commits`). A load has landed when every table records, for
 every partition the load wrote, an offset past the load's last record there. This is what
-`k2_daily_load`'s sensor waits for, without holding a worker slot.
+the daily load waits for (issue 6: a sensor that holds no worker slot).
 """
 
 from __future__ import annotations

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from k2_airflow.hooks import K2Hook
 from k2_etl.errors import ConfigError, SchemaError
@@ -85,3 +85,108 @@ class RegisterSchemasOperator(BaseOperator):
                           "registered" if check.changed else "already registered", check.version,
                           check.schema_id)  # fmt: skip
         return [asdict(check) for check in checks]
+
+
+# --- the daily load ---------------------------------------------------------------------------
+#: The trading date of a daily-load run: the ``trading_date`` param, else the date its data
+#: interval ends on (the DAG's timetable ends intervals on the trading day, after the close).
+TRADING_DATE = "{{ params.trading_date or data_interval_end.strftime('%Y-%m-%d') }}"
+
+
+class FindDayFilesOperator(BaseOperator):
+    """The day's files in the landing folder, by format (XCom: {format: [paths]}).
+
+    No files is never a silent success: the task fails saying where it looked, or, with
+    ``on_no_files="skip"``, is skipped (and the load after it) saying the same.
+    """
+
+    template_fields = ("day", "formats", "on_no_files")
+
+    def __init__(self, *, day: str = TRADING_DATE, formats: Any = None, on_no_files: str = "fail",
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        self.day, self.formats, self.on_no_files = day, formats, on_no_files
+
+    def execute(self, context: Context) -> dict[str, list[str]]:
+        from k2_etl.ingest.landing import day_files, landing_folder
+
+        settings = K2Hook().settings
+        day = date.fromisoformat(str(self.day))
+        formats = list(self.formats) if self.formats else None
+        files = day_files(settings, day, formats)
+        if not files:
+            where = landing_folder(settings) / ("{" + ",".join(formats) + "}" if formats else "<format>") / str(day)
+            message = f"no files for {day} in {where} (K2_LANDING); nothing to load"
+            if self.on_no_files == "skip":
+                raise AirflowSkipException(message)
+            raise AirflowFailException(message + " (set the param on_no_files=skip for days without files)")
+        for name, paths in files.items():
+            self.log.info("%s: %d files for %s", name, len(paths), day)
+        return {name: [str(p) for p in paths] for name, paths in files.items()}
+
+
+class CheckSchemasOperator(BaseOperator):
+    """Fails (no retries) unless every K2 schema is registered as it is: nothing is loaded with
+    an unregistered or incompatible schema."""
+
+    def execute(self, context: Context) -> None:
+        from k2_etl.schemas.registration import check_schemas
+
+        checks = check_schemas(K2Hook().settings)
+        bad = [f"{c.subject} is {c.state}{': ' + ' | '.join(c.problems) if c.problems else ''}"
+               for c in checks if c.state != "registered"]  # fmt: skip
+        if bad:
+            raise AirflowFailException("; ".join(bad) + "; run the k2_schema_registration DAG (or k2 schemas register)")
+        self.log.info("all %d schemas registered", len(checks))
+
+
+class LoadDayOperator(BaseOperator):
+    """Load the day's files (``files``: FindDayFilesOperator's XCom) with the day as their trading
+    date. Files loaded before are skipped (the load manifest), so a re-run or a cleared run
+    produces nothing twice. XCom: each file's result (status, counts, offsets produced)."""
+
+    template_fields = ("day", "files")
+
+    def __init__(self, *, files: Any, day: str = TRADING_DATE, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.day, self.files = day, files
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        from pathlib import Path
+
+        from k2_etl.ingest.landing import load_day
+
+        day = date.fromisoformat(str(self.day))
+        loaded = load_day(
+            K2Hook().settings, day, {name: [Path(p) for p in paths] for name, paths in self.files.items()}
+        )
+        for f in loaded.files:
+            note = f" ({f['message']})" if f.get("message") else ""
+            self.log.info("%s: %s, %d read, %d produced, %d rejected%s", f["file"], f["status"], f["rows_read"],
+                          f["rows_produced"], f["rows_rejected"], note)  # fmt: skip
+        failed = [f"{f['file']}: {f.get('message')}" for f in loaded.files if f["status"] == "failed"]
+        if failed:
+            raise AirflowFailException(f"{len(failed)} files failed to load: " + "; ".join(failed))
+        return loaded.files
+
+
+class DayQualityOperator(BaseOperator):
+    """The day's data-quality checks (``k2_etl.stream.quality``) once landed; fails naming every
+    check that failed. Its outlets are the tables' assets: published only when the checks pass."""
+
+    template_fields = ("day", "files")
+
+    def __init__(self, *, files: Any, day: str = TRADING_DATE, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.day, self.files = day, files
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from k2_etl.stream.quality import check_day
+
+        quality = check_day(K2Hook().settings, date.fromisoformat(str(self.day)), self.files)
+        for check in quality.checks:
+            self.log.info("%s %s: %s", "ok  " if check.ok else "FAIL", check.name, check.detail)
+        self.log.info("sequence events on %s: %s", self.day, quality.sequence_events or "none")
+        if not quality.ok:
+            raise AirflowFailException(f"data quality of {self.day}: {quality.failures()}")
+        return quality.to_dict()

@@ -45,17 +45,25 @@ def land(settings: Settings, folder: Path, timeout: float = 120) -> int:
     return want
 
 
-def land_sample(platform_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Settings of a fresh catalog and topics holding the committed sample, landed, and one rejected row."""
-    settings = load_settings(
-        home=tmp_path_factory.mktemp("query") / "home",
+def streaming_settings(platform_settings: Settings, folder: Path, **overrides: Any) -> Settings:
+    """Settings of a fresh catalog (``folder``/home), landing folder (``folder``/landing) and topics
+    on the shared broker and registry, with the short group timeouts the local broker needs."""
+    return load_settings(
+        home=folder / "home",
+        landing=folder / "landing",
         kafka_bootstrap=platform_settings.kafka_bootstrap,
         schema_registry_url=platform_settings.schema_registry_url,
         topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
         stream_session_timeout_seconds=6,
         stream_max_poll_interval_seconds=7,
         stream_metrics_port=0,
+        **overrides,
     )
+
+
+def land_sample(platform_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings of a fresh catalog and topics holding the committed sample, landed, and one rejected row."""
+    settings = streaming_settings(platform_settings, tmp_path_factory.mktemp("query"))
     init_platform(settings)
     register_schemas(settings)
     land(settings, SAMPLE)

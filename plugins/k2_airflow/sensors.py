@@ -1,0 +1,38 @@
+"""Sensors over K2's pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator, Context
+
+from k2_airflow.hooks import K2Hook
+
+
+class LandedSensor(BaseSensorOperator):
+    """Waits until the streaming consumer has landed every record a load produced: every table
+    records, for every topic-partition the load wrote, an offset past its last record there.
+
+    ``files``: the loader's per-file results (LoadDayOperator's XCom), whose offsets say what to
+    wait for. Reschedule mode by default: no worker slot is held between pokes.
+    """
+
+    template_fields = ("files",)
+
+    def __init__(self, *, files: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("mode", "reschedule")
+        super().__init__(**kwargs)
+        self.files = files
+
+    def poke(self, context: Context) -> bool:
+        from k2_etl.lake.progress import landed_offsets, pending_offsets, wanted_offsets
+
+        wanted = wanted_offsets(f.get("offsets") or {} for f in self.files)
+        pending = pending_offsets(wanted, landed_offsets(K2Hook().settings, wanted))
+        if pending:
+            self.log.info("not landed yet (partition: landed / wanted): %s",
+                          {f"{t}[{p}]": f"{now} / {want}" for t, parts in pending.items()
+                           for p, (now, want) in parts.items()})  # fmt: skip
+            return False
+        self.log.info("landed: %s", wanted)
+        return True
