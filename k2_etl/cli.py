@@ -459,6 +459,12 @@ def _maintained(names: list[str] | None) -> list[tuple[Any, Any]]:
     return [(d, catalog.load_table((settings.namespace, d.name))) for d in chosen]
 
 
+def _hours_ago(hours: float) -> datetime:
+    from datetime import UTC, timedelta
+
+    return datetime.now(UTC) - timedelta(hours=hours)
+
+
 @app.command("compact")
 def compact_tables(
     tables: TablesOpt = None,
@@ -507,13 +513,10 @@ def expire(
 
     Only metadata changes; files no snapshot needs any more are deleted by `k2 clean-orphans`.
     """
-    from datetime import UTC, timedelta
-
     from k2_etl.lake.maintenance import expire_snapshots
 
     settings = load_settings()
-    hours = settings.maintenance_snapshot_retention_hours if older_than_hours is None else older_than_hours
-    before = datetime.now(UTC) - timedelta(hours=hours)
+    before = _hours_ago(settings.maintenance_snapshot_retention_hours if older_than_hours is None else older_than_hours)
     keep = retain_last or settings.maintenance_retain_snapshots
     reports = [expire_snapshots(table, older_than=before, retain_last=keep) for _, table in _maintained(tables)]
     if json_output:
@@ -538,13 +541,10 @@ def clean_orphans(
     json_output: JsonFlag = False,
 ) -> None:
     """Delete files under each table's location that no snapshot references, once old enough."""
-    from datetime import UTC, timedelta
-
     from k2_etl.lake.maintenance import remove_orphan_files
 
     settings = load_settings()
-    hours = settings.maintenance_orphan_age_hours if older_than_hours is None else older_than_hours
-    before = datetime.now(UTC) - timedelta(hours=hours)
+    before = _hours_ago(settings.maintenance_orphan_age_hours if older_than_hours is None else older_than_hours)
     reports = [remove_orphan_files(t, older_than=before, dry_run=dry_run) for _, t in _maintained(tables)]
     if json_output:
         _print_json({"older_than": before.isoformat(), "tables": [r.__dict__ for r in reports]})

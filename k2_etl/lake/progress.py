@@ -14,8 +14,7 @@ from collections.abc import Iterable, Mapping
 from k2_etl.config import Settings
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import Offsets, committed_offsets
-from k2_etl.lake.tables import TABLES
-from k2_etl.schemas import TOPIC_RECORD_TYPES
+from k2_etl.lake.tables import tables_by_topic
 
 #: Per file: topic -> partition (as text, as the manifest stores it) -> [first, last] offset produced.
 FileOffsets = Mapping[str, Mapping[str, list[int]]]
@@ -45,13 +44,13 @@ def pending_offsets(wanted: Offsets, landed: Offsets) -> dict[str, dict[int, tup
 
 def landed_offsets(settings: Settings, topics: Iterable[str], group: str | None = None) -> Offsets:
     """The next offsets the tables record for ``topics`` (for the consumer group of ``settings``)."""
-    table_of = {r.topic_name(settings): next(t.name for t in TABLES if t.record is r) for r in TOPIC_RECORD_TYPES}
+    table_of = tables_by_topic(settings)
     unknown = sorted(set(topics) - set(table_of))
     if unknown:
         raise ValueError(f"not K2 topics: {', '.join(unknown)}")
     catalog = open_catalog(settings)
     landed: Offsets = {}
-    for name in sorted({table_of[t] for t in topics}):
+    for name in sorted({table_of[t].name for t in topics}):
         recorded = committed_offsets(catalog.load_table((settings.namespace, name)), group or settings.stream_group)
         landed.update({t: p for t, p in recorded.items() if t in topics})
     return landed

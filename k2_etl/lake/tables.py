@@ -37,6 +37,7 @@ from pyiceberg.transforms import DayTransform, IdentityTransform, MonthTransform
 from pyiceberg.types import DecimalType, IcebergType
 from pyiceberg.utils.schema_conversion import AvroSchemaConversion
 
+from k2_etl.config import Settings
 from k2_etl.errors import SchemaError
 from k2_etl.schemas import LOAD_MANIFEST, QUOTE, REFERENCE_DATA, REJECT, SEQUENCE_EVENT, TRADE, RecordType
 
@@ -112,6 +113,11 @@ TABLES: tuple[TableDef, ...] = (
     TableDef("load_manifest", LOAD_MANIFEST, (("started_at", MonthTransform(), "started_month"),), ("load_id",), None),
 )
 TABLES_BY_NAME = {t.name: t for t in TABLES}
+
+
+def tables_by_topic(settings: Settings) -> dict[str, TableDef]:
+    """The table each Kafka topic of ``settings`` lands in."""
+    return {t.record.topic_name(settings): t for t in TABLES if t.record.topic is not None}
 
 
 def _annotate_for_iceberg(avro_type: Any, ids: count[int]) -> Any:

@@ -31,8 +31,7 @@ from k2_etl.config import Settings
 from k2_etl.errors import UnavailableError
 from k2_etl.kafka import client_config
 from k2_etl.lake.catalog import open_catalog
-from k2_etl.lake.tables import TABLES
-from k2_etl.schemas import TOPIC_RECORD_TYPES
+from k2_etl.lake.tables import tables_by_topic
 from k2_etl.schemas.registration import registry_client
 from k2_etl.stream.decode import Decoder
 
@@ -71,7 +70,7 @@ def check_day(settings: Settings, day: date, files: Sequence[Mapping[str, Any]])
     quality.checks.append(_reconciles(files))
     produced = _read_back(settings, [f.get("offsets") or {} for f in files])
     catalog = open_catalog(settings)
-    table_of = {r.topic_name(settings): next(t for t in TABLES if t.record is r) for r in TOPIC_RECORD_TYPES}
+    table_of = tables_by_topic(settings)
     missing: list[str] = []
     duplicates: list[str] = []
     insane: list[str] = []

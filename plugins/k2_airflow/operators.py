@@ -140,16 +140,20 @@ class CheckSchemasOperator(BaseOperator):
         self.log.info("all %d schemas registered", len(checks))
 
 
-class LoadDayOperator(BaseOperator):
-    """Load the day's files (``files``: FindDayFilesOperator's XCom) with the day as their trading
-    date. Files loaded before are skipped (the load manifest), so a re-run or a cleared run
-    produces nothing twice. XCom: each file's result (status, counts, offsets produced)."""
+class _DayOperator(BaseOperator):
+    """An operator on a trading day (``day``) and the files of an earlier task's XCom (``files``)."""
 
     template_fields = ("day", "files")
 
     def __init__(self, *, files: Any, day: str = TRADING_DATE, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.day, self.files = day, files
+
+
+class LoadDayOperator(_DayOperator):
+    """Load the day's files (``files``: FindDayFilesOperator's XCom) with the day as their trading
+    date. Files loaded before are skipped (the load manifest), so a re-run or a cleared run
+    produces nothing twice. XCom: each file's result (status, counts, offsets produced)."""
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from pathlib import Path
@@ -170,15 +174,10 @@ class LoadDayOperator(BaseOperator):
         return loaded.files
 
 
-class DayQualityOperator(BaseOperator):
-    """The day's data-quality checks (``k2_etl.stream.quality``) once landed; fails naming every
-    check that failed. Its outlets are the tables' assets: published only when the checks pass."""
-
-    template_fields = ("day", "files")
-
-    def __init__(self, *, files: Any, day: str = TRADING_DATE, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.day, self.files = day, files
+class DayQualityOperator(_DayOperator):
+    """The day's data-quality checks (``k2_etl.stream.quality``) once landed (``files``:
+    LoadDayOperator's XCom); fails naming every check that failed. Its outlets are the tables'
+    assets: published only when the checks pass."""
 
     def execute(self, context: Context) -> dict[str, Any]:
         from k2_etl.stream.quality import check_day
