@@ -22,12 +22,10 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-run: install  ## start the local platform, register the schemas, load the bundled sample, print the status
+run: install  ## start the local platform and Airflow, register the schemas, run k2_daily_load on the bundled sample
 	$(BIN)/k2 up
 	$(BIN)/k2 schemas register
-	$(BIN)/k2 load data/sample/k2 --format k2
-	$(BIN)/k2 load data/sample/asx --format asx
-	$(BIN)/k2 status
+	$(BIN)/k2 demo
 
 test: install  ## lint, then the whole test suite (unit + integration against real processes)
 	$(BIN)/ruff check k2_etl api dags plugins tests bench

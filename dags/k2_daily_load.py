@@ -59,7 +59,11 @@ TABLE_ASSETS = [Asset(name=f"k2.{SETTINGS.namespace}.{t}", uri=f"iceberg://k2/{S
             description="The day to load (YYYY-MM-DD); default: the run's data interval.",
         ),
         "formats": Param(None, type=["null", "array"], description="Only these formats' folders (default: all)."),
-        "on_no_files": Param("fail", enum=["fail", "skip"], description="A day without files: fail, or skip."),
+        "on_no_files": Param(
+            SETTINGS.daily_load_on_no_files,
+            enum=["fail", "skip"],
+            description="A day without files: fail, or skip (default: K2_DAILY_LOAD_ON_NO_FILES).",
+        ),
     },
 )
 def k2_daily_load() -> None:

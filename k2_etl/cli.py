@@ -98,9 +98,21 @@ def _print_status(rows: Sequence[Any]) -> None:
     out.print(table)
 
 
+def _airflow_login(settings: Settings) -> str:
+    """Where the local Airflow's UI is and how to log in (the password `airflow standalone` generated)."""
+    from k2_etl.local.airflow import airflow_url, login, password_file
+
+    try:
+        user, password = login(settings)
+    except ComponentError:
+        return f"Airflow UI: {airflow_url(settings)}   login: see {password_file(settings)}"
+    return f"Airflow UI: {airflow_url(settings)}   login: {user} / {password}"
+
+
 @app.command()
 def up(json_output: JsonFlag = False) -> None:
-    """Start the local platform (broker, schema registry), `k2 init`, then the streaming consumer.
+    """Start the local platform (broker, schema registry), `k2 init`, then the streaming consumer,
+    the REST API and Airflow (K2_AIRFLOW_ENABLED; `airflow standalone` with K2's DAGs, unpaused).
 
     Harmless when already up. Processes run in the background; pid files and
     logs are under K2_HOME (run/, logs/). Stop them with `k2 down`.
@@ -130,6 +142,8 @@ def up(json_output: JsonFlag = False) -> None:
         )
     else:
         _print_status(rows)
+        if settings.airflow_enabled:
+            out.print(_airflow_login(settings), markup=False)
         out.print(f"logs: {settings.log_dir}   stop with: k2 down")
     if not all(r.healthy for r in rows):
         raise typer.Exit(1)
@@ -137,7 +151,7 @@ def up(json_output: JsonFlag = False) -> None:
 
 @app.command()
 def down(json_output: JsonFlag = False) -> None:
-    """Stop every process `k2 up` started (SIGTERM, then SIGKILL after 15 s). Harmless when already down."""
+    """Stop every process `k2 up` started (SIGTERM, Airflow SIGINT; SIGKILL after 15 s). Harmless when down."""
     from k2_etl.local.components import platform
     from k2_etl.local.supervisor import stop
 
@@ -149,7 +163,8 @@ def down(json_output: JsonFlag = False) -> None:
         if not json_output:
             out.print(line, markup=False)
 
-    for component in reversed(platform(settings)):
+    # Airflow too when K2_AIRFLOW_ENABLED is now false: it may have been started before.
+    for component in reversed(platform(settings, include_disabled=True)):
         stop(settings, component, say)
     if json_output:
         _print_json({"messages": lines})
@@ -194,6 +209,66 @@ def show_config(json_output: JsonFlag = False) -> None:
         return
     for name, value in values.items():
         out.print(f"{name}={'' if value is None else value}", markup=False)
+
+
+@app.command()
+def demo(
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the run succeeds or fails.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 600.0,
+    json_output: JsonFlag = False,
+) -> None:
+    """Put the bundled sample day in the landing folder and run k2_daily_load for it in the local Airflow.
+
+    Run it after `k2 up` and `k2 schemas register` (`make run` does). Idempotent: files already in
+    place are left alone and the run (id k2_sample__<day>) is triggered once. With
+    K2_AIRFLOW_ENABLED=false the day is loaded directly, as the DAG's load step does.
+    Exit code 1 when the run (or the load) fails.
+    """
+    from k2_etl.config import format_host_port
+    from k2_etl.local.demo import place_sample, run_id, sample_day, sample_symbol, trigger_daily_load, wait_for_run
+
+    settings = load_settings()
+    say = _say(json_output)
+    day = sample_day()
+    placed = place_sample(settings)
+    for p in placed:
+        there = f"{len(p.copied)} file(s) copied" + (f", {p.unchanged} already there" if p.unchanged else "")
+        say(f"sample: {p.folder}: " + (there if p.copied else f"all {p.unchanged} file(s) already there"))
+    result: dict[str, Any] = {"day": day.isoformat(), "placed": [p.to_dict() for p in placed]}
+    if settings.airflow_enabled:
+        from k2_etl.local.airflow import AirflowApi, airflow_url
+
+        with AirflowApi(settings) as airflow:
+            run = trigger_daily_load(airflow, day, say)
+            if wait:
+                run = wait_for_run(airflow, run, timeout, say)
+        ok = run["state"] != "failed"
+        result["run"] = {key: run.get(key) for key in ("dag_id", "dag_run_id", "state", "start_date", "end_date")}
+        result["run"]["url"] = f"{airflow_url(settings)}/dags/{run['dag_id']}/runs/{run_id(day)}"
+    else:
+        from k2_etl.ingest.landing import day_files, load_day
+
+        say("airflow: off (K2_AIRFLOW_ENABLED=false); loading the day here, as k2_daily_load's load step does")
+        loaded = load_day(settings, day, day_files(settings, day))
+        ok = loaded.ok
+        statuses = [f["status"] for f in loaded.files]
+        rows = sum(f["rows_produced"] for f in loaded.files)
+        say(f"load: {statuses.count('loaded')} file(s) loaded, {statuses.count('skipped')} already loaded, "
+            f"{statuses.count('failed')} failed, {rows:,} rows produced")  # fmt: skip
+        result["load"] = loaded.to_dict()
+    api = f"http://{format_host_port(settings.api_host, settings.api_port)}"
+    result["query"] = f"{api}/v1/summary/{sample_symbol()}/{day}"
+    if json_output:
+        _print_json(result)
+    else:
+        if settings.airflow_enabled:
+            out.print(f"the run: {result['run']['url']}", markup=False)
+            out.print(_airflow_login(settings), markup=False)
+        out.print(f"API: {api}/docs   e.g. curl {result['query']}", markup=False)
+    if not ok:
+        where = (f"its task logs are at {result['run']['url']} (clear the run there to run it again)"
+                 if "run" in result else "see the load report above")  # fmt: skip
+        raise ComponentError(f"the daily load of the sample day {day} failed; {where}")
 
 
 # --- ingestion ---------------------------------------------------------------------------------
@@ -553,6 +628,82 @@ def clean_orphans(
     for r in reports:
         out.print(f"{r.table}: {r.files_seen:,} files, {r.referenced:,} referenced; {verb} {r.orphans:,} orphans "
                   f"({r.bytes:,} bytes)", markup=False)  # fmt: skip
+
+
+@app.command("replay")
+def replay_range(
+    table: Annotated[str, typer.Option("--table", "-t", help="trades or quotes.")],
+    start: Annotated[str, typer.Option("--start", help="From (YYYY-MM-DD or ISO 8601; UTC unless it says).")],
+    end: Annotated[str, typer.Option("--end", help="To, exclusive (YYYY-MM-DD or ISO 8601).")],
+    source: Annotated[str, typer.Option("--source", help="kafka (the topic) or landing (the vendor files).")] = "kafka",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Re-process and compare; change nothing.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Re-process a time range from Kafka or the landing files and replace exactly that range.
+
+    One snapshot swaps the range's rows for the re-processed ones; other rows stay. Prints the
+    range's checksum before and after. Never removes an id the table holds (it fails instead).
+    """
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from k2_etl.stream.replay import parse_instant, replay
+
+    settings = load_settings()
+    begin, finish = parse_instant(start, "--start"), parse_instant(end, "--end")
+    show = not json_output and sys.stderr.isatty()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=Console(stderr=True),
+                  disable=not show) as bar:  # fmt: skip
+        task = bar.add_task(f"reading {source}", total=None)
+        seen = [0]
+
+        def advance(n: int) -> None:
+            seen[0] += n
+            bar.update(task, description=f"reading {source}: {seen[0]:,} records")
+
+        report = replay(settings, table, begin, finish, source=source, dry_run=dry_run,  # type: ignore[arg-type]
+                        on_records=advance)  # fmt: skip
+    if json_output:
+        _print_json(report.as_dict())
+        return
+    r = report.replaced
+    assert r is not None
+    out.print(f"{report.table} [{r.start}, {r.end}) from {report.source}: read {report.records_read:,} records, "
+              f"{report.records_in_range:,} in the range, {report.rejected:,} rejected, "
+              f"{report.duplicates:,} repeated ids, {report.rolled_back:,} of rolled-back loads left out",
+              markup=False)  # fmt: skip
+    out.print(f"before: {r.before}", markup=False)
+    out.print(f"{'would be' if r.dry_run else 'after'}: {r.after}  "
+              f"({'identical' if r.identical else f'{r.ids_added:,} ids added, {r.ids_changed:,} changed'})",
+              markup=False)  # fmt: skip
+    if not r.dry_run:
+        out.print(f"{r.files_replaced:,} files replaced by {r.files_written:,}; snapshot {r.snapshot_before} -> "
+                  f"{r.snapshot_after}",
+                  markup=False)  # fmt: skip
+
+
+@app.command("rollback")
+def rollback_load(
+    load_id: Annotated[str, typer.Argument(help="The load to undo (`k2 load --json` prints each file's load_id).")],
+    tables: TablesOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count the rows that would go; change nothing.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Undo a batch load: each table it produced into returns to its snapshot before the load,
+    keeping what anything else landed since (the consumer's offsets do not move back).
+
+    Load the corrected file afterwards with `k2 load` (`--force` for the same content).
+    """
+    from k2_etl.stream.replay import rollback
+
+    reports = rollback(load_settings(), load_id, tables=tables, dry_run=dry_run)
+    if json_output:
+        _print_json({"load_id": load_id, "tables": [r.as_dict() for r in reports]})
+        return
+    verb = "would remove" if dry_run else "removed"
+    for r in reports:
+        out.print(f"{r.table}: {verb} {r.rows_removed:,} rows of load {r.load_id}, put back {r.rows_restored:,} "
+                  f"of later loads (the snapshot before it: {r.snapshot_before_load}); {r.files_replaced:,} files "
+                  f"replaced by {r.files_written:,}", markup=False)  # fmt: skip
 
 
 # --- query -------------------------------------------------------------------------------

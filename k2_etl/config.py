@@ -16,7 +16,7 @@ import re
 import tomllib
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -195,10 +195,27 @@ class Settings(BaseSettings):
     daily_load_poke_seconds: float = Field(
         30.0, ge=1, le=3600, allow_inf_nan=False, description="How often the daily load looks (no worker slot held)."
     )  # fmt: skip
+    daily_load_on_no_files: Literal["fail", "skip"] = Field(
+        "fail", description="A day without files in the landing folder: the daily load fails, or is skipped "
+        "(the DAG's param default; the local Airflow of `k2 up` skips unless this is set)."
+    )  # fmt: skip
 
     # --- Local platform ----------------------------------------------------
     start_timeout_seconds: float = Field(
-        30.0, gt=0, le=3600, allow_inf_nan=False, description="How long `k2 up` waits for a component to be healthy."
+        30.0, gt=0, le=3600, allow_inf_nan=False,
+        description="How long `k2 up` waits for a component to be healthy (Airflow: at least 180 s).",
+    )  # fmt: skip
+
+    # --- Local Airflow (`k2 up`) ---------------------------------------------------
+    airflow_enabled: bool = Field(
+        True, description="`k2 up` starts a local Airflow (standalone) running K2's DAGs; false: no Airflow."
+    )
+    airflow_host: str = Field("127.0.0.1", description="Address of the local Airflow's UI and REST API.")
+    airflow_port: int = Field(8080, ge=1, le=65535, description="Port of the local Airflow's UI and REST API.")
+    airflow_database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the local Airflow's metadata database (e.g. postgresql+psycopg2://...). "
+        "Default: Airflow's own, SQLite in AIRFLOW_HOME (K2_HOME/airflow unless AIRFLOW_HOME is set).",
     )
 
     @classmethod
@@ -283,9 +300,9 @@ class Settings(BaseSettings):
             raise ValueError("expected user:password")
         return value
 
-    @field_validator("registry_db_url")
+    @field_validator("registry_db_url", "airflow_database_url")
     @classmethod
-    def _registry_db_url(cls, value: str | None) -> str | None:
+    def _sqlalchemy_url(cls, value: str | None) -> str | None:
         if value is not None:
             try:
                 make_url(value)

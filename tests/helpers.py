@@ -51,6 +51,13 @@ def k2_env(home: Path, **settings: str) -> dict[str, str]:
     return env
 
 
+def local_platform_env(home: Path, **settings: str) -> dict[str, str]:
+    """:func:`k2_env` for a `k2 up` of its own: every component on a free port."""
+    return k2_env(home, kafka_bootstrap=f"127.0.0.1:{free_port()}",
+                  schema_registry_url=f"http://127.0.0.1:{free_port()}", stream_metrics_port=str(free_port()),
+                  api_port=str(free_port()), **settings)  # fmt: skip
+
+
 def env_of(settings: Settings) -> dict[str, str]:
     """Environment for a `k2` subprocess that sees exactly ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -38,7 +38,7 @@ from k2_etl.ingest.prepare import Prepared, Preparer, Source, find_upwards
 from k2_etl.ingest.producer import Deliveries, Headers, make_producer, produce_all
 from k2_etl.kafka import cluster_metadata
 from k2_etl.lake.catalog import open_catalog
-from k2_etl.lake.manifest import Manifest, ManifestEntry, now
+from k2_etl.lake.manifest import ROLLED_BACK, Manifest, ManifestEntry, now
 from k2_etl.observability import (
     INGEST_BYTES,
     INGEST_FILES,
@@ -177,100 +177,43 @@ def _patterns(fmt: Format) -> str:
     return "; ".join(f"{s.type}: {', '.join(s.match)}" for s in fmt.record)
 
 
-class Loader:
-    """Loads files of one format. Create it once per `k2 load` (it holds the producer and clients)."""
+def registered_schema_ids(settings: Settings) -> dict[str, int]:
+    """The registry's ids of K2's schemas (which loads frame their messages with); SchemaError
+    when one is not registered, UnavailableError when the registry cannot be reached."""
+    ids: dict[str, int] = {}
+    try:
+        with registry_client(settings) as client:
+            for name in ("trade", "quote", "reference_data", "reject"):
+                record = BY_NAME[name]
+                subject = record.subject(settings)
+                try:
+                    ids[name] = client.lookup_schema(subject, Schema(record.schema_str, "AVRO")).schema_id
+                except SchemaRegistryError as exc:
+                    if exc.http_status_code == 404:
+                        raise SchemaError(
+                            f"the {name} schema is not registered under {subject}; run `k2 schemas register`"
+                        ) from None
+                    raise
+    except SchemaRegistryError as exc:
+        raise SchemaError(f"schema registry error {exc.error_code}: {exc.error_message}") from None
+    except SchemaError:
+        raise
+    except Exception as exc:  # the client's transport errors (httpx or httpx2)
+        raise UnavailableError(
+            f"schema registry at K2_SCHEMA_REGISTRY_URL={settings.schema_registry_url} is unreachable "
+            f"({type(exc).__name__}); is it running? (k2 up / k2 status)"
+        ) from None
+    return ids
 
-    def __init__(
-        self,
-        settings: Settings,
-        fmt: Format,
-        *,
-        load_date: date | None = None,
-        force: bool = False,
-        on_rows: Callable[[str, int], None] | None = None,
-    ) -> None:
-        self.settings, self.fmt, self.load_date, self.force = settings, fmt, load_date, force
-        self.on_rows = on_rows or (lambda _file, _n: None)
-        metadata = cluster_metadata(settings)  # fail fast (exit 3) when the broker is unreachable
-        self.topics = {r: BY_NAME[r].topic_name(settings) for r in ("trade", "quote", "reference_data", "reject")}
-        missing = sorted(t for t in self.topics.values() if t not in metadata.topics)
-        if missing:
-            raise K2Error(f"Kafka topics {', '.join(missing)} do not exist; run `k2 init`")
-        self.schema_ids = self._schema_ids()
-        self.reject_schema = fastavro.parse_schema(REJECT.schema)
-        self.manifest = Manifest(open_catalog(settings), settings.namespace)
-        self.producer = make_producer(settings)
-        self.preparer = Preparer(fmt, self.schema_ids, load_date)
+
+class LoadIds:
+    """Load ids of files of one format and load date (:meth:`of`)."""
+
+    def __init__(self, fmt: Format, load_date: date | None) -> None:
+        self.fmt, self.load_date = fmt, load_date
         self._checksums: dict[Path, str] = {}
 
-    def _schema_ids(self) -> dict[str, int]:
-        ids: dict[str, int] = {}
-        try:
-            with registry_client(self.settings) as client:
-                for name in ("trade", "quote", "reference_data", "reject"):
-                    record = BY_NAME[name]
-                    subject = record.subject(self.settings)
-                    try:
-                        ids[name] = client.lookup_schema(subject, Schema(record.schema_str, "AVRO")).schema_id
-                    except SchemaRegistryError as exc:
-                        if exc.http_status_code == 404:
-                            raise SchemaError(
-                                f"the {name} schema is not registered under {subject}; run `k2 schemas register`"
-                            ) from None
-                        raise
-        except SchemaRegistryError as exc:
-            raise SchemaError(f"schema registry error {exc.error_code}: {exc.error_message}") from None
-        except SchemaError:
-            raise
-        except Exception as exc:  # the client's transport errors (httpx or httpx2)
-            raise UnavailableError(
-                f"schema registry at K2_SCHEMA_REGISTRY_URL={self.settings.schema_registry_url} is unreachable "
-                f"({type(exc).__name__}); is it running? (k2 up / k2 status)"
-            ) from None
-        return ids
-
-    # --- public -----------------------------------------------------------------------------
-    def load(self, paths: Iterable[Path]) -> LoadReport:
-        """Load every file; one worker thread prepares blocks of all files in turn while this one produces."""
-        started = time.perf_counter()
-        paths = list(paths)
-        planned, results = expand(paths, self.fmt)
-        jobs: list[_Job] = []
-        for path, spec in planned:
-            checksum = file_checksum(path)
-            load_id = self._load_id(path, spec, checksum)
-            entry = ManifestEntry(
-                load_id, str(path), checksum, self.fmt.name, spec.type, "started", now(),
-                load_date=self.load_date, forced=self.force,
-            )  # fmt: skip
-            jobs.append(_Job(path, spec, FileResult(str(path), spec.type, load_id=load_id), entry))
-        previous = self.manifest.latest(*(job.entry.load_id for job in jobs))
-        to_load: list[_Job] = []
-        for job in jobs:
-            done = previous.get(job.entry.load_id)
-            if done is not None and done.status == "completed" and not self.force:
-                job.result.status = "skipped"
-                job.result.offsets = done.offsets
-                job.result.message = (
-                    f"already loaded (load {done.load_id}, completed {done.finished_at:%Y-%m-%d %H:%M:%S} UTC); "
-                    "use --force to load it again"
-                )
-            else:
-                to_load.append(job)
-        self.manifest.append(*(job.entry for job in to_load))
-        self._run(to_load)
-        self.producer.flush()
-        finished = [self._finish(job) for job in to_load]
-        self.manifest.append(*finished)
-        results += [job.result for job in jobs]
-        for result in results:
-            INGEST_FILES.labels(self.fmt.name, result.status).inc()
-        return LoadReport(results, time.perf_counter() - started)
-
-    def close(self) -> None:
-        self.producer.flush(30)
-
-    def _load_id(self, path: Path, spec: RecordSpec, checksum: str) -> str:
+    def of(self, path: Path, spec: RecordSpec, checksum: str) -> str:
         """Deterministic: the same inputs give the same id, and any input that changes the output changes it.
 
         Inputs: format, record type, the file's content, the load date, and where symbols come from
@@ -291,6 +234,90 @@ class Loader:
         if found not in self._checksums:
             self._checksums[found] = file_checksum(found)
         return self._checksums[found]
+
+
+def prepared_blocks(
+    preparer: Preparer, con: duckdb.DuckDBPyConnection, path: Path, spec: RecordSpec, source: Source
+) -> Iterator[Prepared]:
+    """A file's blocks, prepared (valid records Avro-encoded and framed, rejects described), in order."""
+    spec, statement, lookups = preparer.statement(path, spec)
+    for name, table in lookups.items():
+        con.register(name, table)
+    seq_base: dict[tuple[str, str, date], int] = {}
+    for block in read_blocks(path, skip_lines=1 if spec.header else 0):
+        yield preparer.prepare(con, spec, statement, block, seq_base, source)
+
+
+class Loader:
+    """Loads files of one format. Create it once per `k2 load` (it holds the producer and clients)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        fmt: Format,
+        *,
+        load_date: date | None = None,
+        force: bool = False,
+        on_rows: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.settings, self.fmt, self.load_date, self.force = settings, fmt, load_date, force
+        self.on_rows = on_rows or (lambda _file, _n: None)
+        metadata = cluster_metadata(settings)  # fail fast (exit 3) when the broker is unreachable
+        self.topics = {r: BY_NAME[r].topic_name(settings) for r in ("trade", "quote", "reference_data", "reject")}
+        missing = sorted(t for t in self.topics.values() if t not in metadata.topics)
+        if missing:
+            raise K2Error(f"Kafka topics {', '.join(missing)} do not exist; run `k2 init`")
+        self.schema_ids = registered_schema_ids(settings)
+        self.reject_schema = fastavro.parse_schema(REJECT.schema)
+        self.manifest = Manifest(open_catalog(settings), settings.namespace)
+        self.producer = make_producer(settings)
+        self.preparer = Preparer(fmt, self.schema_ids, load_date)
+        self.load_ids = LoadIds(fmt, load_date)
+
+    # --- public -----------------------------------------------------------------------------
+    def load(self, paths: Iterable[Path]) -> LoadReport:
+        """Load every file; one worker thread prepares blocks of all files in turn while this one produces."""
+        started = time.perf_counter()
+        paths = list(paths)
+        planned, results = expand(paths, self.fmt)
+        jobs: list[_Job] = []
+        for path, spec in planned:
+            checksum = file_checksum(path)
+            load_id = self.load_ids.of(path, spec, checksum)
+            entry = ManifestEntry(
+                load_id, str(path), checksum, self.fmt.name, spec.type, "started", now(),
+                load_date=self.load_date, forced=self.force,
+            )  # fmt: skip
+            jobs.append(_Job(path, spec, FileResult(str(path), spec.type, load_id=load_id), entry))
+        previous = self.manifest.latest(*(job.entry.load_id for job in jobs))
+        to_load: list[_Job] = []
+        for job in jobs:
+            done = previous.get(job.entry.load_id)
+            if done is not None and done.status in ("completed", ROLLED_BACK) and not self.force:
+                job.result.status = "skipped"
+                if done.status == ROLLED_BACK:  # its records are not in the tables: nothing to wait for
+                    job.result.message = (f"rolled back (load {done.load_id}, {done.finished_at:%Y-%m-%d %H:%M:%S} "
+                                          "UTC); use --force to load it again")  # fmt: skip
+                else:
+                    job.result.offsets = done.offsets
+                    job.result.message = (
+                        f"already loaded (load {done.load_id}, completed {done.finished_at:%Y-%m-%d %H:%M:%S} UTC); "
+                        "use --force to load it again"
+                    )
+            else:
+                to_load.append(job)
+        self.manifest.append(*(job.entry for job in to_load))
+        self._run(to_load)
+        self.producer.flush()
+        finished = [self._finish(job) for job in to_load]
+        self.manifest.append(*finished)
+        results += [job.result for job in jobs]
+        for result in results:
+            INGEST_FILES.labels(self.fmt.name, result.status).inc()
+        return LoadReport(results, time.perf_counter() - started)
+
+    def close(self) -> None:
+        self.producer.flush(30)
 
     # --- the pipeline ---------------------------------------------------------------------------
     def _run(self, jobs: list[_Job]) -> None:
@@ -387,15 +414,11 @@ class Loader:
             for job in jobs:
                 job.started_at = time.perf_counter()
                 try:
-                    spec, statement, lookups = self.preparer.statement(job.path, job.spec)
                     source = Source(job.path, job.entry.load_id, job.ingest_time)
-                    for name, table in lookups.items():
-                        con.register(name, table)
-                    seq_base: dict[tuple[str, str, date], int] = {}
-                    for block in read_blocks(job.path, skip_lines=1 if spec.header else 0):
+                    for prepared in prepared_blocks(self.preparer, con, job.path, job.spec, source):
                         if stop.is_set():
                             return
-                        out.put((job, self.preparer.prepare(con, spec, statement, block, seq_base, source)))
+                        out.put((job, prepared))
                 except Exception as exc:  # this file fails; the others go on
                     error = exc if isinstance(exc, K2Error | OSError) else K2Error(f"{type(exc).__name__}: {exc}")
                     out.put((job, error))

@@ -97,7 +97,7 @@ def append_with_offsets(
     batch began (None: nothing recorded). Raises :class:`Fenced` when it records anything else.
     """
     table.refresh()
-    _without_commit_retries(table)
+    without_commit_retries(table)
     recorded = _recorded(table)
     mine = recorded.get(group, {})
     for topic, partitions in expected.items():
@@ -115,7 +115,7 @@ def append_with_offsets(
     table.append(data, snapshot_properties={OFFSETS_PROPERTY: json.dumps(recorded, sort_keys=True)})
 
 
-def _without_commit_retries(table: Table) -> None:
+def without_commit_retries(table: Table) -> None:
     """Turn off pyiceberg's own retry of a conflicting commit, for this table object.
 
     pyiceberg rebuilds a conflicting append on the new head with the same snapshot properties,

@@ -121,7 +121,7 @@ class OrphanReport:
 
 
 @dataclass(frozen=True)
-class _Live:
+class LiveFile:
     """A live data file of the current snapshot and its data sequence number (landing order)."""
 
     data_file: DataFile
@@ -145,22 +145,22 @@ def compact(
     started = time.perf_counter()
     name = table.name()[-1]
     table.refresh()
-    by_partition, _ = _live_files(table)
+    by_partition, _ = live_files(table)
     report = CompactionReport(name)
     report.files_before = sum(len(files) for files in by_partition.values())
     report.bytes_before = sum(f.data_file.file_size_in_bytes for files in by_partition.values() for f in files)
-    candidates = sorted((_partition_name(table, files[0].data_file), key)
+    candidates = sorted((_partition_path(table, files[0].data_file), key)
                         for key, files in by_partition.items() if len(files) >= min_files)  # fmt: skip
     for partition_name, key in candidates:
         table.refresh()
-        live, deletes = _live_files(table)
+        live, deletes = live_files(table)
         files = live.get(key, [])
         if len(files) < min_files:
             continue  # compacted meanwhile (another run)
         partition = PartitionCompaction(partition_name, "compacted", len(files),
                                         sum(f.data_file.file_size_in_bytes for f in files),
                                         sum(f.data_file.record_count for f in files))  # fmt: skip
-        if _has_deletes(key, deletes):
+        if has_deletes(key, deletes):
             partition.outcome = "skipped: the partition has delete files (rewriting would restore deleted rows)"
         else:
             _rewrite(table, definition, key, files, partition)
@@ -168,7 +168,7 @@ def compact(
         if on_partition is not None:
             on_partition(partition)
     table.refresh()
-    after, _ = _live_files(table)
+    after, _ = live_files(table)
     report.files_after = sum(len(files) for files in after.values())
     report.bytes_after = sum(f.data_file.file_size_in_bytes for files in after.values() for f in files)
     report.seconds = round(time.perf_counter() - started, 3)
@@ -180,12 +180,14 @@ class _Conflict(Exception):
     """The partition changed under a rewrite in a way the rewrite must not overwrite."""
 
 
-def _rewrite(table: Table, definition: TableDef, key: _Key, files: list[_Live], partition: PartitionCompaction) -> None:
+def _rewrite(
+    table: Table, definition: TableDef, key: PartitionKey, files: list[LiveFile], partition: PartitionCompaction
+) -> None:
     name = table.name()[-1]
     ordered = sorted(files, key=lambda f: (f.sequence_number, f.data_file.file_path))
     scan = ArrowScan(table.metadata, table.io, projected_schema=table.schema(), row_filter=AlwaysTrue())
     rows = scan.to_table([FileScanTask(f.data_file) for f in ordered])  # in task order: landing order
-    rows = _first_of_each_id(rows, definition.id_column)
+    rows = first_of_each_id(rows, definition.id_column)
     sort_keys = [*definition.sort, *(c for c in ("event_time", definition.id_column) if c and c not in definition.sort)]
     rows = rows.sort_by([(column, "ascending") for column in sort_keys if column in rows.column_names])
     written = list(_dataframe_to_data_files(table.metadata, rows, table.io, write_uuid=uuid.uuid4()))
@@ -211,7 +213,7 @@ def _rewrite(table: Table, definition: TableDef, key: _Key, files: list[_Live], 
     wait=wait_random_exponential(multiplier=0.1, max=2),
     reraise=True,
 )
-def _commit_rewrite(table: Table, key: _Key, read: set[str], written: list[DataFile]) -> None:
+def _commit_rewrite(table: Table, key: PartitionKey, read: set[str], written: list[DataFile]) -> None:
     """Replace the files ``read`` of partition ``key`` by ``written``, in one snapshot.
 
     Checked on fresh metadata first: every file read is still live (no other rewrite removed
@@ -221,12 +223,12 @@ def _commit_rewrite(table: Table, key: _Key, read: set[str], written: list[DataF
     over here.
     """
     table.refresh()
-    live, deletes = _live_files(table)
+    live, deletes = live_files(table)
     current = {f.data_file.file_path: f.data_file for f in live.get(key, [])}
     gone = sorted(read - set(current))
     if gone:
         raise _Conflict(f"{len(gone)} of the files rewritten were removed meanwhile, e.g. {gone[0]}")
-    if _has_deletes(key, deletes):
+    if has_deletes(key, deletes):
         raise _Conflict("delete files were committed to the partition while it was rewritten")
     with table.transaction() as transaction:
         properties = {MAINTENANCE_PROPERTY: "compact"}
@@ -237,7 +239,7 @@ def _commit_rewrite(table: Table, key: _Key, read: set[str], written: list[DataF
                 rewrite.append_data_file(data_file)
 
 
-def _first_of_each_id(rows: pa.Table, id_column: str | None) -> pa.Table:
+def first_of_each_id(rows: pa.Table, id_column: str | None) -> pa.Table:
     """The rows without repeated ids, each id's first row kept (rows are in landing order)."""
     if id_column is None or rows.num_rows == 0:
         return rows
@@ -248,15 +250,15 @@ def _first_of_each_id(rows: pa.Table, id_column: str | None) -> pa.Table:
     return rows.take(np.sort(first.to_numpy()))
 
 
-_Key = tuple[Any, ...]  # a partition: (spec id, partition values...)
-_EVERY_PARTITION: _Key = ("*",)  # the key of delete files of an unpartitioned spec: they apply everywhere
+PartitionKey = tuple[Any, ...]  # a partition: (spec id, partition values...)
+_EVERY_PARTITION: PartitionKey = ("*",)  # the key of delete files of an unpartitioned spec: they apply everywhere
 
 
-def _live_files(table: Table) -> tuple[dict[_Key, list[_Live]], set[_Key]]:
+def live_files(table: Table) -> tuple[dict[PartitionKey, list[LiveFile]], set[PartitionKey]]:
     """The current snapshot's data files by partition, and the partitions with delete files."""
     snapshot = table.current_snapshot()
-    by_partition: dict[_Key, list[_Live]] = {}
-    with_deletes: set[_Key] = set()
+    by_partition: dict[PartitionKey, list[LiveFile]] = {}
+    with_deletes: set[PartitionKey] = set()
     if snapshot is None:
         return by_partition, with_deletes
     specs = table.specs()
@@ -267,15 +269,15 @@ def _live_files(table: Table) -> tuple[dict[_Key, list[_Live]], set[_Key]]:
             if manifest.content == ManifestContent.DELETES or data_file.content != DataFileContent.DATA:
                 with_deletes.add(key if specs[data_file.spec_id].fields else _EVERY_PARTITION)
             else:
-                by_partition.setdefault(key, []).append(_Live(data_file, entry.sequence_number or 0))
+                by_partition.setdefault(key, []).append(LiveFile(data_file, entry.sequence_number or 0))
     return by_partition, with_deletes
 
 
-def _has_deletes(key: _Key, with_deletes: set[_Key]) -> bool:
+def has_deletes(key: PartitionKey, with_deletes: set[PartitionKey]) -> bool:
     return key in with_deletes or _EVERY_PARTITION in with_deletes
 
 
-def _partition_name(table: Table, data_file: DataFile) -> str:
+def _partition_path(table: Table, data_file: DataFile) -> str:
     spec = table.specs()[data_file.spec_id]
     return spec.partition_to_path(data_file.partition, table.schema()) if spec.fields else "(unpartitioned)"
 

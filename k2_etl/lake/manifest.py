@@ -1,7 +1,7 @@
 """The load manifest: an append-only Iceberg table of what each batch load did.
 
-Each load appends a ``started`` row and then a ``completed`` or ``failed`` row;
-the latest row of a ``load_id`` is its state. Append-only because Iceberg
+Each load appends a ``started`` row and then a ``completed`` or ``failed`` row,
+and ``k2 rollback`` a ``rolled_back`` row; the latest row of a ``load_id`` is its state. Append-only because Iceberg
 deletes are copy-on-write and loads run concurrently: appends never conflict
 in a way that loses a row (a conflicting commit is retried). Airflow and the
 consumer read the ``offsets`` of a completed load to tell when it has landed.
@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
-from pyiceberg.expressions import In, Reference
+from pyiceberg.expressions import GreaterThan, In, Reference
 from pyiceberg.expressions.literals import literal
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
@@ -25,6 +25,7 @@ from k2_etl.errors import K2Error
 from k2_etl.lake.tables import TABLES_BY_NAME
 
 TABLE = "load_manifest"
+ROLLED_BACK = "rolled_back"
 
 
 @dataclass
@@ -97,12 +98,40 @@ class Manifest:
             entry = ManifestEntry.from_row(row)
             out.setdefault(entry.load_id, []).append(entry)
         for entries in out.values():
-            entries.sort(key=lambda e: (e.finished_at or e.started_at, e.status != "started"))
+            entries.sort(key=_order)
         return out
+
+    def after(self, started: datetime) -> list[ManifestEntry]:
+        """The latest state of every load started after ``started``, oldest first."""
+        table = self.catalog.load_table(self.identifier)
+        since = GreaterThan("started_at", started.isoformat())  # type: ignore[call-arg,arg-type]
+        latest: dict[str, ManifestEntry] = {}
+        for row in table.scan(row_filter=since).to_arrow().to_pylist():
+            entry = ManifestEntry.from_row(row)
+            known = latest.get(entry.load_id)
+            if known is None or _order(entry) >= _order(known):
+                latest[entry.load_id] = entry
+        return sorted(latest.values(), key=lambda e: e.started_at)
+
+    def rolled_back(self) -> set[str]:
+        """The loads whose latest state is ``rolled_back`` (replays leave their records out)."""
+        table = self.catalog.load_table(self.identifier)
+        rows = table.scan(selected_fields=("load_id", "status", "started_at", "finished_at")).to_arrow().to_pylist()
+        latest: dict[str, tuple[Any, bool, str]] = {}
+        for row in rows:
+            order = (row["finished_at"] or row["started_at"], row["status"] != "started", row["status"])
+            if row["load_id"] not in latest or order[:2] >= latest[row["load_id"]][:2]:
+                latest[row["load_id"]] = order
+        return {load_id for load_id, (_, _, status) in latest.items() if status == ROLLED_BACK}
 
     def latest(self, *load_ids: str) -> dict[str, ManifestEntry]:
         """The current state of each load that has one."""
         return {load_id: entries[-1] for load_id, entries in self.history(*load_ids).items()}
+
+
+def _order(entry: ManifestEntry) -> tuple[datetime, bool]:
+    """Rows of one load in the order they happened (a start and its end can share a time)."""
+    return (entry.finished_at or entry.started_at, entry.status != "started")
 
 
 def now() -> datetime:

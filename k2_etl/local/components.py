@@ -10,6 +10,7 @@ stack, where these processes are not ours to start.
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from k2_etl.lake.catalog import local_catalog_missing, open_catalog, table_names
 from k2_etl.lake.tables import TABLES
 
 HEALTH_TIMEOUT_SECONDS = 2.0
+#: `airflow standalone` migrates its database and starts four processes: ~15-30 s on two cores.
+AIRFLOW_START_TIMEOUT_SECONDS = 180.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,10 @@ class Component:
         check: returns a one-line detail when healthy; raises when not.
         command: builds the command line that starts it locally; None when K2 never starts it.
         host, port: the listening socket for processes K2 starts.
+        after_init: started once `k2 init` has made the topics and tables it needs.
+        environment: variables it needs on top of the K2_* settings (built when it starts).
+        stop_signal: what asks it to stop cleanly (SIGKILL follows after a timeout).
+        start_timeout: seconds it may take to become healthy; None: K2_START_TIMEOUT_SECONDS.
     """
 
     name: str
@@ -47,7 +54,10 @@ class Component:
     command: Callable[[], list[str]] | None = None
     host: str = ""
     port: int = 0
-    after_init: bool = False  # started once `k2 init` has made the topics and tables it needs
+    after_init: bool = False
+    environment: Callable[[], dict[str, str]] | None = None
+    stop_signal: signal.Signals = signal.SIGTERM
+    start_timeout: float | None = None
 
     @property
     def startable(self) -> bool:
@@ -170,10 +180,41 @@ def api(settings: Settings) -> Component:
     return Component("api", address, "K2_API_PORT", check, command, host, port, after_init=True)
 
 
-def platform(settings: Settings) -> list[Component]:
-    """Every component, in start order (the consumer only when it serves a health endpoint)."""
+def airflow(settings: Settings) -> Component:
+    """The local Airflow (`airflow standalone`: scheduler, DAG processor, triggerer, API server),
+    checked through its /api/v2/monitor/health: every part it reports must be healthy."""
+    from k2_etl.local.airflow import airflow_environment, airflow_url
+
+    host, port = settings.airflow_host, settings.airflow_port
+    address = airflow_url(settings)
+
+    def check() -> str:
+        response = httpx.get(f"{address}/api/v2/monitor/health", timeout=HEALTH_TIMEOUT_SECONDS)
+        response.raise_for_status()
+        parts: dict[str, dict[str, object]] = response.json()
+        down = [f"{name.replace('_', ' ')} {part.get('status') or 'not started'}" for name, part in parts.items()
+                if part.get("status") != "healthy"]  # fmt: skip
+        if down or "scheduler" not in parts:
+            raise ComponentError("; ".join(down) or "no scheduler reported")
+        return f"{', '.join(n.replace('_', ' ') for n in parts)} healthy; UI at {address}"
+
+    def command() -> list[str]:
+        return [sys.executable, "-m", "airflow", "standalone"]
+
+    return Component(
+        "airflow", address, "K2_AIRFLOW_PORT", check, command, host, port, after_init=True,
+        environment=lambda: airflow_environment(settings),
+        stop_signal=signal.SIGINT,  # standalone stops its parts on Ctrl-C; on SIGTERM it orphans them
+        start_timeout=max(settings.start_timeout_seconds, AIRFLOW_START_TIMEOUT_SECONDS),
+    )  # fmt: skip
+
+
+def platform(settings: Settings, *, include_disabled: bool = False) -> list[Component]:
+    """Every component, in start order (the consumer only when it serves a health endpoint,
+    Airflow when K2_AIRFLOW_ENABLED; ``include_disabled``: Airflow anyway, for `k2 down`)."""
     parts = [broker(settings), registry(settings), catalog(settings)]
-    return parts + ([consumer(settings)] if settings.stream_metrics_port else []) + [api(settings)]
+    parts += ([consumer(settings)] if settings.stream_metrics_port else []) + [api(settings)]
+    return parts + ([airflow(settings)] if settings.airflow_enabled or include_disabled else [])
 
 
 def port_holder(host: str, port: int) -> str | None:

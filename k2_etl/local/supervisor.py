@@ -187,10 +187,11 @@ def _wait_healthy(settings: Settings, component: Component, proc: subprocess.Pop
             raise _exited(settings, component, proc)
         return detail
 
+    timeout = component.start_timeout or settings.start_timeout_seconds
     try:
         for try_ in Retrying(
             retry=retry_if_exception_type(_NotReady),
-            stop=stop_after_delay(settings.start_timeout_seconds),
+            stop=stop_after_delay(timeout),
             wait=wait_fixed(0.1),
             reraise=True,
         ):
@@ -198,7 +199,7 @@ def _wait_healthy(settings: Settings, component: Component, proc: subprocess.Pop
                 return attempt()
     except _NotReady as exc:
         raise ComponentError(
-            f"{component.name}: not healthy after {settings.start_timeout_seconds:g} s ({exc}); "
+            f"{component.name}: not healthy after {timeout:g} s ({exc}); "
             f"see {log_file(settings, component)}, then `k2 down` and `k2 up`"
         ) from None
     raise AssertionError("unreachable")  # pragma: no cover
@@ -231,6 +232,7 @@ def _start(settings: Settings, component: Component, say: Say) -> None:
         )
     assert component.command is not None
     argv = component.command()
+    extra_env = component.environment() if component.environment is not None else {}
     log = log_file(settings, component)
     with log.open("ab") as out:
         out.write(f"\n=== k2 up: starting {component.name}: {' '.join(argv)}\n".encode())
@@ -241,7 +243,7 @@ def _start(settings: Settings, component: Component, say: Say) -> None:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, **settings.to_env()},  # the child sees exactly these settings
+            env={**os.environ, **settings.to_env(), **extra_env},  # the child sees exactly these settings
         )
     _children[proc.pid] = proc
     try:
@@ -255,19 +257,23 @@ def _start(settings: Settings, component: Component, say: Say) -> None:
         _children.pop(proc.pid, None)
         raise _exited(settings, component, proc) from None
     except ComponentError:
-        _terminate(proc.pid)
+        _terminate(proc.pid, component.stop_signal)
         pid_file.unlink(missing_ok=True)
         raise
     say(f"{component.name}: started (pid {proc.pid}), listening at {component.address} — {detail}")
 
 
-def _terminate(pid: int) -> bool:
-    """SIGTERM the process, wait, then SIGKILL its whole process group. True if it stopped on SIGTERM."""
+def _terminate(pid: int, stop_signal: signal.Signals = signal.SIGTERM) -> bool:
+    """Send ``stop_signal``, wait, then SIGKILL its whole process group and any descendant that
+    left it. True if it stopped on ``stop_signal``."""
     deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
     clean = True
+    descendants: list[psutil.Process] = []
     try:
         proc = psutil.Process(pid)
-        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(psutil.Error):
+            descendants = proc.children(recursive=True)  # known now: they are orphaned once it exits
+        proc.send_signal(stop_signal)
         child = _children.get(pid)
         while not _is_gone(proc):
             if child is not None:
@@ -280,6 +286,10 @@ def _terminate(pid: int) -> bool:
         pass
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)  # stragglers (e.g. worker processes) of its session
+    for straggler in descendants:  # is_running() checks the start time too: never a recycled pid
+        with contextlib.suppress(psutil.Error):
+            if straggler.is_running():
+                straggler.kill()
     child = _children.pop(pid, None)
     if child is not None:
         child.wait()
@@ -304,7 +314,7 @@ def _stop(settings: Settings, component: Component, say: Say) -> None:
         pid_file.unlink(missing_ok=True)
         say(f"{component.name}: not running; removed stale pid file {pid_file}")
         return
-    clean = _terminate(owned.pid)
+    clean = _terminate(owned.pid, component.stop_signal)
     pid_file.unlink(missing_ok=True)
     say(
         f"{component.name}: stopped (pid {owned.pid})" + ("" if clean else f"; killed after {STOP_TIMEOUT_SECONDS:g} s")

@@ -549,6 +549,7 @@ class StreamConsumer:
         for topic, pending in self.pending.items():
             table = self.tables[topic]
             table.refresh()
+            self.indexes[topic].sync()  # ids removed by a rollback or replay must not count as landed
             for schema_id in pending.schema_ids:
                 self._unreadable(topic, schema_id)  # evolves the table first when the writer added columns
             decoded[topic] = self._decode(topic, pending, table.schema().as_arrow())

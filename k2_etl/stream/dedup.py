@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, GreaterThanOrEqual, LessThan
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Operation
 
 MAX_SCOPES = 4  # days per table kept in memory (a day of 2M trades: 32 MB)
 WHOLE_TABLE = np.iinfo(np.int32).min  # the scope of tables (and rows) not deduplicated per day
@@ -82,9 +83,28 @@ class IdIndex:
     def __init__(self, table: Table, id_column: str, day_column: str | None) -> None:
         self.table, self.id_column, self.day_column = table, id_column, day_column
         self._scopes: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._synced: int | None = None  # the table's snapshot at the last sync
 
     def clear(self) -> None:
         self._scopes.clear()
+
+    def sync(self) -> None:
+        """Forget the ids held if the table may have lost rows since the last sync (call it after
+        refreshing the table): any snapshot but an append may remove ids (a rollback, a replay,
+        another engine's delete; compaction too, though it only drops repeats), and a record sent
+        again after that must land again. Appends, this consumer's included, keep the ids."""
+        current = self.table.current_snapshot()
+        known, self._synced = self._synced, current.snapshot_id if current else None
+        if not self._scopes or known is None:
+            return
+        snapshot = current
+        while snapshot is not None and snapshot.snapshot_id != known:
+            if snapshot.summary is None or snapshot.summary.operation != Operation.APPEND:
+                self.clear()
+                return
+            snapshot = self.table.snapshot_by_id(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id else None
+        if snapshot is None:  # the last snapshot seen left the lineage (expired, or rolled back): start over
+            self.clear()
 
     def fresh(self, batch: pa.Table) -> np.ndarray:
         """Which rows have an id neither the table nor an earlier row of ``batch`` has (a boolean mask)."""

@@ -68,7 +68,7 @@ def check_day(settings: Settings, day: date, files: Sequence[Mapping[str, Any]])
     them) put in the tables, after the consumer landed it."""
     quality = DayQuality(day)
     quality.checks.append(_reconciles(files))
-    produced = _read_back(settings, [f.get("offsets") or {} for f in files])
+    produced = read_back(settings, [f.get("offsets") or {} for f in files])
     catalog = open_catalog(settings)
     table_of = tables_by_topic(settings)
     missing: list[str] = []
@@ -142,8 +142,9 @@ def _sanity(table: str, rows: Iterable[Mapping[str, Any]]) -> tuple[list[str], i
     return [f"{table}: {n:,} rows with {column} <= 0" for column, n in sorted(bad.items())], crossed
 
 
-def _read_back(settings: Settings, files: Iterable[Mapping[str, Mapping[str, list[int]]]]) -> dict[str, list[dict]]:
-    """The records in the offset ranges, decoded, by topic."""
+def read_back(settings: Settings, files: Iterable[Mapping[str, Mapping[str, list[int]]]]) -> dict[str, list[dict]]:
+    """The records in the offset ranges (loads' manifest offsets), decoded, by topic; per
+    topic-partition the span from the first range's start to the last one's end."""
     ranges: dict[tuple[str, int], tuple[int, int]] = {}
     for offsets in files:
         for topic, partitions in offsets.items():

@@ -189,3 +189,56 @@ class DayQualityOperator(_DayOperator):
         if not quality.ok:
             raise AirflowFailException(f"data quality of {self.day}: {quality.failures()}")
         return quality.to_dict()
+
+
+# --- replay -----------------------------------------------------------------------------------
+class ReplayOperator(BaseOperator):
+    """Re-process ``[start, end)`` of a table from Kafka or the landing files and replace exactly
+    that range in one snapshot (``k2_etl.stream.replay``); ``compare_only``: a dry run. Logs the
+    range's checksum before and after; XCom: the report.
+
+    Fails without retries when retrying cannot help: bad arguments, or a source lacking rows
+    the table holds (a replay never removes data).
+    """
+
+    template_fields = ("table", "start", "end", "source", "compare_only")
+
+    def __init__(self, *, table: str, start: str, end: str, source: str = "kafka", compare_only: Any = False,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        self.table, self.start, self.end, self.source = table, start, end, source
+        self.compare_only = compare_only  # (BaseOperator has a dry_run method)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from k2_etl.lake.replace import ReplaceError
+        from k2_etl.stream.replay import parse_instant, replay
+
+        try:
+            start, end = parse_instant(str(self.start), "start"), parse_instant(str(self.end), "end")
+            report = replay(K2Hook().settings, str(self.table), start, end, source=self.source,  # type: ignore[arg-type]
+                            dry_run=_flag(self.compare_only))  # fmt: skip
+        except (ConfigError, ReplaceError) as exc:
+            raise AirflowFailException(str(exc)) from exc
+        replaced = report.replaced
+        assert replaced is not None
+        self.log.info("%s [%s, %s) from %s: %d records read, %d in the range, %d rejected, %d repeated ids, "
+                      "%d of rolled-back loads left out", report.table, replaced.start, replaced.end, report.source,
+                      report.records_read, report.records_in_range, report.rejected, report.duplicates,
+                      report.rolled_back)  # fmt: skip
+        self.log.info("checksum before: %s", replaced.before)
+        self.log.info("checksum %s: %s (%s)", "would be" if replaced.dry_run else "after", replaced.after,
+                      "identical" if replaced.identical else
+                      f"{replaced.ids_added} ids added, {replaced.ids_changed} changed")  # fmt: skip
+        if not replaced.dry_run:
+            self.log.info("%d files replaced by %d; snapshot %s -> %s", replaced.files_replaced,
+                          replaced.files_written, replaced.snapshot_before, replaced.snapshot_after)  # fmt: skip
+        return report.as_dict()
+
+
+def _flag(value: Any) -> bool:
+    """A boolean param rendered natively (True/False) or as text ("true", "False", ...)."""
+    if isinstance(value, str):
+        if value.strip().lower() not in ("true", "false"):
+            raise AirflowFailException(f"dry_run={value!r}: true or false")
+        return value.strip().lower() == "true"
+    return bool(value)

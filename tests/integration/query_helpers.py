@@ -15,10 +15,11 @@ import pytest
 from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings, load_settings
 from k2_etl.lake.catalog import open_catalog
+from k2_etl.lake.progress import landed_offsets, pending_offsets, wanted_offsets
 from k2_etl.query.engine import Result
 from k2_etl.schemas.registration import register_schemas
 from k2_etl.stream.consumer import Counts, StreamConsumer
-from tests.helpers import REPO
+from tests.helpers import REPO, poll
 from tests.integration.ingest_helpers import load, messages_of
 
 SAMPLE = REPO / "data" / "sample" / "k2"
@@ -156,3 +157,16 @@ def walk(query: Any, **arguments: Any) -> tuple[list[dict[str, Any]], int]:
         if result.cursor is None:
             return seen, pages
         cursor = result.cursor
+
+
+def land_everything(settings: Settings, files: list[dict]) -> None:
+    """Run the real consumer until the tables record every offset the files produced."""
+    wanted = wanted_offsets(f["offsets"] for f in files)
+    consumer = StreamConsumer(settings)
+    runner = threading.Thread(target=consumer.run)
+    runner.start()
+    try:
+        poll(lambda: not pending_offsets(wanted, landed_offsets(settings, wanted)), timeout=120, what="the load landed")
+    finally:
+        consumer.stop()
+        runner.join(timeout=60)

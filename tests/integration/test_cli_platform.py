@@ -12,20 +12,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import free_port, k2_env, run_k2
+from tests.helpers import free_port, local_platform_env, run_k2
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    env = k2_env(
-        tmp_path / "home",
-        kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        schema_registry_url=f"http://127.0.0.1:{free_port()}",
-        stream_metrics_port=str(free_port()),
-        api_port=str(free_port()),
-    )
+    env = local_platform_env(tmp_path / "home", airflow_enabled="false")  # (test_airflow_up.py runs Airflow)
     yield env
     run_k2(env, "down")  # whatever a test left running
 
@@ -215,6 +209,7 @@ def test_help_on_every_command(env: dict[str, str]) -> None:
         ["load", "--help"],
         ["generate", "--help"],
         ["formats", "--help"],
+        ["demo", "--help"],
     ):
         result = run_k2(env, *command)
         assert result.returncode == 0, (command, result.stderr)

@@ -4,7 +4,6 @@ checks once the real consumer has landed it (records read back from Kafka, found
 from __future__ import annotations
 
 import shutil
-import threading
 from datetime import date
 from pathlib import Path
 
@@ -16,12 +15,9 @@ from k2_etl.config import Settings
 from k2_etl.errors import ConfigError
 from k2_etl.ingest.landing import day_files, load_day
 from k2_etl.lake.catalog import open_catalog
-from k2_etl.lake.progress import landed_offsets, pending_offsets, wanted_offsets
 from k2_etl.schemas.registration import register_schemas
-from k2_etl.stream.consumer import StreamConsumer
 from k2_etl.stream.quality import check_day
-from tests.helpers import poll
-from tests.integration.query_helpers import SAMPLE, streaming_settings
+from tests.integration.query_helpers import SAMPLE, land_everything, streaming_settings
 
 pytestmark = pytest.mark.integration
 DAY = date(2026, 11, 2)
@@ -43,19 +39,6 @@ def landed_day(platform_settings: Settings, tmp_path_factory: pytest.TempPathFac
     assert loaded.ok, loaded.to_dict()
     land_everything(settings, loaded.files)
     return settings, loaded.to_dict()
-
-
-def land_everything(settings: Settings, files: list[dict]) -> None:
-    """Run the real consumer until the tables record every offset the files produced."""
-    wanted = wanted_offsets(f["offsets"] for f in files)
-    consumer = StreamConsumer(settings)
-    runner = threading.Thread(target=consumer.run)
-    runner.start()
-    try:
-        poll(lambda: not pending_offsets(wanted, landed_offsets(settings, wanted)), timeout=120, what="the load landed")
-    finally:
-        consumer.stop()
-        runner.join(timeout=60)
 
 
 def test_the_days_files_are_found_by_format_and_transfers_in_progress_left_alone(

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from pyiceberg.table.snapshots import Operation, Summary
 
 from k2_etl.stream.dedup import IdIndex, keys
 
@@ -74,3 +75,51 @@ def test_fresh_drops_ids_the_table_or_the_batch_already_has() -> None:
     index.clear()
     assert fresh_ids(index, rows(held[0])) == []
     assert table.scans == 3  # cleared: reloaded from the table
+
+
+class FakeSnapshot:
+    def __init__(self, snapshot_id: int, parent: int | None, operation: Operation) -> None:
+        self.snapshot_id, self.parent_snapshot_id = snapshot_id, parent
+        self.summary = Summary(operation=operation)
+
+
+class FakeHistory(FakeTable):
+    """A table whose snapshots are appended to by the test."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(ids)
+        self.snapshots: dict[int, FakeSnapshot] = {}
+        self.current: FakeSnapshot | None = None
+
+    def commit(self, operation: Operation) -> None:
+        parent = self.current.snapshot_id if self.current else None
+        self.current = FakeSnapshot(len(self.snapshots) + 1, parent, operation)
+        self.snapshots[self.current.snapshot_id] = self.current
+
+    def current_snapshot(self) -> FakeSnapshot | None:
+        return self.current
+
+    def snapshot_by_id(self, snapshot_id: int) -> FakeSnapshot | None:
+        return self.snapshots.get(snapshot_id)
+
+
+def test_sync_keeps_the_ids_across_appends_and_forgets_them_after_anything_else() -> None:
+    table = FakeHistory([md5("a")])
+    table.commit(Operation.APPEND)
+    index = IdIndex(table, "event_id", "event_time")  # type: ignore[arg-type]
+    index.sync()
+    assert fresh_ids(index, rows(md5("a"))) == [] and table.scans == 1
+    table.commit(Operation.APPEND)
+    table.commit(Operation.APPEND)
+    index.sync()
+    assert fresh_ids(index, rows(md5("a"))) == [] and table.scans == 1  # appends: the ids held stay
+    table.commit(Operation.OVERWRITE)  # a rollback removed "a"
+    table.commit(Operation.APPEND)
+    table.ids = []
+    index.sync()
+    assert fresh_ids(index, rows(md5("a"))) == [md5("a")] and table.scans == 2  # reloaded: "a" lands again
+    index.sync()
+    table.current = FakeSnapshot(99, None, Operation.APPEND)  # the last snapshot seen left the lineage
+    index.sync()
+    index.fresh(rows(md5("b")))
+    assert table.scans == 3

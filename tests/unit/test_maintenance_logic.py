@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from k2_etl.lake.maintenance import PartitionCompaction, _first_of_each_id
+from k2_etl.lake.maintenance import PartitionCompaction, first_of_each_id
 
 
 def test_the_first_landed_row_of_each_id_is_kept_in_landing_order() -> None:
     rows = pa.table({"event_id": ["a", "b", "a", "c", "b", "a"], "price": [1, 2, 3, 4, 5, 6]})
-    kept = _first_of_each_id(rows, "event_id")
+    kept = first_of_each_id(rows, "event_id")
     assert kept.to_pydict() == {"event_id": ["a", "b", "c"], "price": [1, 2, 4]}
 
 
 def test_rows_without_repeats_or_without_an_id_column_are_returned_as_they_are() -> None:
     rows = pa.table({"event_id": ["x", "y"], "price": [1, 2]})
-    assert _first_of_each_id(rows, "event_id") is rows
-    assert _first_of_each_id(rows, None) is rows
+    assert first_of_each_id(rows, "event_id") is rows
+    assert first_of_each_id(rows, None) is rows
     empty = rows.slice(0, 0)
-    assert _first_of_each_id(empty, "event_id") is empty
+    assert first_of_each_id(empty, "event_id") is empty
 
 
 def test_only_a_compacted_partition_counts_duplicates_removed() -> None:

@@ -1,0 +1,176 @@
+"""`make run` as a new user runs it: `k2 up` with the local Airflow, `k2 schemas register`, `k2 demo`.
+
+Real processes on a temp K2_HOME: Airflow standalone with K2's DAGs unpaused, the sample day's
+k2_daily_load run green, its data through the REST API, and `k2 down` leaving nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import sqlalchemy as sa
+
+from tests.helpers import REPO, free_port, local_platform_env, poll, run_k2
+
+pytestmark = pytest.mark.integration
+
+DAGS = {p.stem for p in (REPO / "dags").glob("*.py")}
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = local_platform_env(
+        tmp_path / "home",
+        airflow_port=str(free_port()),
+        ingest_metrics_port="0",
+        daily_load_poke_seconds="2",  # the sensor looks every 2 s, not 30
+    )
+    for name in [n for n in env if n.startswith("AIRFLOW")]:  # the developer's Airflow stays out
+        del env[name]
+    # Airflow's log servers listen on fixed ports (8793/8794): free ones, beside a developer's `make run`.
+    env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(free_port())
+    env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] = str(free_port())
+    yield env
+    run_k2(env, "down")
+
+
+def processes_of(home: Path) -> list[psutil.Process]:
+    """Every live process started for this K2_HOME (each one inherits K2_HOME)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get("K2_HOME") == str(home):
+                found.append(proc)
+        except psutil.Error:  # exited meanwhile, or not ours to inspect
+            continue
+    return found
+
+
+class Airflow:
+    """Airflow's REST API as the generated admin (independent of k2's own client)."""
+
+    def __init__(self, url: str, home: Path) -> None:
+        password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+        token = httpx.post(f"{url}/auth/token", json={"username": "admin", "password": password}, timeout=10)
+        assert token.status_code == 201, token.text
+        self.client = httpx.Client(base_url=url, timeout=10,
+                                   headers={"Authorization": f"Bearer {token.json()['access_token']}"})  # fmt: skip
+
+    def get(self, path: str) -> Any:
+        response = self.client.get(path)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+@pytest.mark.timeout(600)
+def test_up_runs_airflow_and_demo_runs_the_sample_day_green(env: dict[str, str]) -> None:
+    home = Path(env["K2_HOME"]).resolve()
+    url = f"http://127.0.0.1:{env['K2_AIRFLOW_PORT']}"
+
+    up = run_k2(env, "up", timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "airflow: started" in up.stdout and f"Airflow UI: {url}   login: admin / " in up.stdout
+    assert up.stdout.index("api: started") < up.stdout.index("airflow: started")
+
+    def airflow_status() -> dict[str, Any]:
+        return {c["name"]: c for c in json.loads(run_k2(env, "status", "--json").stdout)["components"]}["airflow"]
+
+    # (polled: on a loaded machine a health request can miss its 2 s timeout right after the start)
+    status = poll(lambda: (s := airflow_status())["healthy"] and s, timeout=60, what="k2 status: airflow healthy")
+    assert status["state"] == "running", status
+    assert (home / "airflow" / "airflow.db").is_file()  # AIRFLOW_HOME under K2_HOME, SQLite
+
+    airflow = Airflow(url, home / "airflow")
+
+    def parsed() -> dict[str, Any] | None:
+        dags = {d["dag_id"]: d for d in airflow.get("/api/v2/dags")["dags"]}
+        return dags if dags.keys() >= DAGS else None
+
+    dags = poll(parsed, timeout=120, what="the DAG processor to parse K2's DAGs")
+    assert not any(dags[dag_id]["is_paused"] for dag_id in DAGS)  # unpaused at creation
+    paused = airflow.client.patch("/api/v2/dags/k2_daily_load", json={"is_paused": True})
+    assert paused.status_code == 200, paused.text  # `k2 demo` unpauses it again
+
+    assert run_k2(env, "schemas", "register").returncode == 0
+    demo = run_k2(env, "demo", "--json", "--timeout", "360", timeout=420)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "airflow: unpaused k2_daily_load" in demo.stderr
+    result = json.loads(demo.stdout)
+    assert result["day"] == "2026-11-02" and result["run"]["state"] == "success"
+    landing = home / "landing"
+    assert (landing / "k2" / "2026-11-02" / "reference_data.csv").is_file()  # beside the day in the sample
+    assert (landing / "asx" / "2026-11-02" / "company_info.csv").is_file()
+    run = airflow.get("/api/v2/dags/k2_daily_load/dagRuns/k2_sample__2026-11-02")
+    assert run["state"] == "success" and run["conf"] == {"trading_date": "2026-11-02"}
+    tasks = airflow.get("/api/v2/dags/k2_daily_load/dagRuns/k2_sample__2026-11-02/taskInstances")
+    assert {t["task_id"]: t["state"] for t in tasks["task_instances"]} == dict.fromkeys(
+        ["find_files", "check_schemas", "load", "wait_landed", "check_quality"], "success"
+    )
+
+    summary = httpx.get(result["query"], timeout=30)  # the k2-format sample, through the REST API
+    assert summary.status_code == 200, summary.text
+    assert summary.json()["trades"] > 100
+    api = f"http://127.0.0.1:{env['K2_API_PORT']}"
+    bhp = httpx.get(f"{api}/v1/summary/BHP/2026-11-02", timeout=30).json()  # the asx-format sample
+    assert bhp["trades"] == 300
+
+    again = run_k2(env, "demo", timeout=120)  # a second `make run`
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "file(s) already there" in again.stdout and "copied" not in again.stdout
+    assert "k2_sample__2026-11-02 was triggered before; it is success" in again.stdout
+
+    airflow.client.close()
+    assert {p.pid for p in processes_of(home)} >= {status["pid"]}  # the check below can see them
+    down = run_k2(env, "down", timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert "airflow: stopped" in down.stdout
+
+    def none_left() -> bool:
+        left = processes_of(home)
+        if left:
+            raise RuntimeError("; ".join(f"{p.pid} {' '.join(p.cmdline())[:80]}" for p in left))
+        return True
+
+    poll(none_left, timeout=10, what="every process of the platform to exit")  # none outlives `k2 down`
+    assert not list((home / "run").glob("*.pid"))
+    assert os.path.exists(home / "logs" / "airflow.log")
+
+
+@pytest.mark.skipif(
+    "TEST_POSTGRES_URL" not in os.environ,
+    reason="needs a PostgreSQL server: set TEST_POSTGRES_URL (.ci/run starts one and sets it)",
+)
+@pytest.mark.timeout(300)
+def test_airflow_metadata_database_on_postgres(env: dict[str, str]) -> None:
+    """K2_AIRFLOW_DATABASE_URL puts Airflow's metadata in Postgres (a new database, dropped after)."""
+    admin = sa.create_engine(os.environ["TEST_POSTGRES_URL"], isolation_level="AUTOCOMMIT")
+    name = f"k2_airflow_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))  # name is generated above, not input
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    try:
+        env["K2_AIRFLOW_DATABASE_URL"] = url
+        up = run_k2(env, "up", timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "airflow: started" in up.stdout
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            jobs = conn.execute(sa.text("SELECT count(*) FROM job WHERE job_type = 'SchedulerJob'")).scalar()
+        engine.dispose()
+        assert {"dag", "dag_run", "task_instance"} <= tables and jobs
+        assert not (Path(env["K2_HOME"]) / "airflow" / "airflow.db").exists()
+        assert "airflow: stopped" in run_k2(env, "down", timeout=120).stdout
+    finally:
+        run_k2(env, "down", timeout=120)
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
