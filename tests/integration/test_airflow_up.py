@@ -122,6 +122,24 @@ def test_up_runs_airflow_and_demo_runs_the_sample_day_green(env: dict[str, str])
     bhp = httpx.get(f"{api}/v1/summary/BHP/2026-11-02", timeout=30).json()  # the asx-format sample
     assert bhp["trades"] == 300
 
+    # A backfill over the sample's week (the scheduler creates the runs): the sample day's files are
+    # skipped as loaded, the days without files are skipped (K2_DAILY_LOAD_ON_NO_FILES=skip locally).
+    created = airflow.client.post("/api/v2/backfills", json={
+        "dag_id": "k2_daily_load", "from_date": "2026-11-02T00:00:00Z", "to_date": "2026-11-03T12:00:00Z",
+        "reprocess_behavior": "completed", "max_active_runs": 1, "dag_run_conf": {}})  # fmt: skip
+    assert created.status_code == 200, created.text
+
+    def backfilled() -> list[dict[str, Any]] | None:
+        runs = airflow.get(
+            "/api/v2/dags/k2_daily_load/dagRuns",
+        )["dag_runs"]
+        mine = [r for r in runs if r["run_type"] == "backfill"]
+        return mine if len(mine) == 2 and all(r["state"] in ("success", "failed") for r in mine) else None
+
+    runs = poll(backfilled, timeout=300, what="the backfill's two runs to finish")
+    assert {r["logical_date"][:10]: r["state"] for r in runs} == {"2026-11-02": "success", "2026-11-03": "success"}
+    assert httpx.get(f"{api}/v1/summary/BHP/2026-11-02", timeout=30).json()["trades"] == 300  # loaded once
+
     again = run_k2(env, "demo", timeout=120)  # a second `make run`
     assert again.returncode == 0, again.stdout + again.stderr
     assert "file(s) already there" in again.stdout and "copied" not in again.stdout
