@@ -684,7 +684,10 @@ def replay_range(
 @app.command("rollback")
 def rollback_load(
     load_id: Annotated[str, typer.Argument(help="The load to undo (`k2 load --json` prints each file's load_id).")],
-    tables: TablesOpt = None,
+    tables: Annotated[
+        list[str] | None,
+        typer.Option("--table", "-t", help="Only this table (repeatable; default: every table the load fed)."),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count the rows that would go; change nothing.")] = False,
     json_output: JsonFlag = False,
 ) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tenacity import RetryCallState, retry, retry_if_result, stop_after_attempt, wait_random_exponential
 
 import k2_etl
 from k2_etl.config import Settings, format_host_port
@@ -97,6 +98,13 @@ def login(settings: Settings) -> tuple[str, str]:
         ) from None
 
 
+def _last_answer(state: RetryCallState) -> httpx.Response:
+    """The last 5xx answer, once retries are spent (the caller then reports it)."""
+    assert state.outcome is not None
+    response: httpx.Response = state.outcome.result()
+    return response
+
+
 class AirflowApi:
     """Airflow's REST API (v2) as the generated admin user: a JWT from ``POST /auth/token``."""
 
@@ -116,7 +124,11 @@ class AirflowApi:
         response = self._send("POST", "/auth/token", json={"username": user, "password": password})
         self._client.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
 
+    @retry(retry=retry_if_result(lambda r: r.status_code >= 500), stop=stop_after_attempt(6),
+           wait=wait_random_exponential(multiplier=0.5, max=5), retry_error_callback=_last_answer)  # fmt: skip
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; a 5xx is sent again a few times: SQLite, the default metadata database,
+        answers "database is locked" while the scheduler writes."""
         try:
             return self._client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:

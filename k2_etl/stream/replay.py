@@ -267,14 +267,6 @@ def _from_kafka(
     return sourced
 
 
-def _partitions(consumer: Consumer, topic: str) -> list[int]:
-    metadata = consumer.list_topics(topic, timeout=10)
-    described = metadata.topics.get(topic)
-    if described is None or described.error is not None:
-        raise K2Error(f"topic {topic} does not exist; run `k2 init`")
-    return sorted(described.partitions)
-
-
 def _first_offsets(consumer: Consumer, topic: str, partitions: list[int], start: datetime) -> dict[int, int | None]:
     """Per partition, the first offset whose timestamp is at or after ``start`` (Kafka's time
     index; the log's start when the broker cannot say), None when no record is that new."""

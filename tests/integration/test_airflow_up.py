@@ -64,14 +64,28 @@ class Airflow:
         self.client = httpx.Client(base_url=url, timeout=10,
                                    headers={"Authorization": f"Bearer {token.json()['access_token']}"})  # fmt: skip
 
-    def get(self, path: str) -> Any:
-        response = self.client.get(path)
+    def send(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The JSON of a 200 answer. A 5xx is asked again (SQLite, Airflow's default metadata
+        database, answers "database is locked" while the scheduler writes); anything else fails."""
+
+        def answered() -> httpx.Response:
+            response = self.client.request(method, path, **kwargs)
+            if response.status_code >= 500:
+                raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:200]}")
+            return response
+
+        response = poll(answered, timeout=60, what=f"{method} {path} answered")
         assert response.status_code == 200, response.text
         return response.json()
 
+    def get(self, path: str) -> Any:
+        return self.send("GET", path)
+
 
 @pytest.mark.timeout(600)
-def test_up_runs_airflow_and_demo_runs_the_sample_day_green(env: dict[str, str]) -> None:
+def test_up_runs_airflow_and_demo_runs_the_sample_day_green(
+    env: dict[str, str], request: pytest.FixtureRequest
+) -> None:
     home = Path(env["K2_HOME"]).resolve()
     url = f"http://127.0.0.1:{env['K2_AIRFLOW_PORT']}"
 
@@ -89,6 +103,7 @@ def test_up_runs_airflow_and_demo_runs_the_sample_day_green(env: dict[str, str])
     assert (home / "airflow" / "airflow.db").is_file()  # AIRFLOW_HOME under K2_HOME, SQLite
 
     airflow = Airflow(url, home / "airflow")
+    request.addfinalizer(airflow.client.close)
 
     def parsed() -> dict[str, Any] | None:
         dags = {d["dag_id"]: d for d in airflow.get("/api/v2/dags")["dags"]}
@@ -96,8 +111,7 @@ def test_up_runs_airflow_and_demo_runs_the_sample_day_green(env: dict[str, str])
 
     dags = poll(parsed, timeout=120, what="the DAG processor to parse K2's DAGs")
     assert not any(dags[dag_id]["is_paused"] for dag_id in DAGS)  # unpaused at creation
-    paused = airflow.client.patch("/api/v2/dags/k2_daily_load", json={"is_paused": True})
-    assert paused.status_code == 200, paused.text  # `k2 demo` unpauses it again
+    assert airflow.send("PATCH", "/api/v2/dags/k2_daily_load", json={"is_paused": True})["is_paused"]  # (demo unpauses)
 
     assert run_k2(env, "schemas", "register").returncode == 0
     demo = run_k2(env, "demo", "--json", "--timeout", "360", timeout=420)
@@ -124,10 +138,9 @@ def test_up_runs_airflow_and_demo_runs_the_sample_day_green(env: dict[str, str])
 
     # A backfill over the sample's week (the scheduler creates the runs): the sample day's files are
     # skipped as loaded, the days without files are skipped (K2_DAILY_LOAD_ON_NO_FILES=skip locally).
-    created = airflow.client.post("/api/v2/backfills", json={
+    airflow.send("POST", "/api/v2/backfills", json={
         "dag_id": "k2_daily_load", "from_date": "2026-11-02T00:00:00Z", "to_date": "2026-11-03T12:00:00Z",
         "reprocess_behavior": "completed", "max_active_runs": 1, "dag_run_conf": {}})  # fmt: skip
-    assert created.status_code == 200, created.text
 
     def backfilled() -> list[dict[str, Any]] | None:
         runs = airflow.get(
@@ -145,7 +158,6 @@ def test_up_runs_airflow_and_demo_runs_the_sample_day_green(env: dict[str, str])
     assert "file(s) already there" in again.stdout and "copied" not in again.stdout
     assert "k2_sample__2026-11-02 was triggered before; it is success" in again.stdout
 
-    airflow.client.close()
     assert {p.pid for p in processes_of(home)} >= {status["pid"]}  # the check below can see them
     down = run_k2(env, "down", timeout=120)
     assert down.returncode == 0, down.stderr
