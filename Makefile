@@ -44,6 +44,7 @@ bench: install  ## run the benchmarks (results in bench/results/)
 	command -v wrk >/dev/null || apt-get install -y -qq wrk  # the API benchmark's load generator
 	$(BIN)/python bench/api_bench.py
 	$(BIN)/python bench/maintenance_bench.py
+	$(BIN)/python bench/compaction_commit_bench.py
 	$(BIN)/python bench/airflow_bench.py
 
 down: install  ## stop the local platform
