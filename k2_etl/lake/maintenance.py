@@ -184,13 +184,8 @@ def _rewrite(
     table: Table, definition: TableDef, key: PartitionKey, files: list[LiveFile], partition: PartitionCompaction
 ) -> None:
     name = table.name()[-1]
-    ordered = sorted(files, key=lambda f: (f.sequence_number, f.data_file.file_path))
-    scan = ArrowScan(table.metadata, table.io, projected_schema=table.schema(), row_filter=AlwaysTrue())
-    rows = scan.to_table([FileScanTask(f.data_file) for f in ordered])  # in task order: landing order
-    rows = first_of_each_id(rows, definition.id_column)
-    sort_keys = [*definition.sort, *(c for c in ("event_time", definition.id_column) if c and c not in definition.sort)]
-    rows = rows.sort_by([(column, "ascending") for column in sort_keys if column in rows.column_names])
-    written = list(_dataframe_to_data_files(table.metadata, rows, table.io, write_uuid=uuid.uuid4()))
+    rows = first_of_each_id(read_in_landing_order(table, files), definition.id_column)
+    written = write_sorted(table, definition, rows)
     try:
         _commit_rewrite(table, key, {f.data_file.file_path for f in files}, written)
     except (_Conflict, CommitFailedException, ValidationException) as exc:
@@ -237,6 +232,24 @@ def _commit_rewrite(table: Table, key: PartitionKey, read: set[str], written: li
                 rewrite.delete_data_file(current[path])
             for data_file in written:
                 rewrite.append_data_file(data_file)
+
+
+def read_in_landing_order(table: Table, files: list[LiveFile]) -> pa.Table:
+    """The rows of ``files`` in landing order (data sequence number), as the table's schema
+    (pyiceberg's scan projects older files to it)."""
+    ordered = sorted(files, key=lambda f: (f.sequence_number, f.data_file.file_path))
+    scan = ArrowScan(table.metadata, table.io, projected_schema=table.schema(), row_filter=AlwaysTrue())
+    return scan.to_table([FileScanTask(f.data_file) for f in ordered])  # in task order
+
+
+def write_sorted(table: Table, definition: TableDef, rows: pa.Table) -> list[DataFile]:
+    """``rows`` sorted by the table's sort order (then time and id) and written as new data files
+    of the table, not yet committed; none for no rows."""
+    if rows.num_rows == 0:
+        return []
+    sort_keys = [*definition.sort, *(c for c in ("event_time", definition.id_column) if c and c not in definition.sort)]
+    rows = rows.sort_by([(column, "ascending") for column in sort_keys if column in rows.column_names])
+    return list(_dataframe_to_data_files(table.metadata, rows, table.io, write_uuid=uuid.uuid4()))
 
 
 def first_of_each_id(rows: pa.Table, id_column: str | None) -> pa.Table:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -35,10 +34,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.expressions import AlwaysTrue, And, EqualTo, GreaterThanOrEqual, LessThan
-from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
+from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
 from pyiceberg.manifest import DataFile
-from pyiceberg.table import FileScanTask, Table
+from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.table.update.validate import ValidationException
 from pyiceberg.transforms import DayTransform
@@ -53,6 +51,8 @@ from k2_etl.lake.maintenance import (
     first_of_each_id,
     has_deletes,
     live_files,
+    read_in_landing_order,
+    write_sorted,
 )
 from k2_etl.lake.tables import TableDef
 from k2_etl.observability import MAINTENANCE_CONFLICTS, MAINTENANCE_SECONDS
@@ -220,7 +220,7 @@ def replace_range(
     if any(has_deletes(key, deletes) for key in keys):
         raise ReplaceError(f"table {name}: the range's partitions have delete files (merge-on-read writes of "
                            "another engine); replaying would restore the rows they delete")  # fmt: skip
-    current = _read(table, read)
+    current = read_in_landing_order(table, read)
     held = in_range(current, day_column, start, end, inside=True)
     held_hashes, new_hashes = _row_hashes(held, id_column), _row_hashes(rows, id_column)
     kept_ids = pc.is_in(held_hashes.column("id"), value_set=new_hashes.column("id"))
@@ -239,7 +239,7 @@ def replace_range(
     if dry_run or (held.num_rows == 0 and rows.num_rows == 0):
         return report  # (nothing to replace: no snapshot, so no consumer reloads its ids for nothing)
     kept = in_range(current, day_column, start, end, inside=False)
-    written = _write(table, definition, pa.concat_tables([kept, rows]))
+    written = write_sorted(table, definition, pa.concat_tables([kept, rows]))
     summary = {MAINTENANCE_PROPERTY: "replay", REPLAY_RANGE_PROPERTY: f"{start.isoformat()}/{end.isoformat()}",
                **(properties or {})}  # fmt: skip
     committed = _swap(table, keys, read, written, summary, exact=True)
@@ -284,7 +284,7 @@ def remove_load(
                 raise ReplaceError(f"table {name}: the load's partitions have delete files (merge-on-read writes "
                                    "of another engine); rewriting them would restore deleted rows")  # fmt: skip
             read = [f for files in read_by_key.values() for f in files]
-            current = _read(table, read)
+            current = read_in_landing_order(table, read)
             going = pc.fill_null(pc.equal(current.column("load_id"), load_id), False)
             removed = current.filter(going)
             back = target.empty_table()
@@ -296,7 +296,7 @@ def remove_load(
             report.files_replaced = len(read)
             if dry_run or removed.num_rows == 0:
                 break
-            written = _write(table, definition, pa.concat_tables([current.filter(pc.invert(going)), back]))
+            written = write_sorted(table, definition, pa.concat_tables([current.filter(pc.invert(going)), back]))
             summary = {MAINTENANCE_PROPERTY: "rollback", ROLLBACK_LOAD_PROPERTY: load_id}
             report.snapshot_after = _swap(table, list(read_by_key), read, written, summary, exact=False)
             report.files_written = len(written)
@@ -359,21 +359,6 @@ def in_range(rows: pa.Table, column: str, start: datetime, end: datetime, *, ins
                      pc.less(values, pa.scalar(end, values.type)))  # fmt: skip
     within = pc.fill_null(within, False)
     return rows.filter(within if inside else pc.invert(within))
-
-
-def _read(table: Table, files: list[LiveFile]) -> pa.Table:
-    """The rows of ``files`` in landing order (data sequence number), as the table's schema."""
-    ordered = sorted(files, key=lambda f: (f.sequence_number, f.data_file.file_path))
-    scan = ArrowScan(table.metadata, table.io, projected_schema=table.schema(), row_filter=AlwaysTrue())
-    return scan.to_table([FileScanTask(f.data_file) for f in ordered])
-
-
-def _write(table: Table, definition: TableDef, rows: pa.Table) -> list[DataFile]:
-    if rows.num_rows == 0:
-        return []
-    sort_keys = [*definition.sort, *(c for c in ("event_time", definition.id_column) if c and c not in definition.sort)]
-    rows = rows.sort_by([(column, "ascending") for column in sort_keys if column in rows.column_names])
-    return list(_dataframe_to_data_files(table.metadata, rows, table.io, write_uuid=uuid.uuid4()))
 
 
 def _swap(
