@@ -127,7 +127,7 @@ def test_compaction_beside_the_streaming_consumer_loses_and_duplicates_nothing(
         home=tmp_path / "home", kafka_bootstrap=platform_settings.kafka_bootstrap,
         schema_registry_url=platform_settings.schema_registry_url, topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
         stream_session_timeout_seconds=6, stream_max_poll_interval_seconds=7, stream_metrics_port=0,
-        stream_batch_rows=150, stream_batch_seconds=0.2,
+        stream_batch_rows=600, stream_batch_seconds=1.0,  # slower than 0.2 s commits: see compaction_commit_bench
     )  # fmt: skip
     init_platform(settings)
     register_schemas(settings)
