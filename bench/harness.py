@@ -16,7 +16,7 @@ from k2_etl.ingest.generate import GenerateReport, generate
 from k2_etl.local.components import broker, registry
 from k2_etl.local.supervisor import start, stop
 from k2_etl.schemas.registration import register_schemas
-from tests.helpers import free_port
+from tests.helpers import free_ports
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -36,10 +36,11 @@ def bench_platform(name: str, rows: int, **overrides: Any) -> Iterator[tuple[Set
     ``rows`` trades (about) over 100 ASX symbols and 10 days, no quotes, deterministic.
     """
     work = Path(tempfile.mkdtemp(prefix=f"k2-bench-{name}-"))
+    broker_port, registry_port = free_ports(2)
     settings = load_settings(
         home=work / "home",
-        kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        schema_registry_url=f"http://127.0.0.1:{free_port()}",
+        kafka_bootstrap=f"127.0.0.1:{broker_port}",
+        schema_registry_url=f"http://127.0.0.1:{registry_port}",
         **overrides,
     )
     components = [broker(settings), registry(settings)]

@@ -19,11 +19,35 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: Every port handed out in this process: never handed out twice. A port is free only until its
+#: user binds it, so picking ports one at a time (bind port 0, close, repeat) can return the same
+#: port twice before either is used (a CI run gave the broker and the API one port).
+_handed_out: set[int] = set()
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports nobody listens on now, all held bound while they are chosen, and
+    never handed out before in this process."""
+    held: list[socket.socket] = []
+    chosen: list[int] = []
+    try:
+        while len(chosen) < count:
+            sock = socket.socket()
+            held.append(sock)  # one handed out before stays bound until the end: the OS offers another
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            if port not in _handed_out:
+                chosen.append(port)
+        _handed_out.update(chosen)
+        return chosen
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def free_port() -> int:
-    """A port nobody listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """One port nobody listens on now (see :func:`free_ports`)."""
+    return free_ports(1)[0]
 
 
 def poll(probe: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
@@ -53,9 +77,9 @@ def k2_env(home: Path, **settings: str) -> dict[str, str]:
 
 def local_platform_env(home: Path, **settings: str) -> dict[str, str]:
     """:func:`k2_env` for a `k2 up` of its own: every component on a free port."""
-    return k2_env(home, kafka_bootstrap=f"127.0.0.1:{free_port()}",
-                  schema_registry_url=f"http://127.0.0.1:{free_port()}", stream_metrics_port=str(free_port()),
-                  api_port=str(free_port()), **settings)  # fmt: skip
+    broker, registry, consumer, api = free_ports(4)
+    return k2_env(home, kafka_bootstrap=f"127.0.0.1:{broker}", schema_registry_url=f"http://127.0.0.1:{registry}",
+                  stream_metrics_port=str(consumer), api_port=str(api), **settings)  # fmt: skip
 
 
 def env_of(settings: Settings) -> dict[str, str]:

@@ -12,19 +12,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from k2_etl.config import Settings, load_settings
 from k2_etl.local.components import broker, registry
 from k2_etl.local.supervisor import start, stop
-from tests.helpers import free_port
+from tests.helpers import free_ports
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL")
+needs_postgres = pytest.mark.skipif(
+    POSTGRES_URL is None,
+    reason="needs a PostgreSQL server: set TEST_POSTGRES_URL (.ci/run starts one and sets it)",
+)
 
 
 def make_settings(home: Path, **overrides: object) -> Settings:
+    broker_port, registry_port = free_ports(2)
     return load_settings(
         home=home,
-        kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        schema_registry_url=f"http://127.0.0.1:{free_port()}",
+        kafka_bootstrap=f"127.0.0.1:{broker_port}",
+        schema_registry_url=f"http://127.0.0.1:{registry_port}",
         **overrides,
     )
 
@@ -97,3 +105,19 @@ def registry_process(tmp_path: Path) -> Iterator[RegistryProcess]:
     finally:
         process.close_clients()
         process.stop()
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """A new, empty database on the test server; dropped afterwards."""
+    assert POSTGRES_URL is not None
+    name = f"k2_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))  # name is generated above, not input
+    try:
+        yield sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()

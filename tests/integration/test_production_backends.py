@@ -8,10 +8,8 @@ databases in).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +18,6 @@ import boto3
 import httpx
 import pyarrow as pa
 import pytest
-import sqlalchemy as sa
 from confluent_kafka.schema_registry import Schema
 
 from k2_etl.config import Settings, load_settings
@@ -29,15 +26,9 @@ from k2_etl.lake.tables import TABLES, ensure_tables
 from k2_etl.query.engine import QueryEngine
 from k2_etl.schemas import TRADE
 from tests.helpers import a_trade, free_port, poll
-from tests.integration.conftest import RegistryProcess
+from tests.integration.conftest import RegistryProcess, needs_postgres
 
 pytestmark = pytest.mark.integration
-
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL")
-needs_postgres = pytest.mark.skipif(
-    POSTGRES_URL is None,
-    reason="needs a PostgreSQL server: set TEST_POSTGRES_URL (.ci/run starts one and sets it)",
-)
 
 
 def init_and_round_trip(settings: Settings) -> None:
@@ -50,22 +41,6 @@ def init_and_round_trip(settings: Settings) -> None:
     [row] = open_catalog(settings).load_table((settings.namespace, "trades")).scan().to_arrow().to_pylist()
     assert row == a_trade()
     assert sorted(i[-1] for i in catalog.list_tables(settings.namespace)) == sorted(t.name for t in TABLES)
-
-
-@pytest.fixture
-def postgres_database() -> Iterator[str]:
-    """A new, empty database on the test server; dropped afterwards."""
-    assert POSTGRES_URL is not None
-    name = f"k2_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))  # name is generated above, not input
-    try:
-        yield sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @needs_postgres
