@@ -139,6 +139,12 @@ class Settings(BaseSettings):
     stream_session_timeout_seconds: float = Field(
         10.0, ge=1, le=3600, allow_inf_nan=False, description="Consumer-group session timeout (heartbeats: a fifth)."
     )
+    stream_stall_seconds: float = Field(
+        120.0, gt=0, le=86_400, allow_inf_nan=False,
+        description="Records a load produced that wait this long unlanded, with their partition's landed offset "
+        "not moving, make the consumer's /healthz and `k2 status` unhealthy (a stalled consumer; a busy one "
+        "moves the offset).",
+    )  # fmt: skip
     stream_max_poll_interval_seconds: float = Field(
         60.0,
         ge=1,

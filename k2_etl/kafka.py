@@ -8,9 +8,10 @@ properties (security, SASL, ...) come from ``K2_KAFKA_CONFIG``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from k2_etl.config import Settings
@@ -51,6 +52,40 @@ def cluster_metadata(settings: Settings, timeout: float = 5.0) -> ClusterMetadat
             f"no Kafka broker answered at K2_KAFKA_BOOTSTRAP={settings.kafka_bootstrap} within {timeout:g} s "
             f"({exc.args[0].str() if exc.args else exc}); is it running? (k2 up / k2 status)"
         ) from None
+
+
+#: How librdkafka prints an unknown topic id (Kafka before 2.8 has none).
+_NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"
+
+
+def topic_ids(settings: Settings, topics: Iterable[str], admin: AdminClient | None = None,
+              timeout: float = 10.0) -> dict[str, str]:  # fmt: skip
+    """The broker's id of each of ``topics``: a topic deleted and created again (or a memory-only
+    broker restarted) has a new one, which is how stored offsets are known to be of another life
+    of the topic. Topics that do not exist, or a broker without topic ids, are left out.
+    :class:`UnavailableError` when the broker does not answer."""
+    wanted = sorted(set(topics))
+    if not wanted:
+        return {}
+    admin = admin or admin_client(settings)
+    ids: dict[str, str] = {}
+    try:
+        futures = admin.describe_topics(TopicCollection(wanted), request_timeout=timeout)
+        for name, future in futures.items():
+            try:
+                topic_id = str(future.result(timeout=timeout).topic_id)
+            except KafkaException as exc:
+                if exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    continue
+                raise
+            if topic_id != _NO_TOPIC_ID:
+                ids[name] = topic_id
+    except (KafkaException, TimeoutError) as exc:
+        why = exc.args[0].str() if isinstance(exc, KafkaException) and exc.args else f"no answer within {timeout:g} s"
+        raise UnavailableError(
+            f"cannot describe topics {', '.join(wanted)} at K2_KAFKA_BOOTSTRAP={settings.kafka_bootstrap} ({why})"
+        ) from None
+    return ids
 
 
 def topic_names(settings: Settings) -> list[str]:

@@ -66,8 +66,29 @@ STREAM_FRESHNESS_SECONDS = Histogram(
 STREAM_FENCED = Counter("k2_stream_fenced_batches_total", "Batches dropped: another consumer owned them.", ["table"])
 STREAM_COMMIT_FAILURES = Counter(
     "k2_stream_commit_failures_total",
-    "Appends that failed (catalog or storage unreachable) and were retried.",
+    "Batch commits that failed (catalog, storage, registry or broker unreachable) and were retried.",
     ["table"],
+)
+STREAM_DEPENDENCY_UP = Gauge(
+    "k2_stream_dependency_up",
+    "1 when the consumer's last use of the dependency (catalog, registry, broker) succeeded, 0 while it fails.",
+    ["dependency"],
+)
+STREAM_UNLANDED_SECONDS = Gauge(
+    "k2_stream_unlanded_seconds",
+    "How long records loads produced to an owned partition (per the load manifest) have waited unlanded; 0: none.",
+    ["topic", "partition"],
+)
+STREAM_UNLANDED_MESSAGES = Gauge(
+    "k2_stream_unlanded_messages",
+    "Records loads produced to an owned partition (per the load manifest) that its table has not landed.",
+    ["topic", "partition"],
+)
+STREAM_TOPIC_RESETS = Counter(
+    "k2_stream_topic_resets_total",
+    "Partitions read again from the beginning: their offsets were of another life of the topic "
+    "(created again, or a memory-only broker restarted) or beyond the partition's end.",
+    ["topic"],
 )
 STREAM_SEQUENCE_EVENTS = Counter(
     "k2_stream_sequence_events_total",

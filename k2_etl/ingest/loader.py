@@ -36,7 +36,7 @@ from k2_etl.ingest.avro_frame import confluent_prefix
 from k2_etl.ingest.lines import file_checksum, read_blocks
 from k2_etl.ingest.prepare import Prepared, Preparer, Source, find_upwards
 from k2_etl.ingest.producer import Deliveries, Headers, make_producer, produce_all
-from k2_etl.kafka import cluster_metadata
+from k2_etl.kafka import cluster_metadata, topic_ids
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.manifest import ROLLED_BACK, Manifest, ManifestEntry, now
 from k2_etl.observability import (
@@ -71,6 +71,7 @@ class FileResult:
     bytes_read: int = 0
     seconds: float = 0.0
     offsets: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    topic_ids: dict[str, str] = field(default_factory=dict)  # the life of each topic the offsets are in
     message: str | None = None
 
     @property
@@ -267,6 +268,7 @@ class Loader:
         missing = sorted(t for t in self.topics.values() if t not in metadata.topics)
         if missing:
             raise K2Error(f"Kafka topics {', '.join(missing)} do not exist; run `k2 init`")
+        self.topic_ids = topic_ids(settings, self.topics.values())
         self.schema_ids = registered_schema_ids(settings)
         self.reject_schema = fastavro.parse_schema(REJECT.schema)
         self.manifest = Manifest(open_catalog(settings), settings.namespace)
@@ -299,7 +301,7 @@ class Loader:
                     job.result.message = (f"rolled back (load {done.load_id}, {done.finished_at:%Y-%m-%d %H:%M:%S} "
                                           "UTC); use --force to load it again")  # fmt: skip
                 else:
-                    job.result.offsets = done.offsets
+                    job.result.offsets, job.result.topic_ids = done.offsets, done.topic_ids
                     job.result.message = (
                         f"already loaded (load {done.load_id}, completed {done.finished_at:%Y-%m-%d %H:%M:%S} UTC); "
                         "use --force to load it again"
@@ -378,6 +380,7 @@ class Loader:
         result, spec = job.result, job.spec
         result.rejected_by_reason = dict(job.reasons)
         result.offsets = job.deliveries.offsets()
+        result.topic_ids = {t: self.topic_ids[t] for t in result.offsets if t in self.topic_ids}
         if job.started_at is not None and job.last_block_at is not None:
             result.seconds = job.last_block_at - job.started_at
         if job.error is not None:
@@ -397,7 +400,8 @@ class Loader:
             "completed" if result.status == "loaded" else "failed", entry.started_at,
             load_date=entry.load_date, rows_read=result.rows_read, rows_produced=result.rows_produced,
             rows_rejected=result.rows_rejected, rejected_by_reason=result.rejected_by_reason,
-            offsets=result.offsets, finished_at=now(), message=result.message, forced=entry.forced,
+            offsets=result.offsets, topic_ids=result.topic_ids, finished_at=now(), message=result.message,
+            forced=entry.forced,
         )  # fmt: skip
         return finished
 

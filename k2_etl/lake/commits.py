@@ -13,6 +13,12 @@ committed the partition since (a rebalance moved it) and this batch is stale:
 :class:`Fenced` is raised and nothing is written. Commit conflicts with other
 writers (another consumer, maintenance) are retried on a refreshed table, the
 check included (pyiceberg's own retry, which would skip it, is turned off).
+
+Topic lives: offsets mean something only for the topic they were read from. A
+topic deleted and created again (or a memory-only local broker restarted) starts
+again at offset 0 under a new topic id, so the id of each topic is recorded
+beside its offsets. Offsets recorded for another id are void: readers given the
+current ids see none, and the first append for the new id replaces them.
 """
 
 from __future__ import annotations
@@ -29,22 +35,33 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ra
 from k2_etl.errors import K2Error
 
 OFFSETS_PROPERTY = "k2.kafka-offsets"  # {"group": {"topic": {"partition": next offset}}}
+TOPIC_IDS_PROPERTY = "k2.kafka-topic-ids"  # {"group": {"topic": "id of the topic the offsets were read from"}}
 
 #: Offsets of one group: topic -> partition -> next offset to read.
 Offsets = dict[str, dict[int, int]]
+#: The broker's id of each topic (new each time the topic is created); None or missing: not known.
+TopicIds = Mapping[str, str | None]
 
 
 class Fenced(K2Error):
     """Another consumer committed a partition of this batch since this one took it."""
 
 
-def _recorded(table: Table) -> dict[str, dict[str, dict[str, int]]]:
-    """The offsets property of the newest snapshot that has one (maintenance snapshots do not)."""
+def _recorded(table: Table) -> tuple[dict[str, dict[str, dict[str, int]]], dict[str, dict[str, str]]]:
+    """The offsets and topic ids of the newest snapshot that records offsets (maintenance snapshots
+    do not); both properties are written by the same append."""
     for snapshot in _back_to_offsets(table):
-        value = snapshot.summary.additional_properties.get(OFFSETS_PROPERTY) if snapshot.summary else None
+        properties = snapshot.summary.additional_properties if snapshot.summary else {}
+        value = properties.get(OFFSETS_PROPERTY)
         if value is not None:
-            return json.loads(value)
-    return {}
+            return json.loads(value), json.loads(properties.get(TOPIC_IDS_PROPERTY, "{}"))
+    return {}, {}
+
+
+def _void(recorded_id: str | None, topic_id: str | None) -> bool:
+    """Offsets recorded for ``recorded_id`` are void for the topic now named by ``topic_id``.
+    Offsets recorded with no id (before K2 recorded ids) stand until the next append records one."""
+    return recorded_id is not None and topic_id is not None and recorded_id != topic_id
 
 
 def _back_to_offsets(table: Table) -> Iterator[Snapshot]:
@@ -70,12 +87,48 @@ def offsets_lineage(table: Table) -> set[int]:
     )
 
 
-def committed_offsets(table: Table, group: str) -> Offsets:
-    """Next offsets to read for ``group``, as the table's current state records them."""
+def committed_offsets(table: Table, group: str, topic_ids: TopicIds | None = None) -> Offsets:
+    """Next offsets to read for ``group``, as the table's current state records them.
+
+    ``topic_ids``: the topics' current ids; offsets recorded for another id of a topic are void
+    (left out). Without it, offsets are returned whatever life of the topic they belong to.
+    """
+    offsets, ids = _recorded(table)
+    known = ids.get(group, {})
+    current = topic_ids or {}
     return {
         topic: {int(p): offset for p, offset in partitions.items()}
-        for topic, partitions in _recorded(table).get(group, {}).items()
+        for topic, partitions in offsets.get(group, {}).items()
+        if not _void(known.get(topic), current.get(topic))
     }
+
+
+def unchanged_since(table: Table, group: str, topic_ids: TopicIds | None = None) -> dict[str, dict[int, int]]:
+    """Per topic-partition ``group`` has an offset for, when that offset was first recorded: the
+    timestamp (ms) of the oldest snapshot of the current lineage from which on it is the same.
+    As old as the lineage reaches, when expiry removed the snapshot that first recorded it."""
+    current = committed_offsets(table, group, topic_ids)
+    since: dict[str, dict[int, int]] = {}
+    open_ = {(topic, p) for topic, partitions in current.items() for p in partitions}
+    snapshot = table.current_snapshot()
+    while snapshot is not None and open_:
+        properties = snapshot.summary.additional_properties if snapshot.summary else {}
+        if OFFSETS_PROPERTY in properties:  # snapshots without it (maintenance) keep their parent's offsets
+            offsets = json.loads(properties[OFFSETS_PROPERTY]).get(group, {})
+            ids = json.loads(properties.get(TOPIC_IDS_PROPERTY, "{}")).get(group, {})
+            for topic, partition in list(open_):
+                void = _void(ids.get(topic), (topic_ids or {}).get(topic))
+                if not void and offsets.get(topic, {}).get(str(partition)) == current[topic][partition]:
+                    since.setdefault(topic, {})[partition] = snapshot.timestamp_ms
+                else:
+                    open_.discard((topic, partition))
+        snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id else None
+    return since
+
+
+def recorded_topic_ids(table: Table, group: str) -> dict[str, str]:
+    """The topic ids ``group``'s offsets in the table were read from (topics recorded without one are left out)."""
+    return dict(_recorded(table)[1].get(group, {}))
 
 
 @retry(
@@ -90,16 +143,25 @@ def append_with_offsets(
     group: str,
     expected: Mapping[str, Mapping[int, int | None]],
     next_offsets: Offsets,
+    topic_ids: TopicIds | None = None,
 ) -> None:
     """Append ``data`` and record ``next_offsets`` for ``group``, if the table still records ``expected``.
 
     ``expected``: per topic-partition of the batch, the next offset the table recorded when the
     batch began (None: nothing recorded). Raises :class:`Fenced` when it records anything else.
+    ``topic_ids``: the ids of the topics the batch was read from, recorded with the offsets; the
+    offsets recorded for another id of a topic are void (compared as None) and replaced.
     """
     table.refresh()
     without_commit_retries(table)
-    recorded = _recorded(table)
-    mine = recorded.get(group, {})
+    recorded, recorded_ids = _recorded(table)
+    ids = recorded_ids.setdefault(group, {})
+    given = topic_ids or {}
+    mine = {
+        topic: partitions
+        for topic, partitions in recorded.get(group, {}).items()
+        if not _void(ids.get(topic), given.get(topic))
+    }
     for topic, partitions in expected.items():
         for partition, offset in partitions.items():
             now = mine.get(topic, {}).get(str(partition))
@@ -111,8 +173,13 @@ def append_with_offsets(
     merged = {topic: dict(partitions) for topic, partitions in mine.items()}
     for topic, partitions in next_offsets.items():
         merged.setdefault(topic, {}).update({str(p): o for p, o in partitions.items()})
+        if given.get(topic) is not None:
+            ids[topic] = str(given[topic])
     recorded[group] = merged
-    table.append(data, snapshot_properties={OFFSETS_PROPERTY: json.dumps(recorded, sort_keys=True)})
+    properties = {OFFSETS_PROPERTY: json.dumps(recorded, sort_keys=True)}
+    if any(recorded_ids.values()):
+        properties[TOPIC_IDS_PROPERTY] = json.dumps({g: i for g, i in recorded_ids.items() if i}, sort_keys=True)
+    table.append(data, snapshot_properties=properties)
 
 
 def without_commit_retries(table: Table) -> None:

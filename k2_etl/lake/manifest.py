@@ -43,6 +43,7 @@ class ManifestEntry:
     rows_rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     offsets: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    topic_ids: dict[str, str] = field(default_factory=dict)  # which life of each topic the offsets are in
     finished_at: datetime | None = None
     message: str | None = None
     forced: bool = False
@@ -51,6 +52,7 @@ class ManifestEntry:
         row = asdict(self)
         row["rejected_by_reason"] = json.dumps(self.rejected_by_reason, sort_keys=True)
         row["offsets"] = json.dumps(self.offsets, sort_keys=True)
+        row["topic_ids"] = json.dumps(self.topic_ids, sort_keys=True)
         return row
 
     @classmethod
@@ -58,6 +60,7 @@ class ManifestEntry:
         row = dict(row)
         row["rejected_by_reason"] = json.loads(row["rejected_by_reason"])
         row["offsets"] = json.loads(row["offsets"])
+        row["topic_ids"] = json.loads(row.get("topic_ids") or "{}")  # none before K2 recorded them
         return cls(**row)
 
 

@@ -183,6 +183,7 @@ class SourceBound:
     group: str
     topic: str
     offsets: dict[int, int]
+    topic_id: str | None = None  # the life of the topic they are offsets in
 
 
 def replace_range(
@@ -212,7 +213,8 @@ def replace_range(
         raise ReplaceError(f"{outside:,} of the rows to write are outside [{start.isoformat()}, {end.isoformat()})")
     rows = first_of_each_id(rows.select(target.names).cast(target), id_column)
     snapshot = table.current_snapshot()
-    if bound is not None and committed_offsets(table, bound.group).get(bound.topic, {}) != bound.offsets:
+    life = {bound.topic: bound.topic_id} if bound is not None else None
+    if bound is not None and committed_offsets(table, bound.group, life).get(bound.topic, {}) != bound.offsets:
         raise RangeChanged(f"table {name}: the consumer landed more since the source was read")
     keys = _day_partitions(table, day_column, start, end)
     live, deletes = live_files(table)

@@ -21,8 +21,9 @@ import httpx
 
 from k2_etl.config import Settings, format_host_port, redact_url
 from k2_etl.errors import ComponentError
-from k2_etl.kafka import cluster_metadata
+from k2_etl.kafka import cluster_metadata, topic_ids, topic_names
 from k2_etl.lake.catalog import local_catalog_missing, open_catalog, table_names
+from k2_etl.lake.progress import LOOKBACK, unlanded
 from k2_etl.lake.tables import TABLES
 
 HEALTH_TIMEOUT_SECONDS = 2.0
@@ -143,6 +144,29 @@ def catalog(settings: Settings) -> Component:
     return Component("catalog", redact_url(settings.catalog_uri) or "", "K2_CATALOG_URI", check)
 
 
+def landed(settings: Settings) -> Component:
+    """What loads produced (the load manifest) against what the tables landed, per topic-partition,
+    in the topics' current lives: unhealthy when records have waited ``K2_STREAM_STALL_SECONDS``
+    unlanded with no progress. It tells the truth whatever the consumers' own health says (none
+    running, one stuck at a wrong offset, one consuming for another group)."""
+
+    def check() -> str:
+        if local_catalog_missing(settings):
+            raise ComponentError("no catalog yet; run `k2 init`")
+        found = unlanded(settings, topic_ids(settings, topic_names(settings), timeout=HEALTH_TIMEOUT_SECONDS))
+        stalled = [str(u) for u in found if u.stalled(settings.stream_stall_seconds)]
+        if stalled:
+            raise ComponentError(
+                "; ".join(stalled) + f"; no progress for {settings.stream_stall_seconds:g} s or more: "
+                f"is a `k2 consume` of group {settings.stream_group} running and healthy?"
+            )
+        if found:
+            return f"landing: {sum(u.records for u in found):,} record(s) loads produced not landed yet"
+        return f"every record loads produced in the last {LOOKBACK.days} days has landed"
+
+    return Component("landed", f"group {settings.stream_group}", "K2_STREAM_STALL_SECONDS", check)
+
+
 def consumer(settings: Settings) -> Component:
     """The streaming consumer (`k2 consume`), checked through its /healthz."""
     host, port = settings.stream_metrics_host, settings.stream_metrics_port
@@ -213,7 +237,7 @@ def platform(settings: Settings, *, include_disabled: bool = False) -> list[Comp
     """Every component, in start order (the consumer only when it serves a health endpoint,
     Airflow when K2_AIRFLOW_ENABLED; ``include_disabled``: Airflow anyway, for `k2 down`)."""
     parts = [broker(settings), registry(settings), catalog(settings)]
-    parts += ([consumer(settings)] if settings.stream_metrics_port else []) + [api(settings)]
+    parts += ([consumer(settings)] if settings.stream_metrics_port else []) + [landed(settings), api(settings)]
     return parts + ([airflow(settings)] if settings.airflow_enabled or include_disabled else [])
 
 

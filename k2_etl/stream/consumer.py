@@ -7,7 +7,8 @@ schema and buffered for its table; when the buffer holds
 carrying the offsets it covers (:mod:`k2_etl.lake.commits`). Partitions
 resume from the offsets the tables record, never from Kafka's committed
 offsets (those are committed too, after each append, so lag shows in the
-usual tools).
+usual tools), and only in the life of the topic they were recorded for: a
+topic created again (new topic id) is read from the beginning.
 
 Bodies are decoded at commit time, all of a writer schema at once, by
 DuckDB's Avro reader (:mod:`k2_etl.stream.decode`). Records whose id the
@@ -19,6 +20,15 @@ bytes, headers, position and the reason (flushed before the append that
 moves past it) and lands in the ``rejects`` table from there; an
 undecodable message on the dead-letter topic itself becomes a reject row
 directly. SIGTERM or SIGINT: the batch in hand is committed, then exit 0.
+
+Never crash on a dependency: the poll loop itself touches nothing but
+Kafka's client. Everything that needs the catalog, its storage, the
+registry or the broker's admin API (placing assigned partitions, commits
+with their dedup and sequence-state loads and schema evolution, the
+progress check) runs as a step that, when it fails, keeps what it had,
+pauses the partitions, and is tried again with backoff while `/healthz`
+answers 503 naming the dependency. Rebalance callbacks only record what
+changed.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import hashlib
 import io
 import json
 import logging
+import random
 import signal
 import time
 from collections import Counter
@@ -44,26 +55,20 @@ import numpy as np
 import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.schema_registry import Schema
-from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.schema import Schema as IcebergSchema
 from pyiceberg.table import Table
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry,
-    retry_if_exception_type,
-    retry_if_not_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+from sqlalchemy.exc import SQLAlchemyError
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from k2_etl.config import Settings
-from k2_etl.errors import K2Error, SchemaError, UnavailableError
+from k2_etl.config import Settings, redact_url
+from k2_etl.errors import K2Error, UnavailableError
 from k2_etl.ingest.avro_frame import confluent_prefix
 from k2_etl.ingest.producer import make_producer
-from k2_etl.kafka import client_config
+from k2_etl.kafka import admin_client, client_config, topic_ids
 from k2_etl.lake.catalog import open_catalog
-from k2_etl.lake.commits import Fenced, append_with_offsets, committed_offsets
+from k2_etl.lake.commits import Fenced, append_with_offsets, committed_offsets, recorded_topic_ids
+from k2_etl.lake.progress import Unlanded, unlanded
 from k2_etl.lake.tables import TABLES, evolve_to_read, iceberg_schema_of
 from k2_etl.observability import (
     STREAM_BATCH_ROWS,
@@ -71,6 +76,7 @@ from k2_etl.observability import (
     STREAM_COMMIT_SECONDS,
     STREAM_CONSUMED,
     STREAM_DEDUPLICATED,
+    STREAM_DEPENDENCY_UP,
     STREAM_FENCED,
     STREAM_FRESHNESS_SECONDS,
     STREAM_LAG,
@@ -78,6 +84,9 @@ from k2_etl.observability import (
     STREAM_REJECTED,
     STREAM_SEQUENCE_EVENTS,
     STREAM_SEQUENCE_MISSING,
+    STREAM_TOPIC_RESETS,
+    STREAM_UNLANDED_MESSAGES,
+    STREAM_UNLANDED_SECONDS,
 )
 from k2_etl.schemas import REJECT, SEQUENCE_EVENT, TOPIC_RECORD_TYPES
 from k2_etl.schemas.registration import registry_client
@@ -92,24 +101,47 @@ log = logging.getLogger(__name__)
 POLL_MESSAGES = 5_000
 POLL_SECONDS = 0.2
 LAG_SECONDS = 5.0  # how often the lag gauge is updated
+PROGRESS_SECONDS = 15.0  # how often topic ids and landed-vs-produced are checked (a manifest scan)
+LOG_EVERY_SECONDS = 30.0  # a failing dependency is logged when it starts failing, then at most this often
+BACKOFF_MAX_SECONDS = 30.0
 
 
 _Taken = tuple[int, int, int, bytes, Message]  # writer schema id, partition, offset, value, message
+_Position = tuple[int, int]  # partition, offset
+
+
+class _Down(Exception):
+    """A dependency named for the health reason failed (the registry, the broker)."""
+
+    def __init__(self, dependency: str, detail: str) -> None:
+        super().__init__(detail)
+        self.dependency = dependency
 
 
 @dataclass
 class _Pending:
-    """Records of one topic waiting for their table's next append, and the offsets they take it to."""
+    """Records of one topic waiting for their table's next append, and the offsets they take it to.
+
+    A commit that fails keeps it whole and is tried again: what it already decided (the decoded
+    batch, the messages it rejected and which dead letters were sent) is kept, so a retry counts
+    and sends nothing twice.
+    """
 
     messages: list[_Taken] = field(default_factory=list)  # decoded at commit
     schema_ids: set[int] = field(default_factory=set)  # writer schema ids among them
     known: tuple[bytes, int] | None = None  # the framing prefix last seen and its (known) schema id
-    rows: list[dict[str, Any]] = field(default_factory=list)  # rejects of undecodable dead letters, as rows
+    dead: dict[_Position, dict[str, Any]] = field(default_factory=dict)  # rejects for the dead-letter topic
+    sent: set[_Position] = field(default_factory=set)  # those of them produced already
+    rows: dict[_Position, dict[str, Any]] = field(default_factory=dict)  # rejects of undecodable dead letters
+    decoded: _Decoded | None = None  # the valid records, once decoded
     next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset to read
     since: float | None = None  # when the oldest record arrived
     oldest_timestamp_ms: int | None = None  # Kafka timestamp of the oldest record (for freshness)
     consumed: int = 0  # messages taken (metrics are counted per batch: per message they cost more than decoding)
-    rejected: int = 0
+
+    @property
+    def rejected(self) -> int:
+        return len(self.dead) + len(self.rows)
 
 
 @dataclass
@@ -142,10 +174,69 @@ class Counts:
         }
 
 
+@dataclass
+class _Step:
+    """A step that needs a dependency: whether it is failing, and when to try it again."""
+
+    what: str  # e.g. "land the batch", for the health reason
+    failures: int = 0
+    dependency: str | None = None  # the metric label of what it is failing on
+    retry_at: float = 0.0
+    logged_at: float = float("-inf")
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.retry_at
+
+    def failed(self) -> float:
+        """Note a failure; the seconds until the next try (exponential, jittered, capped).
+
+        Computed here, not by tenacity: a tenacity retry blocks its caller, and the poll loop must
+        keep turning (group heartbeats, /healthz, SIGTERM) while a dependency is down."""
+        self.failures += 1
+        wait = random.uniform(0.5, 1.0) * min(BACKOFF_MAX_SECONDS, 0.5 * 2 ** min(self.failures, 10))
+        self.retry_at = time.monotonic() + wait
+        return wait
+
+
+def _dependency(exc: BaseException, settings: Settings) -> str:
+    """The dependency an exception says is failing, for the health reason and the metric."""
+    if isinstance(exc, _Down):
+        return exc.dependency
+    if isinstance(exc, SQLAlchemyError | NoSuchTableError) or type(exc).__module__.startswith("pyiceberg"):
+        return f"the catalog at K2_CATALOG_URI={redact_url(settings.catalog_uri)}"
+    if isinstance(exc, OSError):
+        return f"the warehouse storage at K2_WAREHOUSE={settings.warehouse}"
+    if isinstance(exc, KafkaException | BufferError):
+        return f"the Kafka broker at K2_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"
+    return "an unexpected error"
+
+
+def _brief(exc: BaseException) -> str:
+    """One line of an error: no SQL statements, parameters or tracebacks in health reasons."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text.split(" [SQL: ")[0]
+    return text[:300] if isinstance(exc, _Down) else f"{type(exc).__name__}: {text}"[:300]
+
+
+def _why(exc: BaseException, settings: Settings) -> str:
+    """What failed, for the health reason and the log: K2's own errors say it themselves."""
+    if isinstance(exc, K2Error):
+        return _brief(exc).removeprefix(f"{type(exc).__name__}: ")
+    return f"{_dependency(exc, settings)} failed ({_brief(exc)})"
+
+
+def _dependency_label(dependency: str) -> str:
+    for label in ("catalog", "storage", "registry", "broker"):
+        if label in dependency:
+            return label
+    return "other"
+
+
 class StreamConsumer:
     """Create once per process; :meth:`run` until :meth:`stop` (or a signal)."""
 
     def __init__(self, settings: Settings, *, topics: list[str] | None = None, group: str | None = None) -> None:
+        """Nothing here touches a dependency: the catalog may be down when the process starts."""
         self.settings = settings
         self.group = group or settings.stream_group
         by_topic = {r.topic_name(settings): r for r in TOPIC_RECORD_TYPES}
@@ -154,54 +245,35 @@ class StreamConsumer:
         if unknown:
             raise K2Error(f"not K2 topics: {', '.join(unknown)} (known: {', '.join(by_topic)})")
         self.record_types = {t: by_topic[t].name for t in self.topics}
-        catalog = open_catalog(settings)
-        table_of = {d.record.name: d for d in TABLES}
-        self.tables: dict[str, Table] = {
-            t: catalog.load_table((settings.namespace, table_of[self.record_types[t]].name)) for t in self.topics
-        }
+        self.tables: dict[str, Table] = {}  # loaded by the first step that needs them (_open)
         self.indexes: dict[str, IdIndex] = {}
-        for t in self.topics:
-            definition = table_of[self.record_types[t]]
-            assert definition.id_column is not None, f"{definition.name} is not landed from a topic"
-            self.indexes[t] = IdIndex(self.tables[t], definition.id_column, definition.day_column)
-        self.sequence_events = catalog.load_table((settings.namespace, table_of[SEQUENCE_EVENT.name].name))
-        self.trackers: dict[str, SequenceTracker] = {
-            t: SequenceTracker(self.tables[t], self.sequence_events, self.record_types[t])
-            for t in self.topics
-            if "sequence_number" in self.tables[t].schema().column_names
-        }
+        self.trackers: dict[str, SequenceTracker] = {}
+        self.sequence_events: Table | None = None
         self.events_expected: dict[str, dict[int, int | None]] = {}  # partitions -> offset the events table records
         self._verdicts: dict[tuple[str, int], str | None] = {}  # (topic, writer schema id) -> why unreadable
         self.dead_letters = REJECT.topic_name(settings)
         self.decoder = Decoder(registry_client(settings))
         self.batch_decoder = BatchDecoder(settings.home / "tmp" / "stream")
         self.producer = make_producer(settings)
+        self.admin = admin_client(settings)
         self.reject_schema = fastavro.parse_schema(REJECT.schema)
         self._reject_prefix: bytes | None = None  # looked up at the first dead letter (schemas may come later)
-        self.expected: dict[str, dict[int, int | None]] = {}  # owned partitions -> offset the table records
+        self.expected: dict[str, dict[int, int | None]] = {}  # placed partitions -> offset the table records
+        self.unplaced: dict[str, set[int]] = {}  # assigned partitions whose place is still to be read
+        self.topic_ids: dict[str, str | None] = {}  # the life of each topic the places were read for
         self.pending: dict[str, _Pending] = {}
         self.counts = Counts()
         self._stopping = False
+        self._paused = False  # every assigned partition paused while the batch in hand cannot land
+        self._place = _Step("read where the tables stand")
+        self._land = _Step("land the batch in hand")
+        self._progress = _Step("compare what loads produced with what landed")
         self.health = Health(stale_after_seconds=max(10.0, 3 * settings.stream_batch_seconds))
         self.health.details = lambda: {
             "group": self.group,
             "partitions": sum(len(owned) for owned in self.expected.values()),
             **self.counts.to_dict(),
         }
-
-    @retry(retry=retry_if_exception_type(K2Error), wait=wait_random_exponential(multiplier=0.5, max=30))
-    def _reject_schema_id(self) -> int:
-        """Waited for (unhealthy meanwhile) while the registry is down or the schema not yet registered."""
-        subject = REJECT.subject(self.settings)
-        try:
-            with registry_client(self.settings) as client:
-                schema_id = client.lookup_schema(subject, Schema(REJECT.schema_str, "AVRO")).schema_id
-        except Exception as exc:
-            self.health.problem = f"cannot look up the reject schema under {subject} ({exc}); run `k2 schemas register`"
-            log.warning("%s", self.health.problem)
-            raise SchemaError(self.health.problem) from None
-        self.health.problem = None
-        return schema_id
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -248,16 +320,22 @@ class StreamConsumer:
         try:
             while not self._stopping:
                 self.health.beat()
+                if self.unplaced and self._place.due():
+                    self._attempt(self._place, consumer, lambda: self._place_partitions(consumer))
                 for message in consumer.consume(POLL_MESSAGES, POLL_SECONDS):
                     self._take(message)
-                if self._due():
-                    self._commit(consumer)
-                    if on_commit is not None:
+                if self._paused and not self.pending:  # the batch that could not land was dropped meanwhile
+                    self._resume(consumer)
+                if self._due() and self._land.due():
+                    landed = self._attempt(self._land, consumer, lambda: self._commit(consumer))
+                    if landed and on_commit is not None:
                         on_commit(self.counts)
                 if time.monotonic() >= lag_due:
                     self._observe_lag(consumer)
                     lag_due = time.monotonic() + LAG_SECONDS
-            self._commit(consumer)
+                if self.expected and self._progress.due():
+                    self._check_progress(consumer)
+            self._final_commit(consumer)
         finally:
             consumer.close()
             self.producer.flush(10)
@@ -265,45 +343,172 @@ class StreamConsumer:
         log.info("stopped: %s", json.dumps(self.counts.to_dict()))
         return self.counts
 
-    def _observe_lag(self, consumer: Consumer) -> None:
-        """Lag per owned partition from the high watermarks the fetches brought (no extra request)."""
-        for topic, partitions in self.expected.items():
-            for partition, landed in partitions.items():
-                try:
-                    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-                except KafkaException:
-                    continue
-                if high >= 0:  # -1: not known yet
-                    STREAM_LAG.labels(topic, str(partition)).set(max(0, high - (landed if landed is not None else low)))
+    def _final_commit(self, consumer: Consumer) -> None:
+        """On a stop: one more try to land the batch in hand; what cannot land is read again on restart."""
+        if not self.pending:
+            return
+        try:
+            self._commit(consumer)
+        except Exception as exc:
+            raise UnavailableError(
+                f"stopped without landing the batch in hand: {_why(exc, self.settings)}; it is read again on restart"
+            ) from None
+
+    # --- steps that need a dependency ---------------------------------------------------------------
+    def _attempt(self, step: _Step, consumer: Consumer, action: Callable[[], None]) -> bool:
+        """Run ``action``; on failure keep the state, pause the partitions and say why. True: it succeeded."""
+        try:
+            action()
+        except Exception as exc:  # whatever a dependency raises: never out of the poll loop
+            dependency = _dependency(exc, self.settings)
+            wait = step.failed()
+            self.health.problems[step.what] = f"cannot {step.what}: {_why(exc, self.settings)}"
+            step.dependency = _dependency_label(self.health.problems[step.what])
+            STREAM_DEPENDENCY_UP.labels(step.dependency).set(0)
+            if step is self._land:
+                for topic in self.pending:
+                    STREAM_COMMIT_FAILURES.labels(self._table_name(topic)).inc()
+                self._clear_state()  # sequence state may hold the failed batch: rebuilt from the tables
+                self._pause(consumer)  # back-pressure: the batch in hand waits, no more is read meanwhile
+            if time.monotonic() - step.logged_at >= LOG_EVERY_SECONDS:
+                step.logged_at = time.monotonic()
+                log.warning(
+                    "%s; trying again in %.1f s (failing %d time(s) in a row)",
+                    self.health.problems[step.what], wait, step.failures,
+                    exc_info=dependency == "an unexpected error" and not isinstance(exc, K2Error),
+                )  # fmt: skip
+            return False
+        if step.failures:
+            log.info("%s again after %d failed attempt(s)", step.what, step.failures)
+        step.failures, step.retry_at = 0, 0.0
+        self.health.problems.pop(step.what, None)
+        if step.dependency is not None:
+            STREAM_DEPENDENCY_UP.labels(step.dependency).set(1)
+            step.dependency = None
+        if step is self._land:
+            self._resume(consumer)
+        return True
+
+    def _table_name(self, topic: str) -> str:
+        return self.tables[topic].name()[-1] if topic in self.tables else topic
+
+    def _pause(self, consumer: Consumer) -> None:
+        if not self._paused:
+            with contextlib.suppress(KafkaException):
+                consumer.pause(consumer.assignment())
+            self._paused = True
+
+    def _resume(self, consumer: Consumer) -> None:
+        if self._paused:
+            placed = [TopicPartition(t, p) for t, partitions in self.expected.items() for p in partitions]
+            with contextlib.suppress(KafkaException):
+                consumer.resume(placed)
+            self._paused = False
+
+    def _open(self) -> None:
+        """Load the tables (once): the first step to reach the catalog does it."""
+        if self.sequence_events is not None:
+            return
+        catalog = open_catalog(self.settings)
+        table_of = {d.record.name: d for d in TABLES}
+        try:
+            tables = {
+                t: catalog.load_table((self.settings.namespace, table_of[self.record_types[t]].name))
+                for t in self.topics
+            }
+            events = catalog.load_table((self.settings.namespace, table_of[SEQUENCE_EVENT.name].name))
+        except NoSuchTableError as exc:
+            raise K2Error(f"{exc}; run `k2 init`") from None
+        for t in self.topics:
+            definition = table_of[self.record_types[t]]
+            assert definition.id_column is not None, f"{definition.name} is not landed from a topic"
+            self.indexes[t] = IdIndex(tables[t], definition.id_column, definition.day_column)
+            if "sequence_number" in tables[t].schema().column_names:
+                self.trackers[t] = SequenceTracker(tables[t], events, self.record_types[t])
+        self.tables, self.sequence_events = tables, events
 
     # --- rebalances ------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Take the partitions paused; the loop places them (reads where the tables stand) and resumes
+        them. No dependency is touched here: an error in a callback would end the consumer."""
         self._clear_state()
-        self.sequence_events.refresh()
-        for topic in dict.fromkeys(tp.topic for tp in partitions):
-            mine = [tp for tp in partitions if tp.topic == topic]
-            positions = self._read_positions(topic, [tp.partition for tp in mine])
-            for tp in mine:
-                offset = positions[tp.partition]
-                tp.offset = OFFSET_BEGINNING if offset is None else offset
-                log.info("assigned %s[%d]: resuming at %s", tp.topic, tp.partition, offset or "the beginning")
+        for tp in partitions:
+            tp.offset = OFFSET_BEGINNING  # a placeholder: nothing is fetched before the seek to the real place
         consumer.assign(partitions)
+        consumer.pause(partitions)
+        for tp in partitions:
+            self.unplaced.setdefault(tp.topic, set()).add(tp.partition)
+        self._place.retry_at = 0.0
 
-    def _read_positions(self, topic: str, partitions: list[int]) -> dict[int, int | None]:
+    def _place_partitions(self, consumer: Consumer) -> None:
+        """Read where the tables stand for the unplaced partitions (in the topics' current lives),
+        seek there and resume them."""
+        self._open()
+        assert self.sequence_events is not None
+        ids = topic_ids(self.settings, self.unplaced, self.admin)
+        self.sequence_events.refresh()
+        for topic, partitions in sorted(self.unplaced.items()):
+            places = self._read_positions(consumer, topic, sorted(partitions), ids.get(topic))
+            for partition, offset in places.items():  # None: from the beginning
+                consumer.seek(TopicPartition(topic, partition, OFFSET_BEGINNING if offset is None else offset))
+                log.info("assigned %s[%d]: resuming at %s", topic, partition, offset or "the beginning")
+            self.topic_ids[topic] = ids.get(topic)
+        placed = [TopicPartition(t, p) for t, partitions in self.unplaced.items() for p in partitions]
+        self.unplaced.clear()
+        if not self._paused:
+            consumer.resume(placed)
+
+    def _read_positions(
+        self, consumer: Consumer, topic: str, partitions: list[int], topic_id: str | None
+    ) -> dict[int, int | None]:
         """Where the tables stand for ``partitions`` (remembered for fencing): the next offsets the data
-        table records, which are returned, and those the sequence-events table records. The caller
-        refreshes the events table (once for all topics)."""
+        table records, which are returned, and those the sequence-events table records. Offsets
+        recorded for another life of the topic are void (the partition is read from the beginning;
+        deduplication keeps what landed before out), and so are offsets recorded without a topic id
+        that lie beyond the partition's end. The caller refreshes the events table."""
+        assert self.sequence_events is not None
         table = self.tables[topic]
         table.refresh()
         recorded = committed_offsets(table, self.group).get(topic, {})
-        events = committed_offsets(self.sequence_events, self.group).get(topic, {})
+        mine = committed_offsets(table, self.group, {topic: topic_id}).get(topic, {})
+        recorded_id = recorded_topic_ids(table, self.group).get(topic)
+        events = committed_offsets(self.sequence_events, self.group, {topic: topic_id}).get(topic, {})
+        places: dict[int, int | None] = {}
         for partition in partitions:
-            self.expected.setdefault(topic, {})[partition] = recorded.get(partition)
+            places[partition] = mine.get(partition)
+            if recorded.get(partition) is not None and mine.get(partition) is None:
+                why = f"they were recorded for another life of the topic (id {recorded_id}, now {topic_id})"
+                self._reset(topic, partition, recorded[partition], why)
+            elif mine.get(partition) is not None and recorded_id is None:
+                high = self._end_of(consumer, topic, partition)
+                if high is not None and mine[partition] > high:
+                    # Fenced against the recorded offset still (the first append replaces it), read from 0.
+                    self._reset(topic, partition, mine[partition], f"the partition ends at offset {high}")
+                    places[partition] = None
+            self.expected.setdefault(topic, {})[partition] = mine.get(partition)
             self.events_expected.setdefault(topic, {})[partition] = events.get(partition)
-        return {partition: recorded.get(partition) for partition in partitions}
+        return places
+
+    def _reset(self, topic: str, partition: int, offset: int, why: str) -> None:
+        STREAM_TOPIC_RESETS.labels(topic).inc()
+        log.warning(
+            "%s[%d]: the tables record offset %d, but %s: reading the partition from the beginning "
+            "(records landed before are counted as deduplicated)", topic, partition, offset, why,
+        )  # fmt: skip
+
+    def _end_of(self, consumer: Consumer, topic: str, partition: int) -> int | None:
+        """The partition's end as the broker reports it (None: not known). Used only for offsets
+        recorded without a topic id: some brokers report an end short of the truth (the local
+        broker's is the start of its last batch), so a false reset would read the partition again."""
+        try:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5, cached=False)
+        except KafkaException:
+            return None
+        return high if high >= 0 else None
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._commit(consumer)  # what is in hand is still ours: land it before the partitions move
+        if self.pending and self._land.due():  # what is in hand is still ours: land it before the partitions move
+            self._attempt(self._land, consumer, lambda: self._commit(consumer))
         self._forget(consumer, partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -322,22 +527,88 @@ class StreamConsumer:
         for tp in partitions:
             self.expected.get(tp.topic, {}).pop(tp.partition, None)
             self.events_expected.get(tp.topic, {}).pop(tp.partition, None)
-            with contextlib.suppress(KeyError):  # another consumer reports it now
-                STREAM_LAG.remove(tp.topic, str(tp.partition))
+            self.unplaced.get(tp.topic, set()).discard(tp.partition)
+            for gauge in (STREAM_LAG, STREAM_UNLANDED_SECONDS, STREAM_UNLANDED_MESSAGES):
+                with contextlib.suppress(KeyError):  # another consumer reports it now
+                    gauge.remove(tp.topic, str(tp.partition))
+        self.unplaced = {t: p for t, p in self.unplaced.items() if p}
         for topic in {tp.topic for tp in partitions}:
             pending = self.pending.get(topic)
             if pending is None or not gone & {(topic, p) for p in pending.next_offsets}:
                 continue
             # A batch spans the topic's partitions: drop it whole. The lost partitions' new owner reads
             # their part; the part of partitions still ours is read again from where the table stands.
-            self.pending.pop(topic)
+            self._drop(consumer, topic, [p for p in pending.next_offsets if (topic, p) not in gone])
+
+    def _drop(self, consumer: Consumer, topic: str, replace: list[int]) -> None:
+        """Drop the topic's batch in hand (uncounted: it is read again) and place ``replace`` anew."""
+        pending = self.pending.pop(topic, None)
+        if pending is not None:
             self._uncount(pending)
-            kept = [p for p in pending.next_offsets if (topic, p) not in gone]
-            if kept:
-                self._resume_from_table(consumer, topic, kept)
+        self._unplace(consumer, topic, replace)
+
+    def _unplace(self, consumer: Consumer, topic: str, partitions: list[int]) -> None:
+        """Pause ``partitions``; the loop places them again from where the tables stand."""
+        if not partitions:
+            return
+        with contextlib.suppress(KafkaException):
+            consumer.pause([TopicPartition(topic, p) for p in partitions])
+        for partition in partitions:
+            self.expected.get(topic, {}).pop(partition, None)
+            self.events_expected.get(topic, {}).pop(partition, None)
+            self.unplaced.setdefault(topic, set()).add(partition)
+        self._place.retry_at = 0.0
+
+    # --- progress: topic lives, and what loads produced against what landed --------------------
+    def _check_progress(self, consumer: Consumer) -> None:
+        """Every :data:`PROGRESS_SECONDS`: a topic created again while we read it is read again from
+        the beginning; records loads produced to our partitions that wait unlanded are measured,
+        and /healthz is unhealthy while any has waited ``K2_STREAM_STALL_SECONDS`` with no progress."""
+        self._progress.retry_at = time.monotonic() + PROGRESS_SECONDS
+        owned = {t: set(p) for t, p in self.expected.items() if p}
+        try:
+            ids = topic_ids(self.settings, owned, self.admin)
+            for topic in sorted(owned):
+                if ids.get(topic) is not None and self.topic_ids.get(topic) not in (None, ids[topic]):
+                    log.warning("%s was created again (topic id %s, now %s)", topic, self.topic_ids[topic], ids[topic])
+                    self._drop(consumer, topic, sorted(owned[topic]))
+            found = unlanded(self.settings, ids, group=self.group)
+        except Exception as exc:  # the next check tries again; commits report a dependency that stays down
+            if time.monotonic() - self._progress.logged_at >= LOG_EVERY_SECONDS:
+                self._progress.logged_at = time.monotonic()
+                log.warning("cannot %s: %s", self._progress.what, _why(exc, self.settings),
+                            exc_info=_dependency(exc, self.settings) == "an unexpected error")  # fmt: skip
+            return
+        waiting: dict[tuple[str, int], Unlanded] = {(u.topic, u.partition): u for u in found}
+        for topic, partitions in self.expected.items():
+            for partition in partitions:
+                u = waiting.get((topic, partition))
+                STREAM_UNLANDED_SECONDS.labels(topic, str(partition)).set(u.waiting_seconds if u else 0)
+                STREAM_UNLANDED_MESSAGES.labels(topic, str(partition)).set(u.records if u else 0)
+        stalled = [
+            str(u) for u in found
+            if u.partition in self.expected.get(u.topic, {}) and u.stalled(self.settings.stream_stall_seconds)
+        ]  # fmt: skip
+        if stalled:
+            self.health.problems["land what loads produced"] = "; ".join(stalled)
+            log.warning("not landing what loads produced: %s", "; ".join(stalled))
+        else:
+            self.health.problems.pop("land what loads produced", None)
+
+    def _observe_lag(self, consumer: Consumer) -> None:
+        """Lag per owned partition from the high watermarks the fetches brought (no extra request)."""
+        for topic, partitions in self.expected.items():
+            for partition, landed in partitions.items():
+                try:
+                    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+                except KafkaException:
+                    continue
+                if high >= 0:  # -1: not known yet
+                    STREAM_LAG.labels(topic, str(partition)).set(max(0, high - (landed if landed is not None else low)))
 
     # --- records ---------------------------------------------------------------------------------
     def _take(self, message: Message) -> None:
+        """Note a message for the batch (no dependency is touched: schemas are looked up at commit)."""
         error = message.error()
         if error is not None:
             if error.code() != KafkaError._PARTITION_EOF:
@@ -345,7 +616,7 @@ class StreamConsumer:
             return
         topic, partition, offset = message.topic() or "", message.partition() or 0, message.offset() or 0
         if partition not in self.expected.get(topic, {}):
-            return  # a partition given up in a rebalance: its new owner reads it
+            return  # a partition given up in a rebalance (its new owner reads it), or not placed yet
         self.counts.consumed += 1
         pending = self.pending.get(topic)
         if pending is None:
@@ -362,10 +633,6 @@ class StreamConsumer:
         else:
             try:
                 schema_id = frame(value)
-                try:
-                    self.decoder.schema_text(schema_id)  # a known schema id (fetched once)
-                except UnavailableError:  # the registry is down: wait for it (rare; no retry machinery per message)
-                    self._schema_when_available(schema_id)
             except Undecodable as exc:
                 self._poison(topic, pending, message, str(exc))
                 return
@@ -374,17 +641,26 @@ class StreamConsumer:
         pending.messages.append((schema_id, partition, offset, value or b"", message))
 
     def _poison(self, topic: str, pending: _Pending, message: Message, reason: str) -> None:
+        """Reject a message (once per position, however often a failing commit is tried)."""
+        position = (message.partition() or 0, message.offset() or 0)
+        if position in pending.dead or position in pending.rows:
+            return
         self.counts.rejected += 1
-        pending.rejected += 1
         reject = self._reject(message, reason)
         if topic == self.dead_letters:
-            pending.rows.append(reject)  # never send the dead-letter topic's own poison back to it
+            pending.rows[position] = reject  # never send the dead-letter topic's own poison back to it
         else:
-            self._send_dead_letter(reject)
+            pending.dead[position] = reject
 
-    @retry(retry=retry_if_exception_type(UnavailableError), wait=wait_random_exponential(multiplier=0.5, max=30))
-    def _schema_when_available(self, schema_id: int) -> str:
-        return self.decoder.schema_text(schema_id)  # an unreachable registry is waited for, forever
+    def _schema_text(self, schema_id: int) -> str:
+        """The writer schema (cached); :class:`Undecodable` for an id the registry does not know."""
+        try:
+            return self.decoder.schema_text(schema_id)
+        except UnavailableError as exc:
+            raise _Down(
+                f"the schema registry at K2_SCHEMA_REGISTRY_URL={self.settings.schema_registry_url}",
+                f"{exc} while fetching schema id {schema_id}",
+            ) from None
 
     def _decode(self, topic: str, pending: _Pending, target: pa.Schema) -> _Decoded:
         """The batch's valid records as the table's Arrow schema: per writer schema, all at once with DuckDB.
@@ -410,9 +686,7 @@ class StreamConsumer:
                 continue
             _, group_partitions, group_offsets, values, _ = zip(*group, strict=True)
             try:
-                batch = self.batch_decoder.decode(
-                    self.decoder.schema_text(schema_id), pa.array(values, pa.binary()), target
-                )
+                batch = self.batch_decoder.decode(self._schema_text(schema_id), pa.array(values, pa.binary()), target)
             except (duckdb.Error, Undecodable, pa.ArrowException):
                 rows, kept = [], []
                 for taken in group:
@@ -427,9 +701,9 @@ class StreamConsumer:
             partitions.append(np.array(group_partitions, dtype=np.int64))
             offsets.append(np.array(group_offsets, dtype=np.int64))
         if pending.rows:
-            parts.append(pa.Table.from_pylist(pending.rows, schema=target))
-            partitions.append(np.array([r["kafka_partition"] for r in pending.rows], dtype=np.int64))
-            offsets.append(np.array([r["kafka_offset"] for r in pending.rows], dtype=np.int64))
+            parts.append(pa.Table.from_pylist(list(pending.rows.values()), schema=target))
+            partitions.append(np.array([p for p, _ in pending.rows], dtype=np.int64))
+            offsets.append(np.array([o for _, o in pending.rows], dtype=np.int64))
         decoded = _Decoded(
             pa.concat_tables(parts) if parts else target.empty_table(),
             np.concatenate(partitions) if partitions else np.empty(0, np.int64),
@@ -462,14 +736,18 @@ class StreamConsumer:
         A writer schema seen for the first time may add columns: the table gains them (union by
         name) before the batch is decoded, so a compatible new version just flows on. One the
         table cannot read sends its records to the dead letters with the reason. Decided once per
-        schema id (the table's schema only ever grows).
+        schema id (the table's schema only ever grows); an id the registry does not know is asked
+        again next time (it may be registered meanwhile).
         """
         key = (topic, schema_id)
         if key not in self._verdicts:
             table = self.tables[topic]
             try:
-                writer = iceberg_schema_of(json.loads(self.decoder.schema_text(schema_id)))
-                why = self._evolve(table, writer)
+                text = self._schema_text(schema_id)
+            except Undecodable as exc:
+                return str(exc)
+            try:
+                why = self._evolve(table, iceberg_schema_of(json.loads(text)))
             except (ValueError, TypeError, KeyError, NotImplementedError) as exc:  # not convertible to Iceberg
                 why = f"{type(exc).__name__}: {exc}"
             if why is not None:
@@ -525,14 +803,36 @@ class StreamConsumer:
             "load_id": load_id,
         }
 
-    def _send_dead_letter(self, reject: dict[str, Any]) -> None:
-        if self._reject_prefix is None:
-            self._reject_prefix = confluent_prefix(self._reject_schema_id())
-        buffer = io.BytesIO()
-        buffer.write(self._reject_prefix)
-        fastavro.schemaless_writer(buffer, self.reject_schema, reject)
-        self.producer.produce(self.dead_letters, buffer.getvalue(), (reject["kafka_topic"] or "").encode())
-        self.producer.poll(0)
+    def _reject_schema_id(self) -> int:
+        subject = REJECT.subject(self.settings)
+        registry = f"the schema registry at K2_SCHEMA_REGISTRY_URL={self.settings.schema_registry_url}"
+        try:
+            with registry_client(self.settings) as client:
+                return client.lookup_schema(subject, Schema(REJECT.schema_str, "AVRO")).schema_id
+        except Exception as exc:
+            raise _Down(registry, f"cannot look up the reject schema under {subject} ({_brief(exc)}); "
+                                  "is it registered? (`k2 schemas register`)") from None  # fmt: skip
+
+    def _send_dead_letters(self) -> None:
+        """Produce the batch's rejects to the dead-letter topic and wait until Kafka has them: they must
+        be durable before the offsets move past their messages."""
+        for pending in self.pending.values():
+            for position, reject in pending.dead.items():
+                if position in pending.sent:
+                    continue
+                if self._reject_prefix is None:
+                    self._reject_prefix = confluent_prefix(self._reject_schema_id())
+                buffer = io.BytesIO()
+                buffer.write(self._reject_prefix)
+                fastavro.schemaless_writer(buffer, self.reject_schema, reject)
+                self.producer.produce(self.dead_letters, buffer.getvalue(), (reject["kafka_topic"] or "").encode())
+                self.producer.poll(0)
+                pending.sent.add(position)
+        if self.producer.flush(30) > 0:
+            raise _Down(
+                f"the Kafka broker at K2_KAFKA_BOOTSTRAP={self.settings.kafka_bootstrap}",
+                "dead letters were not delivered within 30 s",
+            )
 
     # --- commits ---------------------------------------------------------------------------------
     def _due(self) -> bool:
@@ -543,40 +843,43 @@ class StreamConsumer:
         )
 
     def _commit(self, consumer: Consumer) -> None:
+        """Land the batch in hand: one append per table, with the offsets it covers. Raises what a
+        dependency raised; the batch then stays in hand (its decoding and rejects kept) for a retry."""
         if not self.pending:
             return
-        decoded = {}
+        self._open()
         for topic, pending in self.pending.items():
             table = self.tables[topic]
             table.refresh()
             self.indexes[topic].sync()  # ids removed by a rollback or replay must not count as landed
-            for schema_id in pending.schema_ids:
-                self._unreadable(topic, schema_id)  # evolves the table first when the writer added columns
-            decoded[topic] = self._decode(topic, pending, table.schema().as_arrow())
-        if self.producer.flush(30) > 0:  # dead letters must be durable before the offsets move past them
-            raise UnavailableError("dead letters could not be delivered to Kafka within 30 s")
+            if pending.decoded is None:
+                for schema_id in pending.schema_ids:
+                    self._unreadable(topic, schema_id)  # evolves the table first when the writer added columns
+                pending.decoded = self._decode(topic, pending, table.schema().as_arrow())
+        self._send_dead_letters()
         for topic, pending in list(self.pending.items()):
             table = self.tables[topic]
-            batch = decoded[topic].filter(self.indexes[topic].fresh(decoded[topic].table))
+            decoded = pending.decoded
+            assert decoded is not None
+            batch = decoded.filter(self.indexes[topic].fresh(decoded.table))
             data = batch.table
-            received = decoded[topic].table.num_rows
+            received = decoded.table.num_rows
             expected = {topic: {p: self.expected[topic].get(p) for p in pending.next_offsets}}
+            ids = {topic: self.topic_ids.get(topic)}
             name = table.name()[-1]
-            STREAM_CONSUMED.labels(name).inc(pending.consumed)
-            STREAM_REJECTED.labels(name).inc(pending.rejected)
             try:
                 kinds = self._track_sequences(topic, pending, batch)
                 with STREAM_COMMIT_SECONDS.labels(name).time():
-                    self._append(table, data, expected, {topic: pending.next_offsets})
+                    append_with_offsets(table, data, self.group, expected, {topic: pending.next_offsets}, ids)
             except Fenced as exc:
                 log.warning("%s", exc)
                 STREAM_FENCED.labels(name).inc()
-                self._uncount(pending)
                 self._clear_state()  # the dropped batch's ids and numbers were counted in
-                self._resume_from_table(consumer, topic, list(pending.next_offsets))
+                self._drop(consumer, topic, list(pending.next_offsets))
                 continue
-            finally:
-                self.pending.pop(topic, None)
+            self.pending.pop(topic)
+            STREAM_CONSUMED.labels(name).inc(pending.consumed)
+            STREAM_REJECTED.labels(name).inc(pending.rejected)
             for kind, count in kinds.items():
                 if kind == "missing":
                     STREAM_SEQUENCE_MISSING.labels(name).inc(count)
@@ -591,9 +894,10 @@ class StreamConsumer:
             STREAM_BATCH_ROWS.labels(name).observe(data.num_rows)
             if pending.oldest_timestamp_ms is not None and pending.oldest_timestamp_ms > 0:
                 STREAM_FRESHNESS_SECONDS.labels(name).observe(time.time() - pending.oldest_timestamp_ms / 1000)
-            consumer.commit(
-                offsets=[TopicPartition(topic, p, o) for p, o in pending.next_offsets.items()], asynchronous=True
-            )
+            with contextlib.suppress(KafkaException):  # for lag tools only: the tables hold the offsets
+                consumer.commit(
+                    offsets=[TopicPartition(topic, p, o) for p, o in pending.next_offsets.items()], asynchronous=True
+                )
 
     def _track_sequences(self, topic: str, pending: _Pending, batch: _Decoded) -> Counter[str]:
         """Classify the batch's sequence numbers; land its events first (fenced like the data).
@@ -605,6 +909,7 @@ class StreamConsumer:
         tracker = self.trackers.get(topic)
         if tracker is None or batch.table.num_rows == 0:
             return Counter()
+        assert self.sequence_events is not None
         events_from = self.events_expected.setdefault(topic, {})
         events, counts = tracker.observe(
             batch.table,
@@ -617,11 +922,13 @@ class StreamConsumer:
         if events:
             behind = {p: o for p, o in pending.next_offsets.items() if (events_from.get(p) or 0) < o}
             rows = pa.Table.from_pylist(events, schema=self.sequence_events.schema().as_arrow())
-            self._append(
+            append_with_offsets(
                 self.sequence_events,
                 rows,
+                self.group,
                 {topic: {p: events_from.get(p) for p in behind}},
                 {topic: behind},
+                {topic: self.topic_ids.get(topic)},
             )
             events_from.update(behind)
         return counts
@@ -630,35 +937,3 @@ class StreamConsumer:
         """A dropped batch is read again (by this consumer or another): its messages are not counted twice."""
         self.counts.consumed -= pending.consumed
         self.counts.rejected -= pending.rejected
-
-    def _append(self, table: Table, data: pa.Table, expected: Any, next_offsets: dict[str, dict[int, int]]) -> None:
-        """Append, retrying an unreachable catalog or storage forever (unhealthy meanwhile); not a fenced batch."""
-
-        def failed(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome is not None else None
-            self.health.problem = f"cannot append to {table.name()[-1]}: {type(error).__name__}: {error}"
-            STREAM_COMMIT_FAILURES.labels(table.name()[-1]).inc()
-            log.warning("%s; retrying", self.health.problem)
-
-        try:
-            for attempt in Retrying(
-                retry=retry_if_not_exception_type(Fenced),
-                wait=wait_random_exponential(multiplier=0.5, max=30),
-                stop=lambda _: self._stopping,  # a stop request ends the retries: the batch is read again later
-                before_sleep=failed,
-                reraise=True,
-            ):
-                with attempt:
-                    append_with_offsets(table, data, self.group, expected, next_offsets)
-        except (Fenced, K2Error):
-            raise
-        except Exception as exc:  # stopped while the catalog or storage was still failing
-            raise UnavailableError(
-                f"stopped without landing the batch in hand ({type(exc).__name__}: {exc}); it is read again on restart"
-            ) from None
-        self.health.problem = None
-
-    def _resume_from_table(self, consumer: Consumer, topic: str, partitions: list[int]) -> None:
-        self.sequence_events.refresh()
-        for partition, offset in self._read_positions(topic, partitions).items():
-            consumer.seek(TopicPartition(topic, partition, OFFSET_BEGINNING if offset is None else offset))

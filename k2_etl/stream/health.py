@@ -1,8 +1,11 @@
 """`/healthz` and `/metrics` of a running consumer (on ``K2_STREAM_METRICS_PORT``).
 
-Healthy means: the poll loop turned recently and the last append succeeded.
-A catalog or storage outage keeps the batch in hand and retries it forever;
-meanwhile `/healthz` answers 503 with the reason, and `k2 status` shows it.
+Healthy means: the poll loop turned recently, and nothing the consumer needs
+is failing: placing its partitions and landing its batches succeed (a
+catalog, storage, registry or broker outage keeps the batch in hand and
+retries it with backoff), and no record a load produced to its partitions has
+waited unlanded, with no progress, for ``K2_STREAM_STALL_SECONDS``. Otherwise
+`/healthz` answers 503 with every reason, and `k2 status` shows them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from prometheus_client import make_wsgi_app
 class Health:
     def __init__(self, stale_after_seconds: float) -> None:
         self.stale_after = stale_after_seconds
-        self.problem: str | None = None
+        self.problems: dict[str, str] = {}  # what cannot be done -> why (set and cleared by the consumer)
         self.details: Callable[[], dict[str, Any]] = dict
         self._beat = time.monotonic()
 
@@ -29,9 +32,10 @@ class Health:
 
     def report(self) -> tuple[bool, dict[str, Any]]:
         idle = time.monotonic() - self._beat
-        problem = self.problem
-        if problem is None and idle > self.stale_after:
-            problem = f"the poll loop has not turned for {idle:.0f} s"
+        reasons = list(self.problems.values())
+        if idle > self.stale_after:
+            reasons.insert(0, f"the poll loop has not turned for {idle:.0f} s")
+        problem = "; ".join(reasons) or None
         return problem is None, {"status": "healthy" if problem is None else "unhealthy", "problem": problem,
                                  **self.details()}  # fmt: skip
 

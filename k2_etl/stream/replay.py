@@ -52,7 +52,7 @@ from k2_etl.ingest.landing import day_files
 from k2_etl.ingest.lines import file_checksum
 from k2_etl.ingest.loader import LoadIds, expand, prepared_blocks, registered_schema_ids
 from k2_etl.ingest.prepare import Preparer, Source
-from k2_etl.kafka import client_config
+from k2_etl.kafka import client_config, topic_ids
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import committed_offsets
 from k2_etl.lake.maintenance import first_of_each_id
@@ -175,9 +175,9 @@ def _replay_once(
     bound = None
     if source == "kafka":
         topic = definition.record.topic_name(settings)
-        bound = SourceBound(
-            settings.stream_group, topic, committed_offsets(table, settings.stream_group).get(topic, {})
-        )
+        life = topic_ids(settings, [topic])  # offsets landed from an earlier life of the topic are not in it
+        landed = committed_offsets(table, settings.stream_group, life).get(topic, {})
+        bound = SourceBound(settings.stream_group, topic, landed, life.get(topic))
         sourced = _from_kafka(settings, definition, start, end, target, bound.offsets, progress)
     else:
         sourced = _from_landing(settings, definition, start, end, target, progress)

@@ -11,7 +11,8 @@ from k2_airflow.hooks import K2Hook
 
 class LandedSensor(BaseSensorOperator):
     """Waits until the streaming consumer has landed every record a load produced: every table
-    records, for every topic-partition the load wrote, an offset past its last record there.
+    records, for every topic-partition the load wrote, an offset past its last record there, in
+    the life of the topic the load wrote to (offsets of a topic since created again do not count).
 
     ``files``: the loader's per-file results (LoadDayOperator's XCom), whose offsets say what to
     wait for. Reschedule mode by default: no worker slot is held between pokes.
@@ -28,7 +29,8 @@ class LandedSensor(BaseSensorOperator):
         from k2_etl.lake.progress import landed_offsets, pending_offsets, wanted_offsets
 
         wanted = wanted_offsets(f.get("offsets") or {} for f in self.files)
-        pending = pending_offsets(wanted, landed_offsets(K2Hook().settings, wanted))
+        lives = {topic: topic_id for f in self.files for topic, topic_id in (f.get("topic_ids") or {}).items()}
+        pending = pending_offsets(wanted, landed_offsets(K2Hook().settings, wanted, topic_ids=lives))
         if pending:
             self.log.info("not landed yet (partition: landed / wanted): %s",
                           {f"{t}[{p}]": f"{now} / {want}" for t, parts in pending.items()

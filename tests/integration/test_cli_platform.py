@@ -61,7 +61,7 @@ def test_up_status_down_lifecycle(env: dict[str, str]) -> None:
     report = status_json(env)
     assert report["healthy"] is True
     parts = components(report)
-    assert set(parts) == {"broker", "registry", "catalog", "consumer", "api"}
+    assert set(parts) == {"broker", "registry", "catalog", "consumer", "landed", "api"}
     assert {parts[n]["state"] for n in ("broker", "registry", "consumer", "api")} == {"running"}
     assert "group k2-stream: landed 0" in str(parts["consumer"]["detail"])
     assert str(parts["api"]["detail"]).startswith("healthy")  # catalog, query engine and consumer all up

@@ -9,7 +9,7 @@ from pyiceberg.table import Table
 from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings
 from k2_etl.lake.catalog import open_catalog
-from k2_etl.lake.commits import Fenced, append_with_offsets, committed_offsets
+from k2_etl.lake.commits import Fenced, append_with_offsets, committed_offsets, recorded_topic_ids, unchanged_since
 from tests.helpers import a_trade
 
 pytestmark = pytest.mark.integration
@@ -69,3 +69,32 @@ def test_a_commit_that_conflicts_is_checked_again_so_a_stale_batch_is_fenced_not
     trades.refresh()
     assert sorted(trades.scan().to_arrow().column("event_id").to_pylist()) == ["x-1", "x-2"]
     assert committed_offsets(trades, "g") == {"t": {0: 2}}
+
+
+def test_offsets_belong_to_one_life_of_a_topic(trades: Table) -> None:
+    """A topic created again (new id) starts at offset 0: the old life's offsets are void for it,
+    its first append replaces them, and fencing compares against the current life only."""
+    append_with_offsets(trades, rows(trades, "a"), "g", {"t": {0: None, 1: None}}, {"t": {0: 500, 1: 700}}, {"t": "A"})
+    append_with_offsets(trades, rows(trades, "u"), "g", {"u": {0: None}}, {"u": {0: 9}}, {"u": "U"})
+    assert committed_offsets(trades, "g") == {"t": {0: 500, 1: 700}, "u": {0: 9}}  # whatever their life
+    assert committed_offsets(trades, "g", {"t": "A", "u": "U"}) == {"t": {0: 500, 1: 700}, "u": {0: 9}}
+    assert committed_offsets(trades, "g", {"t": "B"}) == {"u": {0: 9}}  # t's offsets are of another life
+    assert recorded_topic_ids(trades, "g") == {"t": "A", "u": "U"}
+    with pytest.raises(Fenced, match=r"t\[0\] is at offset None in the table, not 500"):  # void: nothing recorded
+        append_with_offsets(trades, rows(trades, "b"), "g", {"t": {0: 500}}, {"t": {0: 3}}, {"t": "B"})
+    append_with_offsets(trades, rows(trades, "b"), "g", {"t": {0: None}}, {"t": {0: 3}}, {"t": "B"})
+    assert committed_offsets(trades, "g", {"t": "B", "u": "U"}) == {"t": {0: 3}, "u": {0: 9}}  # partition 1 gone
+    assert recorded_topic_ids(trades, "g") == {"t": "B", "u": "U"}
+    assert committed_offsets(trades, "g", {"t": "A"}) == {"u": {0: 9}}
+
+
+def test_unchanged_since_is_when_each_offset_was_first_recorded(trades: Table) -> None:
+    append_with_offsets(trades, rows(trades, "a"), "g", {"t": {0: None, 1: None}}, {"t": {0: 1, 1: 1}}, {"t": "A"})
+    first = trades.current_snapshot()
+    append_with_offsets(trades, rows(trades, "b"), "g", {"t": {0: 1}}, {"t": {0: 2}}, {"t": "A"})
+    second = trades.current_snapshot()
+    trades.append(rows(trades, "c"))  # a writer that records no offsets (maintenance) changes nothing
+    assert first is not None and second is not None
+    since = unchanged_since(trades, "g", {"t": "A"})
+    assert since == {"t": {0: second.timestamp_ms, 1: first.timestamp_ms}}
+    assert unchanged_since(trades, "g", {"t": "B"}) == {}  # nothing in that life

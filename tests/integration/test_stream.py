@@ -19,22 +19,20 @@ from typing import Any
 
 import fastavro
 import httpx
-import pyarrow as pa
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings
 from k2_etl.kafka import client_config
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import committed_offsets
 from k2_etl.schemas import TRADE
-from k2_etl.schemas.registration import register_schemas
 from tests.helpers import REPO, a_trade, env_of, free_port, poll, run_k2
 from tests.integration.ingest_helpers import load, messages_of
+from tests.integration.stream_helpers import ConsumerProcess, landed_counts, ready_settings, table
 
 pytestmark = pytest.mark.integration
 SAMPLE = REPO / "data" / "sample" / "k2"
@@ -43,57 +41,7 @@ TABLE_OF_TOPIC = {"trades": "trades", "quotes": "quotes", "reference_data": "ref
 
 @pytest.fixture
 def ready(own_settings: Settings) -> Settings:
-    """Topics, tables and schemas of this test's own; consumer timeouts short (the local broker's
-    group join waits for the rebalance timeout, see PLATFORM-NOTES) and commits every half second."""
-    settings = own_settings.model_copy(
-        update={
-            "stream_session_timeout_seconds": 6,
-            "stream_max_poll_interval_seconds": 7,
-            "stream_batch_seconds": 0.5,
-            "stream_metrics_port": free_port(),
-        }
-    )
-    init_platform(settings)
-    register_schemas(settings)
-    return settings
-
-
-class ConsumerProcess:
-    """`k2 consume --json` as a subprocess, its log in a file."""
-
-    def __init__(self, settings: Settings, log: Path) -> None:
-        self.log = log
-        k2 = Path(sys.executable).with_name("k2")
-        self._log_handle = log.open("w")
-        self.process = subprocess.Popen(
-            [str(k2), "consume", "--json"],
-            env=env_of(settings),
-            stdout=subprocess.PIPE,
-            stderr=self._log_handle,
-            text=True,
-        )
-
-    def log_text(self) -> str:
-        return self.log.read_text()
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> tuple[int, dict[str, int]]:
-        self.process.send_signal(sig)
-        out, _ = self.process.communicate(timeout=60)
-        self._log_handle.close()
-        assert "Traceback" not in self.log_text(), self.log_text()
-        return self.process.returncode, json.loads(out)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(30)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self._log_handle.close()
-
-
-def table(settings: Settings, name: str) -> pa.Table:
-    return open_catalog(settings).load_table((settings.namespace, name)).scan().to_arrow()
+    return ready_settings(own_settings)
 
 
 def consumed_all(settings: Settings, report: dict[str, Any]) -> bool | None:
@@ -110,10 +58,6 @@ def consumed_all(settings: Settings, report: dict[str, Any]) -> bool | None:
         if recorded.get(topic) != partitions:
             return None
     return True
-
-
-def landed_counts(settings: Settings, names: list[str]) -> dict[str, int]:
-    return {name: table(settings, name).num_rows for name in names}
 
 
 def test_a_load_lands_exactly_once_and_a_restart_resumes_after_it(ready: Settings, tmp_path: Path) -> None:
