@@ -7,6 +7,7 @@ import io
 import json
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -28,7 +29,7 @@ from api import create_app
 from k2_etl.config import Settings, load_settings
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.query.engine import QueryEngine
-from tests.helpers import REPO, env_of, free_port, poll, run_k2
+from tests.helpers import env_of, free_port, poll, run_k2
 from tests.integration.query_helpers import a_symbol, land, land_sample, rows_of, trades_of
 from tests.integration.test_query_engine import SlowClock, slow_engine
 
@@ -47,7 +48,7 @@ class Api:
         self.home = Path(self.environment["K2_HOME"])
         with (self.home / f"api-{self.port}.log").open("wb") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                [str(REPO / ".venv" / "bin" / "k2"), "api"], env=self.environment, stdout=log, stderr=log
+                [str(Path(sys.executable).with_name("k2")), "api"], env=self.environment, stdout=log, stderr=log
             )
         poll(lambda: self._up(), timeout=60, what=f"k2 api on {self.url}")
 
