@@ -25,8 +25,8 @@ from werkzeug.exceptions import HTTPException
 
 from api import metrics
 from api.errors import UnknownSymbol, problem
-from api.models import Problem
 from api.render import json_body
+from api.responses import Problem
 from api.routes import catalog, market, ops
 from k2_etl import __version__
 from k2_etl.config import Settings, load_settings
@@ -163,8 +163,12 @@ def _unknown_symbol(error: UnknownSymbol) -> Response:
 
 
 def _http_error(error: HTTPException) -> Response:
+    """Werkzeug's errors in the problem shape, with their headers (a 405's ``Allow``)."""
     status = error.code or 500
     response = problem(status, (error.name or "error").lower().replace(" ", "_"), error.description or "")
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
     if status == 429:
         limit = getattr(error, "limit", None)
         response.headers["Retry-After"] = str(_retry_after(limit))

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from api import metrics
 from api.render import json_body
+from api.responses import METRICS, TRANSPORT_ERRORS, Health
 from k2_etl.config import Settings, format_host_port
 from k2_etl.errors import K2Error, UnavailableError
 from k2_etl.query.engine import QueryEngine
@@ -21,7 +22,7 @@ from k2_etl.query.engine import QueryEngine
 log = logging.getLogger("k2.api")
 SLOW_SECONDS = 1.0  # a dependency answering slower than this makes the API degraded
 CHECK_TIMEOUT_SECONDS = 2.0
-blueprint = APIBlueprint("ops", __name__, abp_tags=[Tag(name="operations")])
+blueprint = APIBlueprint("ops", __name__, abp_tags=[Tag(name="operations")], abp_responses=TRANSPORT_ERRORS)
 
 
 def _check(name: str, probe: Callable[[], str]) -> dict[str, Any]:
@@ -39,7 +40,11 @@ def _check(name: str, probe: Callable[[], str]) -> dict[str, Any]:
     return {"status": status, "latency_ms": round(seconds * 1000, 2), "detail": detail}
 
 
-@blueprint.get("/health", summary="Health: each dependency with its latency (200 healthy or degraded, 503 unhealthy)")
+@blueprint.get(
+    "/health",
+    summary="Health: each dependency with its latency (200 healthy or degraded, 503 unhealthy)",
+    responses={200: Health, 503: Health},
+)
 def health() -> Response:
     """`healthy`: every check up. `degraded`: queries are answered, but a dependency is slow or the
     streaming consumer (when configured) is not healthy, so data may be stale. `unhealthy` (503): the
@@ -62,7 +67,7 @@ def health() -> Response:
     return Response(json_body({"status": status, "checks": checks}), status=code, mimetype="application/json")
 
 
-@blueprint.get("/metrics", summary="Prometheus metrics of every API worker")
+@blueprint.get("/metrics", summary="Prometheus metrics of every API worker", responses={200: METRICS})
 def prometheus_metrics() -> Response:
     return Response(metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
 

@@ -624,7 +624,7 @@ class QueryEngine:
             limit,
             _trade_position,
             trade_snapshot,
-            empty=_TRADES_WITH_QUOTES.empty_table,
+            empty=TRADES_WITH_QUOTES_COLUMNS.empty_table,
             related=quote_snapshot.snapshot_id if quote_snapshot is not None else None,
             span=(start, end),
         )
@@ -842,7 +842,7 @@ class QueryEngine:
                          "currency": ref.get("currency"), "exchanges": trade.get("exchanges") or [],
                          "trades": trade.get("trades", 0), "first_trade": trade.get("first_trade"),
                          "last_trade": trade.get("last_trade")})  # fmt: skip
-        return pa.Table.from_pylist(rows, _SYMBOL_LISTING)
+        return pa.Table.from_pylist(rows, SYMBOL_COLUMNS)
 
     def _whole(self, table: Table, snapshot: Snapshot) -> tuple[str, dict[str, Any]]:
         """The relation of every row of ``snapshot`` and its parameters (none: no data files)."""
@@ -1003,7 +1003,7 @@ _BAR_TYPES = {
 }
 EIGHT_PLACES = Decimal("0.00000001")
 _PRICE = pa.decimal128(18, 8)
-_TRADES_WITH_QUOTES = pa.schema(
+TRADES_WITH_QUOTES_COLUMNS = pa.schema(
     [("event_id", pa.string()), ("symbol", pa.string()), ("exchange", pa.string()),
      ("event_time", pa.timestamp("us", tz="UTC")), ("sequence_number", pa.int64()), ("price", _PRICE),
      ("size", _PRICE), ("quote_time", pa.timestamp("us", tz="UTC")), ("bid_price", _PRICE), ("bid_size", _PRICE),
@@ -1022,12 +1022,20 @@ def _with_vwap(bars: pa.Table) -> pa.Table:
 
 
 _SUMMARY_FIELDS = ("trades", "open", "high", "low", "close", "volume", "notional", "first_trade", "last_trade")
+#: The columns of each answer that is not a table's own rows (the API's response schemas are made of them).
+BAR_COLUMNS = pa.schema([*((n, t) for n, t in _BAR_TYPES.items() if n != "notional"), ("vwap", pa.decimal128(38, 8))])
+SUMMARY_COLUMNS = pa.schema(
+    [("symbol", pa.string()), ("date", pa.date32()), ("exchange", pa.string()), ("trades", pa.int64()),
+     ("open", _PRICE), ("high", _PRICE), ("low", _PRICE), ("close", _PRICE), ("volume", pa.decimal128(38, 8)),
+     ("first_trade", pa.timestamp("us", tz="UTC")), ("last_trade", pa.timestamp("us", tz="UTC")),
+     ("quotes", pa.int64()), ("vwap", pa.decimal128(38, 8)), ("snapshot_id", pa.int64())]
+)  # fmt: skip
 _SNAPSHOT_COUNTS = ("added-records", "deleted-records", "total-records", "added-data-files", "total-data-files")
 _SYMBOL_TYPES = pa.schema(
     [("symbol", pa.string()), ("exchanges", pa.list_(pa.string())), ("trades", pa.int64()),
      ("first_trade", pa.timestamp("us", tz="UTC")), ("last_trade", pa.timestamp("us", tz="UTC"))]
 )  # fmt: skip
-_SYMBOL_LISTING = pa.schema(
+SYMBOL_COLUMNS = pa.schema(
     [("symbol", pa.string()), ("name", pa.string()), ("isin", pa.string()), ("currency", pa.string()),
      ("exchanges", pa.list_(pa.string())), ("trades", pa.int64()), ("first_trade", pa.timestamp("us", tz="UTC")),
      ("last_trade", pa.timestamp("us", tz="UTC"))]

@@ -8,6 +8,7 @@ address or credentials, and the answers come back by themselves when the depende
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def test_catalog_outage_is_503_with_retry_after_and_health_names_the_catalog(
 
         proxy.cut()
         for path, params in NEEDING_THE_CATALOG:  # each worker answers from its cache for up to ~3 s
-            response = poll(lambda p=path, q=params: unavailable(api, p, q), timeout=30, what=f"503 from {path}")
+            response = poll(functools.partial(unavailable, api, path, params), timeout=30, what=f"503 from {path}")
             assert 1 <= int(response.headers["Retry-After"]) <= 60, (path, response.headers)
             assert response.headers["Content-Type"] == "application/json"
             error = response.json()["error"]
@@ -108,7 +109,7 @@ def test_catalog_outage_is_503_with_retry_after_and_health_names_the_catalog(
 
         proxy.restore()
         for path, params in NEEDING_THE_CATALOG:
-            poll(lambda p=path, q=params: answered(api, p, q), timeout=30, what=f"200 again from {path}")
+            poll(functools.partial(answered, api, path, params), timeout=30, what=f"200 again from {path}")
         assert poll(lambda: api.get("/health").json()["status"] == "healthy", timeout=30, what="healthy again")
         assert api.get("/v1/trades", **DAY).json()["count"] == 1
     finally:
