@@ -48,7 +48,7 @@ FORMATS = ("json", "csv", "parquet", "arrow")
 #: Every answer as the OpenAPI document declares it: status, media type, headers, JSON body; never a 5xx.
 CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
                response_schema_conformance]  # fmt: skip
-EXAMPLES_PER_OPERATION = 25  # generated requests per operation (the run's time grows with it)
+EXAMPLES_PER_OPERATION = 25  # generated requests per operation, the same every run (its time grows with it)
 
 
 class Api:
@@ -510,7 +510,9 @@ def good_requests(landed: Settings) -> dict[str, dict[str, Any]]:
 def test_every_answer_conforms_to_the_published_document(published: dict[str, Any], landed: Settings) -> None:
     """Each operation's rows in every format, then requests generated from the document (a bounded number
     per operation): every status, media type, header and JSON body is what the document declares, and
-    user input never gets a 5xx."""
+    user input never gets a 5xx. Not checked: that every request the document allows is answered 200
+    (schemathesis' positive_data_acceptance): a cursor is opaque, an interval must divide a day, as_of
+    excludes snapshot_id, which a schema cannot say; the server names the parameter in a 400."""
     requests = good_requests(landed)
     assert set(published) == set(requests), "every operation is published and exercised here"
     for path, operation in published.items():
@@ -528,7 +530,7 @@ def test_every_answer_conforms_to_the_published_document(published: dict[str, An
                 assert response.json()["count"] > 0, (path, "an answer with rows: their schema is checked")
 
         @hypothesis.given(case=operation.as_strategy())
-        @hypothesis.settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
+        @hypothesis.settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, derandomize=True,
                              suppress_health_check=list(hypothesis.HealthCheck))  # fmt: skip
         def conforms(case: Any) -> None:
             case.call_and_validate(checks=CONFORMANCE)
