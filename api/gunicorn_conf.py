@@ -46,7 +46,8 @@ def _write_problem(sock: Any, status: int, reason: str, message: str) -> None:
 
     from api.errors import problem_body
 
-    body = problem_body(status, reason.lower().replace(" ", "_"), f"{message}; {_what_to_do(status)}")
+    said = f"{message}; {_what_to_do(status)}" if message else _what_to_do(status)  # a 500 says nothing
+    body = problem_body(status, reason.lower().replace(" ", "_"), said)
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")  # fmt: skip
     util.write_nonblock(sock, head.encode("latin-1") + body)
