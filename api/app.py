@@ -3,8 +3,10 @@
 Every error leaves as JSON ``{"error": {status, error, message, parameter?, value?}}``
 through one handler per kind (the Flask pattern of "API errors as JSON"): a
 :class:`QueryError` is a 400 naming the parameter, a :class:`QueryTimeout` a 504,
-an unknown symbol a 404; a bug is a 500 with no internals. User input never
-reaches a 500: the schemathesis fuzz test holds the API to that.
+an unknown symbol a 404, an :class:`UnavailableError` (the catalog or the
+warehouse cannot be read) a 503 with ``Retry-After``; a bug is a 500 with no
+internals. User input never reaches a 500: the schemathesis test holds the API
+to that, and every answer to the document it publishes.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from werkzeug.exceptions import HTTPException
 
 from api import metrics
 from api.errors import UnknownSymbol, problem
-from api.models import Problem
 from api.render import json_body
+from api.responses import Problem
 from api.routes import catalog, market, ops
 from k2_etl import __version__
 from k2_etl.config import Settings, load_settings
@@ -35,6 +37,7 @@ log = logging.getLogger("k2.api")
 MAX_BODY_BYTES = 64 * 1024  # no endpoint takes a body; anything bigger is refused with 413
 JSON = "application/json"
 OPEN_PATHS = ("/health", "/metrics", "/openapi.json", "/docs")  # served without an API key or rate limit
+RETRY_AFTER_SECONDS = 5  # a dependency away: when to ask again (the engine tries it again every second)
 
 
 def create_app(settings: Settings | None = None, engine: QueryEngine | None = None) -> OpenAPI:
@@ -79,6 +82,7 @@ def create_app(settings: Settings | None = None, engine: QueryEngine | None = No
     app.register_error_handler(QueryError, _query_error)
     app.register_error_handler(QueryTimeout, _timeout)
     app.register_error_handler(UnknownSymbol, _unknown_symbol)
+    app.register_error_handler(UnavailableError, _unavailable)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(K2Error, _k2_error)
     app.register_error_handler(Exception, _bug)
@@ -124,6 +128,8 @@ def _count(response: Response) -> Response:
         metrics.LATENCY.labels(endpoint).observe(time.perf_counter() - started)
     if response.status_code == 429:
         metrics.RATE_LIMITED.inc()
+    elif g.get("k2_retry_after") is not None:  # a 503: Flask-Limiter replaced it by its window's reset
+        response.headers["Retry-After"] = g.k2_retry_after
     else:
         response.headers.pop("Retry-After", None)  # Flask-Limiter adds it to every answer; only a 429 means it
     return response
@@ -157,8 +163,12 @@ def _unknown_symbol(error: UnknownSymbol) -> Response:
 
 
 def _http_error(error: HTTPException) -> Response:
+    """Werkzeug's errors in the problem shape, with their headers (a 405's ``Allow``)."""
     status = error.code or 500
     response = problem(status, (error.name or "error").lower().replace(" ", "_"), error.description or "")
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
     if status == 429:
         limit = getattr(error, "limit", None)
         response.headers["Retry-After"] = str(_retry_after(limit))
@@ -176,10 +186,18 @@ def _retry_after(limit: Any) -> int:
     return 1
 
 
+def _unavailable(error: UnavailableError) -> Response:
+    """503 naming the dependency (``catalog_unavailable``), with when to ask again; the error's
+    cause (its SQL, its address) goes to the log only."""
+    log.warning("request %s failed: %s (%r)", request.full_path, error, error.__cause__)
+    code = f"{error.dependency}_unavailable" if error.dependency else "unavailable"
+    response = problem(503, code, str(error))
+    g.k2_retry_after = response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
 def _k2_error(error: K2Error) -> Response:
     log.warning("request %s failed: %s", request.full_path, error)
-    if isinstance(error, UnavailableError):
-        return problem(503, "unavailable", str(error))
     return problem(500, "k2_error", str(error))
 
 

@@ -20,7 +20,12 @@ class UnknownSymbol(K2Error):
 
 def problem(status: int, error: str, message: str, parameter: str | None = None, value: Any = None) -> Response:
     """``{"error": {status, error, message, parameter?, value?}}`` with that status."""
+    return Response(problem_body(status, error, message, parameter, value), status=status, mimetype="application/json")
+
+
+def problem_body(status: int, error: str, message: str, parameter: str | None = None, value: Any = None) -> bytes:
+    """The error body (:class:`api.responses.Problem`), also of the errors gunicorn answers itself."""
     body: dict[str, Any] = {"status": status, "error": error, "message": message}
     if parameter is not None:
         body |= {"parameter": parameter, "value": None if value is None else str(value)}
-    return Response(json_body({"error": body}), status=status, mimetype="application/json")
+    return json_body({"error": body})

@@ -3,7 +3,8 @@
 Threads (gthread) rather than more processes: a request spends most of its time in
 DuckDB, which releases the GIL, and every worker process holds its own engine (its
 DuckDB connections and cached plans). Request lines and headers are capped so an
-oversized request is refused by gunicorn before it reaches Flask.
+oversized request is refused by gunicorn before it reaches Flask, in the API's
+problem JSON like every other error (:func:`post_worker_init`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,39 @@ accesslog = "-"
 errorlog = "-"
 loglevel = "info"
 proc_name = "k2-api"
+
+
+def post_worker_init(worker: Any) -> None:
+    """gunicorn answers a request it cannot read (400), a request line over ``limit_request_line``
+    (414) or headers over the limits (431) itself, in HTML, through ``gunicorn.util.write_error``;
+    no setting changes that body, so each worker replaces that function with one writing the
+    problem JSON (tested against the real server in tests/integration/test_api.py)."""
+    from gunicorn import util
+
+    util.write_error = _write_problem
+
+
+def _write_problem(sock: Any, status: int, reason: str, message: str) -> None:
+    """``gunicorn.util.write_error``'s signature: the status line, then the problem JSON, then close."""
+    from gunicorn import util
+
+    from api.errors import problem_body
+
+    said = f"{message}; {_what_to_do(status)}" if message else _what_to_do(status)  # a 500 says nothing
+    body = problem_body(status, reason.lower().replace(" ", "_"), said)
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")  # fmt: skip
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+def _what_to_do(status: int) -> str:
+    if status == 414:
+        return f"the request line (URL and query) is limited to {limit_request_line:,} bytes: ask for fewer symbols"
+    if status == 431:
+        return f"at most {limit_request_fields} headers of {limit_request_field_size:,} bytes each"
+    if status == 400:
+        return "not an HTTP/1.x request this server can read"
+    return "see the API's log"
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -47,13 +47,11 @@ def _parsed(parse: Any, parameter: str) -> Any:
 
 
 def _time(parameter: str, description: str) -> Any:
-    return Annotated[
-        datetime | None,
-        _parsed(parse_time, parameter),
-        WithJsonSchema(
-            {"anyOf": [{"type": "string"}, {"type": "null"}], "description": f"{description} ({TIME_HELP})"}
-        ),
-    ]
+    """A time parameter; empty (``end=``) is refused like any other non-time, and the document says
+    so (leave a parameter out for its default)."""
+    text = {"type": "string", "minLength": 1, "pattern": r"\S"}
+    schema = {"anyOf": [text, {"type": "null"}], "description": f"{description} ({TIME_HELP})"}
+    return Annotated[datetime | None, _parsed(parse_time, parameter), WithJsonSchema(schema)]
 
 
 def _symbols(value: Any) -> Any:
@@ -77,7 +75,9 @@ Symbols = Annotated[
 Exchange = Annotated[str | None, Field(None, pattern=EXCHANGE_PATTERN, description="Exchange code, e.g. ASX")]
 Format = Literal["json", "csv", "parquet", "arrow"]
 FORMAT_HELP = "Response format (else from the Accept header; JSON by default)"
-Cursor = Annotated[str | None, Field(None, max_length=512, description="The next_cursor of the previous page")]
+Cursor = Annotated[
+    str | None, Field(None, min_length=1, max_length=512, description="The next_cursor of the previous page")
+]
 Interval = Annotated[
     timedelta,
     _parsed(parse_interval, "interval"),
@@ -181,17 +181,3 @@ class SnapshotsQuery(_Query):
     limit: int = Field(100, ge=1, le=MAX_LIMIT)
     cursor: Cursor = None
     format: Format | None = Field(None, description=FORMAT_HELP)
-
-
-class ErrorBody(BaseModel):
-    """Every error: the status, a code, what was wrong, and for a bad parameter its name and value."""
-
-    status: int
-    error: str
-    message: str
-    parameter: str | None = None
-    value: str | None = None
-
-
-class Problem(BaseModel):
-    error: ErrorBody

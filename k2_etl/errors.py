@@ -21,9 +21,16 @@ class ConfigError(K2Error):
 
 
 class UnavailableError(K2Error):
-    """A service K2 depends on (broker, schema registry, catalog) cannot be reached."""
+    """A service K2 depends on (broker, schema registry, catalog, warehouse) cannot be reached.
+
+    ``dependency`` names it when the raiser knows (the API's 503 says which: ``catalog_unavailable``).
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, dependency: str | None = None) -> None:
+        super().__init__(message)
+        self.dependency = dependency
 
 
 class ComponentError(K2Error):

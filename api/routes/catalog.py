@@ -17,23 +17,30 @@ from api.models import (
     TablePath,
 )
 from api.render import negotiated, table_response
-from api.routes.market import ERRORS, KEY_OR_OPEN, answered, engine, known
+from api.responses import V1_ERRORS, ReferenceList, RejectsPage, SequenceEventsPage, SnapshotsPage, SymbolList
+from api.routes.market import KEY_OR_OPEN, answered, engine, known
 from k2_etl.errors import QueryError
 from k2_etl.lake.tables import TABLES_BY_NAME
 
 LOG_SPAN = timedelta(days=7)  # sequence events and rejects with no start: the week before end
 blueprint = APIBlueprint("catalog", __name__, url_prefix="/v1", abp_tags=[Tag(name="catalog")],
-                         abp_responses=ERRORS, abp_security=KEY_OR_OPEN)  # fmt: skip
+                         abp_responses=V1_ERRORS, abp_security=KEY_OR_OPEN)  # fmt: skip
 
 
-@blueprint.get("/symbols", summary="Every symbol: name, ISIN, currency, exchanges, trade count, first and last trade")
+@blueprint.get(
+    "/symbols",
+    summary="Every symbol: name, ISIN, currency, exchanges, trade count, first and last trade",
+    responses={200: SymbolList},
+)
 def symbols(query: ListQuery) -> Response:
     fmt = negotiated(query.format)
     rows = engine().symbols()
     return table_response(rows, fmt, {"X-K2-Count": str(rows.num_rows)})
 
 
-@blueprint.get("/reference/<symbol>", summary="A symbol's reference data, oldest validity first")
+@blueprint.get(
+    "/reference/<symbol>", summary="A symbol's reference data, oldest validity first", responses={200: ReferenceList}
+)
 def reference(path: SymbolPath, query: ListQuery) -> Response:
     fmt = negotiated(query.format)
     known([path.symbol])
@@ -51,7 +58,11 @@ def _log_range(query: SequenceEventsQuery | RejectsQuery) -> tuple[datetime, dat
     return start, end
 
 
-@blueprint.get("/sequence-events", summary="Exchange sequence anomalies: gaps, out of order, resets, duplicates")
+@blueprint.get(
+    "/sequence-events",
+    summary="Exchange sequence anomalies: gaps, out of order, resets, duplicates",
+    responses={200: SequenceEventsPage},
+)
 def sequence_events(query: SequenceEventsQuery) -> Response:
     """By the event time of the record that showed them, in (event time, event id) order."""
     fmt = negotiated(query.format)
@@ -61,7 +72,11 @@ def sequence_events(query: SequenceEventsQuery) -> Response:
     return answered("/v1/sequence-events", result, fmt)
 
 
-@blueprint.get("/rejects", summary="The quarantine: rejected rows and messages, each saying what was wrong")
+@blueprint.get(
+    "/rejects",
+    summary="The quarantine: rejected rows and messages, each saying what was wrong",
+    responses={200: RejectsPage},
+)
 def rejects(query: RejectsQuery) -> Response:
     """By rejection time; `field`, `value` and `reason` say what was wrong, `source`/`line_number` or
     `kafka_topic`/`kafka_partition`/`kafka_offset` where it came from."""
@@ -72,7 +87,11 @@ def rejects(query: RejectsQuery) -> Response:
     return answered("/v1/rejects", result, fmt)
 
 
-@blueprint.get("/tables/<table>/snapshots", summary="A table's snapshots, newest first (for time travel and audits)")
+@blueprint.get(
+    "/tables/<table>/snapshots",
+    summary="A table's snapshots, newest first (for time travel and audits)",
+    responses={200: SnapshotsPage},
+)
 def snapshots(path: TablePath, query: SnapshotsQuery) -> Response:
     fmt = negotiated(query.format)
     if path.table not in TABLES_BY_NAME:

@@ -11,16 +11,16 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from api import metrics
 from api.errors import UnknownSymbol
-from api.models import BarsQuery, JoinQuery, Problem, RangeQuery, RowsQuery, SummaryPath, SummaryQuery
+from api.models import BarsQuery, JoinQuery, RangeQuery, RowsQuery, SummaryPath, SummaryQuery
 from api.render import json_body, jsonable, negotiated, rows_response, table_response
+from api.responses import V1_ERRORS, BarsPage, DaySummary, QuotesPage, TradesPage, TradesWithQuotesPage
 from k2_etl.errors import QueryError
-from k2_etl.query.engine import QueryEngine, Result
+from k2_etl.query.engine import SUMMARY_COLUMNS, QueryEngine, Result
 
 DEFAULT_SPAN = timedelta(days=1)  # a range with no start covers the day before its end
-ERRORS: dict[int | str, Any] = {400: Problem, 401: Problem, 404: Problem, 429: Problem, 504: Problem}
 KEY_OR_OPEN: list[dict[str, list[str]]] = [{"api_key": []}, {}]  # an X-API-Key when K2_API_KEYS is set
 blueprint = APIBlueprint("market", __name__, url_prefix="/v1", abp_tags=[Tag(name="market data")],
-                         abp_responses=ERRORS, abp_security=KEY_OR_OPEN)  # fmt: skip
+                         abp_responses=V1_ERRORS, abp_security=KEY_OR_OPEN)  # fmt: skip
 
 
 def engine() -> QueryEngine:
@@ -57,7 +57,9 @@ def _fields(values: list[str] | None) -> list[str] | None:
     return [f.strip() for v in values for f in v.split(",") if f.strip()] if values else None
 
 
-@blueprint.get("/trades", summary="Trades of one or more symbols in a time range, a page at a time")
+@blueprint.get(
+    "/trades", summary="Trades of one or more symbols in a time range, a page at a time", responses={200: TradesPage}
+)
 def trades(query: RowsQuery) -> Response:
     """In (event time, sequence number, event id) order; follow `next_cursor` for the next page."""
     fmt = negotiated(query.format)
@@ -65,7 +67,9 @@ def trades(query: RowsQuery) -> Response:
     return answered("/v1/trades", result, fmt)
 
 
-@blueprint.get("/quotes", summary="Quotes of one or more symbols in a time range, a page at a time")
+@blueprint.get(
+    "/quotes", summary="Quotes of one or more symbols in a time range, a page at a time", responses={200: QuotesPage}
+)
 def quotes(query: RowsQuery) -> Response:
     """In (event time, sequence number, event id) order; follow `next_cursor` for the next page."""
     fmt = negotiated(query.format)
@@ -73,7 +77,11 @@ def quotes(query: RowsQuery) -> Response:
     return answered("/v1/quotes", result, fmt)
 
 
-@blueprint.get("/trades/with-quotes", summary="Each trade with the bid/ask prevailing at its time, spread and mid")
+@blueprint.get(
+    "/trades/with-quotes",
+    summary="Each trade with the bid/ask prevailing at its time, spread and mid",
+    responses={200: TradesWithQuotesPage},
+)
 def trades_with_quotes(query: JoinQuery) -> Response:
     """An as-of join per symbol and exchange: the last quote at or before each trade (a quote at the
     same instant counts as before). Quote columns are null when no quote came in the day before."""
@@ -82,7 +90,9 @@ def trades_with_quotes(query: JoinQuery) -> Response:
     return answered("/v1/trades/with-quotes", result, fmt)
 
 
-@blueprint.get("/bars", summary="OHLCV bars with VWAP and trade count at any interval from 1s to 1d")
+@blueprint.get(
+    "/bars", summary="OHLCV bars with VWAP and trade count at any interval from 1s to 1d", responses={200: BarsPage}
+)
 def bars(query: BarsQuery) -> Response:
     """Bars are aligned to UTC midnight, in (bar start, symbol) order; bars without trades are absent.
     VWAP is exact (decimal notional / volume, rounded half-even to 8 places)."""
@@ -91,7 +101,11 @@ def bars(query: BarsQuery) -> Response:
     return answered("/v1/bars", result, fmt)
 
 
-@blueprint.get("/summary/<symbol>/<date>", summary="A symbol's trading day: OHLC, volume, VWAP, trade and quote counts")
+@blueprint.get(
+    "/summary/<symbol>/<date>",
+    summary="A symbol's trading day: OHLC, volume, VWAP, trade and quote counts",
+    responses={200: DaySummary},
+)
 def summary(path: SummaryPath, query: SummaryQuery) -> Response:
     """The day is the trading date in the exchange's time zone (an ASX day begins the evening before, UTC)."""
     fmt = negotiated(query.format)
@@ -99,7 +113,7 @@ def summary(path: SummaryPath, query: SummaryQuery) -> Response:
     row = engine().summary(path.symbol, path.date, exchange=query.exchange, snapshot_id=query.snapshot_id,
                            as_of=query.as_of)  # fmt: skip
     metrics.ROWS.labels("/v1/summary/<symbol>/<date>").inc()
-    table = pa.Table.from_pylist([row])
+    table = pa.Table.from_pylist([row], SUMMARY_COLUMNS)
     if fmt == "json":  # one object, not a list
         return Response(json_body(jsonable(table)[0]), mimetype="application/json")
     return table_response(table, fmt)

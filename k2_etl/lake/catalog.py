@@ -61,7 +61,7 @@ def open_catalog(settings: Settings) -> Catalog:
         return load_catalog(settings.catalog_name, **catalog_properties(settings))
     except Exception as exc:  # pyiceberg and SQLAlchemy raise many unrelated types here
         raise UnavailableError(
-            f"cannot open the Iceberg catalog at K2_CATALOG_URI={redact_url(settings.catalog_uri)}: {exc}"
+            f"cannot open the Iceberg catalog at K2_CATALOG_URI={redact_url(settings.catalog_uri)}: {exc}", "catalog"
         ) from exc
 
 

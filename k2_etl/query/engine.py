@@ -15,6 +15,10 @@ event id) and an opaque cursor that pins the snapshot: walking the pages of
 one query returns every row once, in order, also while data is being landed.
 Time travel: ``snapshot_id`` or ``as_of`` (the snapshot current at that time).
 Every statement lives in :mod:`k2_etl.query.sql`, with bound parameters only.
+
+A catalog or warehouse that cannot be read is an :class:`UnavailableError` naming it (the API's
+503), translated here where the engine calls them; while the catalog is away, requests are
+answered from cached metadata until it is about 3 s old, then with that error.
 """
 
 from __future__ import annotations
@@ -39,14 +43,17 @@ from typing import Any, NamedTuple
 import duckdb
 import pyarrow as pa
 from pyiceberg.conversions import from_bytes
+from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError, RESTError
 from pyiceberg.manifest import ManifestContent
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.transforms import DayTransform
 from pyiceberg.types import StringType, TimestampType, TimestamptzType
+from requests import RequestException
+from sqlalchemy.exc import SQLAlchemyError
 
 from k2_etl.config import Settings
-from k2_etl.errors import K2Error, QueryError, QueryTimeout
+from k2_etl.errors import K2Error, QueryError, QueryTimeout, UnavailableError
 from k2_etl.lake.catalog import metadata_location, open_catalog
 from k2_etl.query import sql
 from k2_etl.query.duckdb_conn import S3_SCHEMES, configure_storage, connect
@@ -89,6 +96,25 @@ SNAPSHOT_COLUMNS = pa.schema(
      ("total_records", pa.int64()), ("added_data_files", pa.int64()), ("total_data_files", pa.int64()),
      ("tags", pa.string()), ("current", pa.bool_())]
 )  # fmt: skip
+CATALOG_ERRORS = (SQLAlchemyError, RESTError, RequestException)  # a SQL or REST catalog that did not answer
+
+
+@contextmanager
+def reaching(table: str | None = None) -> Iterator[None]:
+    """Failures of the catalog and the warehouse as :class:`UnavailableError` naming which, so the
+    API answers 503 and `k2 query` exits 3. The message names the error's class, not its text: a
+    driver's message carries the SQL statement and the server's address (the error stays the
+    ``__cause__``, for the log). A table the catalog lacks is the platform not set up yet."""
+    try:
+        yield
+    except (NoSuchTableError, NoSuchNamespaceError) as exc:
+        raise UnavailableError(f"the Iceberg catalog has no table {table or ''}: run `k2 init`", "catalog") from exc
+    except CATALOG_ERRORS as exc:  # before OSError: requests' errors are OSErrors
+        raise UnavailableError(f"the Iceberg catalog (K2_CATALOG_URI) cannot be read: {type(exc).__name__}; "
+                               "queries are answered again once it is back", "catalog") from exc  # fmt: skip
+    except (OSError, duckdb.IOException) as exc:  # local files, S3 (pyarrow's and DuckDB's httpfs errors)
+        raise UnavailableError(f"the warehouse (K2_WAREHOUSE) cannot be read: {type(exc).__name__}; "
+                               "queries are answered again once it is back", "warehouse") from exc  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -235,6 +261,7 @@ class QueryEngine:
         self._manifests: OrderedDict[str, list[_IndexedFile]] = OrderedDict()  # data manifests, by path
         self._symbols: tuple[float, frozenset[str], pa.Table, tuple[int | None, ...]] | None = None
         self._refresher: threading.Thread | None = None
+        self._refresh_problem: str | None = None  # why the last refresh round failed (logged once)
         self._rescan_lock = threading.Lock()
         self._pool: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
         for _ in range(connections):
@@ -267,7 +294,9 @@ class QueryEngine:
 
     def reload(self, name: str) -> Table:
         """The table as the catalog has it now (bypassing the cache, and refreshing it)."""
-        return self._store(name, self._catalog.load_table((self.settings.namespace, name)))
+        with reaching(f"{self.settings.namespace}.{name}"):
+            table = self._catalog.load_table((self.settings.namespace, name))
+        return self._store(name, table)
 
     def _store(self, name: str, table: Table) -> Table:
         """Cache ``table`` unless another thread stored newer metadata meanwhile (cached
@@ -288,13 +317,22 @@ class QueryEngine:
             try:
                 with self._lock:
                     cached = self._tables.get(name, (0.0, None))[1]
-                where = metadata_location(self._catalog, self.settings.namespace, name)
+                with reaching(f"{self.settings.namespace}.{name}"):
+                    where = metadata_location(self._catalog, self.settings.namespace, name)
                 if cached is not None and where is not None and where == cached.metadata_location:
                     self._store(name, cached)  # unchanged: no need to read and parse the metadata again
                     continue
                 self.reload(name)
+            except UnavailableError as error:  # the other tables would fail alike: the next round tries again
+                if str(error) != self._refresh_problem:
+                    log.warning("could not refresh table %s: %s (%r)", name, error, error.__cause__)
+                self._refresh_problem = str(error)
+                return
             except Exception:
                 log.warning("could not refresh table %s (requests go on with the last one)", name, exc_info=True)
+        if self._refresh_problem is not None:
+            log.info("tables refresh again (after: %s)", self._refresh_problem)
+            self._refresh_problem = None
         with self._lock:
             symbols = self._symbols
         if symbols is not None and time.monotonic() - symbols[0] >= SYMBOLS_REFRESH_SECONDS:
@@ -385,7 +423,9 @@ class QueryEngine:
         deletes = False
         specs = table.specs()
         types = {f.field_id: f.field_type for f in table.schema().fields}
-        for manifest in snapshot.manifests(table.io):
+        with reaching():
+            manifests = snapshot.manifests(table.io)
+        for manifest in manifests:
             if manifest.content != ManifestContent.DATA:
                 # Live delete files (None: a writer that did not count them; assume some).
                 deletes = deletes or (manifest.added_files_count, manifest.existing_files_count) != (0, 0)
@@ -395,10 +435,9 @@ class QueryEngine:
                 if cached is not None:
                     self._manifests.move_to_end(manifest.manifest_path)
             if cached is None:
-                cached = [
-                    _IndexedFile.of(entry.data_file, specs[entry.data_file.spec_id], types)
-                    for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True)
-                ]
+                with reaching():
+                    entries = manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+                cached = [_IndexedFile.of(entry.data_file, specs[entry.data_file.spec_id], types) for entry in entries]
                 with self._lock:
                     self._manifests[manifest.manifest_path] = cached
                     while len(self._manifests) > MANIFEST_CACHE:
@@ -585,7 +624,7 @@ class QueryEngine:
             limit,
             _trade_position,
             trade_snapshot,
-            empty=_TRADES_WITH_QUOTES.empty_table,
+            empty=TRADES_WITH_QUOTES_COLUMNS.empty_table,
             related=quote_snapshot.snapshot_id if quote_snapshot is not None else None,
             span=(start, end),
         )
@@ -741,7 +780,8 @@ class QueryEngine:
 
     def catalog_check(self) -> str:
         """The catalog answers and the trades table loads (health checks); not cached."""
-        table = self._catalog.load_table((self.settings.namespace, "trades"))
+        with reaching(f"{self.settings.namespace}.trades"):
+            table = self._catalog.load_table((self.settings.namespace, "trades"))
         snapshot = table.current_snapshot()
         return f"trades at snapshot {snapshot.snapshot_id}" if snapshot else "trades has no snapshot yet"
 
@@ -802,7 +842,7 @@ class QueryEngine:
                          "currency": ref.get("currency"), "exchanges": trade.get("exchanges") or [],
                          "trades": trade.get("trades", 0), "first_trade": trade.get("first_trade"),
                          "last_trade": trade.get("last_trade")})  # fmt: skip
-        return pa.Table.from_pylist(rows, _SYMBOL_LISTING)
+        return pa.Table.from_pylist(rows, SYMBOL_COLUMNS)
 
     def _whole(self, table: Table, snapshot: Snapshot) -> tuple[str, dict[str, Any]]:
         """The relation of every row of ``snapshot`` and its parameters (none: no data files)."""
@@ -923,7 +963,8 @@ class QueryEngine:
             timer = threading.Timer(left, interrupt)
             timer.start()
             try:
-                return conn.execute(statement, params).to_arrow_table()
+                with reaching():  # a data file that cannot be read: the warehouse is away
+                    return conn.execute(statement, params).to_arrow_table()
             except duckdb.InterruptException:
                 raise QueryTimeout(f"the query ran longer than its budget of {self.budget_seconds:g} s") from None
             finally:
@@ -962,7 +1003,7 @@ _BAR_TYPES = {
 }
 EIGHT_PLACES = Decimal("0.00000001")
 _PRICE = pa.decimal128(18, 8)
-_TRADES_WITH_QUOTES = pa.schema(
+TRADES_WITH_QUOTES_COLUMNS = pa.schema(
     [("event_id", pa.string()), ("symbol", pa.string()), ("exchange", pa.string()),
      ("event_time", pa.timestamp("us", tz="UTC")), ("sequence_number", pa.int64()), ("price", _PRICE),
      ("size", _PRICE), ("quote_time", pa.timestamp("us", tz="UTC")), ("bid_price", _PRICE), ("bid_size", _PRICE),
@@ -981,12 +1022,20 @@ def _with_vwap(bars: pa.Table) -> pa.Table:
 
 
 _SUMMARY_FIELDS = ("trades", "open", "high", "low", "close", "volume", "notional", "first_trade", "last_trade")
+#: The columns of each answer that is not a table's own rows (the API's response schemas are made of them).
+BAR_COLUMNS = pa.schema([*((n, t) for n, t in _BAR_TYPES.items() if n != "notional"), ("vwap", pa.decimal128(38, 8))])
+SUMMARY_COLUMNS = pa.schema(
+    [("symbol", pa.string()), ("date", pa.date32()), ("exchange", pa.string()), ("trades", pa.int64()),
+     ("open", _PRICE), ("high", _PRICE), ("low", _PRICE), ("close", _PRICE), ("volume", pa.decimal128(38, 8)),
+     ("first_trade", pa.timestamp("us", tz="UTC")), ("last_trade", pa.timestamp("us", tz="UTC")),
+     ("quotes", pa.int64()), ("vwap", pa.decimal128(38, 8)), ("snapshot_id", pa.int64())]
+)  # fmt: skip
 _SNAPSHOT_COUNTS = ("added-records", "deleted-records", "total-records", "added-data-files", "total-data-files")
 _SYMBOL_TYPES = pa.schema(
     [("symbol", pa.string()), ("exchanges", pa.list_(pa.string())), ("trades", pa.int64()),
      ("first_trade", pa.timestamp("us", tz="UTC")), ("last_trade", pa.timestamp("us", tz="UTC"))]
 )  # fmt: skip
-_SYMBOL_LISTING = pa.schema(
+SYMBOL_COLUMNS = pa.schema(
     [("symbol", pa.string()), ("name", pa.string()), ("isin", pa.string()), ("currency", pa.string()),
      ("exchanges", pa.list_(pa.string())), ("trades", pa.int64()), ("first_trade", pa.timestamp("us", tz="UTC")),
      ("last_trade", pa.timestamp("us", tz="UTC"))]

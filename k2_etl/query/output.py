@@ -77,6 +77,38 @@ def _json_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return column
 
 
+DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"  # an exact decimal as JSON writes it: "40.49000000"
+
+
+def json_schema(kind: pa.DataType, nullable: bool = True) -> dict[str, Any]:
+    """The JSON Schema of a column's values as :func:`json_types` writes them: the API's response
+    schemas are made of these, so the document says what the encoding does."""
+    schema: dict[str, Any]
+    if pa.types.is_decimal(kind):
+        schema = {"type": "string", "pattern": DECIMAL_PATTERN}
+    elif pa.types.is_timestamp(kind):
+        schema = {"type": "string", "format": "date-time"}
+    elif pa.types.is_date(kind):
+        schema = {"type": "string", "format": "date"}
+    elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        schema = {"type": "string", "contentEncoding": "base64"}
+    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        schema = {"type": "string"}
+    elif pa.types.is_boolean(kind):
+        schema = {"type": "boolean"}
+    elif pa.types.is_integer(kind):
+        schema = {"type": "integer"}
+    elif pa.types.is_floating(kind):
+        schema = {"type": "number"}
+    elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        schema = {"type": "array", "items": json_schema(kind.value_type, kind.value_field.nullable)}
+    elif pa.types.is_struct(kind):
+        schema = {"type": "object", "properties": {f.name: json_schema(f.type, f.nullable) for f in kind}}
+    else:
+        schema = {}  # any value (no such column today)
+    return {"anyOf": [schema, {"type": "null"}]} if nullable and schema else schema
+
+
 def _base64(chunk: pa.Array) -> list[str | None]:
     return [None if v is None else base64.b64encode(v).decode() for v in chunk.to_pylist()]
 

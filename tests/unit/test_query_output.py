@@ -9,8 +9,9 @@ from decimal import Decimal
 import msgspec
 import pyarrow as pa
 import pytest
+from jsonschema import Draft202012Validator, FormatChecker
 
-from k2_etl.query.output import DUCKDB_ROWS, json_array
+from k2_etl.query.output import DUCKDB_ROWS, json_array, json_schema
 
 STRINGS = ["", "BHP", 'say "hi"', "back\\slash", "ünï", "x" * 50, "/data/2026-11-02/trades_ASX.csv"]
 CONTROLS = ["tab\there", "line\nbreak"]
@@ -68,3 +69,20 @@ def test_times_are_iso_utc_with_microseconds_and_z() -> None:
     table = pa.table({"t": pa.array([datetime(2026, 11, 2, 23, 0, 12, tzinfo=UTC)], pa.timestamp("us", tz="UTC"))})
     assert json_array(table) == b'[{"t":"2026-11-02T23:00:12.000000Z"}]'
     assert json_array(table.slice(0, 0)) == b"[]"
+
+
+@pytest.mark.parametrize("rows", [500, DUCKDB_ROWS + 1], ids=["python", "duckdb"])
+def test_json_schema_describes_what_json_array_writes(rows: int) -> None:
+    """The API's response schemas are made of json_schema: every value written validates (formats
+    checked), and a value of another column's type does not."""
+    table = a_table(7, rows, STRINGS + CONTROLS)
+    validator = Draft202012Validator(
+        {"type": "object", "properties": {f.name: json_schema(f.type, f.nullable) for f in table.schema},
+         "required": table.column_names}, format_checker=FormatChecker()
+    )  # fmt: skip
+    for row in msgspec.json.decode(json_array(table)):
+        assert not list(validator.iter_errors(row)), row
+    wrong = {"t": "2026-11-02", "d": "2026-11-02T00:00:00Z", "p": 1.5, "n": "1", "b": "true", "l": "x", "s": 1}
+    for column, value in wrong.items():
+        assert not validator.is_valid({**msgspec.json.decode(json_array(table.slice(0, 1)))[0], column: value}), column
+    assert not Draft202012Validator(json_schema(pa.decimal128(18, 8), nullable=False)).is_valid(None)
