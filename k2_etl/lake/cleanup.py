@@ -9,15 +9,16 @@ kinds of writer clean up after themselves instead:
 
 * **Appends** (:func:`append`): every file of one attempt carries the attempt's id in its name
   (pyiceberg names data files, manifests and the manifest list after the snapshot producer's
-  commit uuid). When an attempt fails, its files are deleted if the failure proves nothing
-  landed: a failure before the catalog was asked, or a refused commit
-  (``CommitFailedException``, ``ValidationException``: pyiceberg's own guarantee). Any other
-  failure of the catalog request (a connection lost mid-commit) has an unknown outcome; the
-  catalog is asked whether the attempt's snapshot is in the table, as Iceberg's Java writers
-  do (``checkCommitStatus``), and the files are deleted only when it is not. If the catalog
-  cannot be asked, the attempt is remembered in this process and settled after the table's
-  next successful append (which also removes files a parallel writer thread finished after
-  the failure was seen). A process that exits before that leaves them to `k2 clean-orphans`.
+  commit uuid). When an attempt fails before the catalog was asked (e.g. a full disk), or the
+  catalog refused the commit (``CommitFailedException``, ``ValidationException``: pyiceberg's
+  own guarantee that nothing landed), its files are deleted at once. Any other failure of the
+  catalog request (a connection lost mid-commit) has an unknown outcome: the commit may even
+  still be landing on the catalog's side. Such an attempt is remembered in this process and
+  settled after the table's next successful append: that commit is ordered after any commit
+  in flight on the table, so the table's metadata then says for certain whether the attempt's
+  snapshot landed, and its files are deleted only if it did not. The same look removes files
+  that writer threads of an attempt that failed while writing finished after the failure was
+  seen. A process that exits before that leaves them to `k2 clean-orphans`.
 * **Runs that may be killed** (compaction: :func:`recorded_run`): a run writes a small marker
   file under the table's location, ``k2-runs/<kind>-<run id>.json``, naming the process (pid,
   its start time, the kernel boot and pid namespace) and every id its files are named after
@@ -124,29 +125,20 @@ def append(table: Table, data: pa.Table, snapshot_properties: dict[str, str] | N
 
 def _failed(table: Table, attempt: Attempt, exc: Exception) -> None:
     """Remove a failed attempt's files if it certainly did not land; otherwise remember it."""
-    if attempt.snapshot_id is None or isinstance(exc, REFUSED):
-        landed: bool | None = False  # failed before the catalog was asked, or the catalog refused it
-    else:
-        landed = _landed(table, attempt)
-    if landed:
-        log.warning("%s: the append reported %s, but its snapshot %s is in the table: it landed",
-                    attempt.name, type(exc).__name__, attempt.snapshot_id)  # fmt: skip
-        return
-    if landed is False:
+    if attempt.snapshot_id is None:  # failed while writing files: nothing was asked of the catalog
         _remove(table, [attempt])
-    with _lock:  # looked at again after the next success: files of writer threads still running
+        _remember(attempt)  # writer threads of the attempt may still finish a file: look again later
+    elif isinstance(exc, REFUSED):  # pyiceberg removed the manifests; the data files are all known
+        _remove(table, [attempt], listing=False)
+    else:  # the outcome is unknown: the commit may still be landing on the catalog's side
+        log.warning("%s: an append failed with %s and may or may not have landed; its files are removed "
+                    "after the next successful append if it did not", attempt.name, type(exc).__name__)  # fmt: skip
+        _remember(attempt)
+
+
+def _remember(attempt: Attempt) -> None:
+    with _lock:
         _unsettled.setdefault(attempt.table, []).append(attempt)
-
-
-def _landed(table: Table, attempt: Attempt) -> bool | None:
-    """Whether the catalog holds the attempt's snapshot; None when the catalog cannot tell now."""
-    try:
-        current = table.catalog.load_table(table.name())
-    except Exception as exc:  # the catalog is still failing: settle it later
-        log.warning("%s: cannot tell whether a failed append landed (%s); its files stay until the next "
-                    "append or `k2 clean-orphans`", attempt.name, type(exc).__name__)  # fmt: skip
-        return None
-    return current.metadata.snapshot_by_id(attempt.snapshot_id or -1) is not None
 
 
 def settle(table: Table) -> int:
@@ -160,12 +152,13 @@ def settle(table: Table) -> int:
     return _remove(table, gone)
 
 
-def _remove(table: Table, attempts: list[Attempt]) -> int:
-    """Delete every file under the table's location named after one of ``attempts``."""
+def _remove(table: Table, attempts: list[Attempt], *, listing: bool = True) -> int:
+    """Delete the data files ``attempts`` wrote and (``listing``) every file under the table's
+    location named after one of them (files they had not reported yet, manifests)."""
     if not attempts:
         return 0
-    ids = {str(a.write_id) for a in attempts}
-    paths = {_spelling(p): p for p in [*(p for a in attempts for p in a.written), *files_named(table, ids)]}
+    named = files_named(table, {str(a.write_id) for a in attempts}) if listing else []
+    paths = {_spelling(p): p for p in [*(p for a in attempts for p in a.written), *named]}
     removed = 0
     for path in sorted(paths.values()):
         with contextlib.suppress(FileNotFoundError):

@@ -76,7 +76,7 @@ def test_an_append_cut_off_from_its_catalog_is_cleaned_up_once_the_catalog_is_ba
         with pytest.raises(sa.exc.OperationalError):
             cleanup.append(table, batch(table, ["c-2"]))
         left = unreferenced(direct.load_table(table.name()))
-        assert [p for p in left if p.endswith(".parquet")], left  # unknown outcome: kept until it can be asked
+        assert [p for p in left if p.endswith(".parquet")], left  # unknown outcome: kept until a later commit
 
         proxy.restore()
         poll(lambda: appended(table, "c-3"), what="an append once the catalog is back")
