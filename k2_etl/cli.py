@@ -322,12 +322,13 @@ def load(
     """Load vendor CSV files into Kafka as Avro: validate every row, quarantine the bad ones.
 
     Exit codes: 0 every file loaded (rows may have been quarantined) or skipped as already loaded;
-    1 a file failed entirely; 2 bad arguments or settings (unknown format); 3 broker or registry unreachable.
+    1 a file failed entirely; 2 bad arguments or settings (unknown format); 3 broker, registry or catalog
+    unreachable (at the end: the records are in Kafka, the report says which, the manifest did not record them).
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from k2_etl.formats import load_format
-    from k2_etl.ingest.loader import Loader
+    from k2_etl.ingest.loader import Loader, ManifestNotRecorded
 
     settings = load_settings()
     fmt = load_format(format_name, settings.formats_dir)
@@ -353,16 +354,26 @@ def load(
         done = progress.tasks[0].completed
         progress.update(task, rate=done / max(time.perf_counter() - started, 1e-9))
 
-    loader = Loader(settings, fmt, load_date=load_date.date() if load_date else None, force=force, on_rows=on_rows)
+    def on_retry(problem: str) -> None:
+        print(f"k2: warning: {problem}; retrying for up to {settings.ingest_manifest_retry_seconds:g} s "
+              "(K2_INGEST_MANIFEST_RETRY_SECONDS)", file=sys.stderr, flush=True)  # fmt: skip
+
+    loader = Loader(settings, fmt, load_date=load_date.date() if load_date else None, force=force, on_rows=on_rows,
+                    on_retry=on_retry)  # fmt: skip
+    unrecorded: ManifestNotRecorded | None = None
     try:
         with progress:
             report = loader.load(paths)
+    except ManifestNotRecorded as exc:  # the records are in Kafka: report them, then fail (exit 3)
+        report, unrecorded = exc.report, exc
     finally:
         loader.close()
     if json_output:
         _print_json(report.to_dict())
     else:
         _print_load_report(report)
+    if unrecorded is not None:
+        raise unrecorded
     if not report.ok:
         raise typer.Exit(1)
 

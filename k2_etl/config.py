@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     ingest_metrics_port: int = Field(
         9102, ge=0, le=65535, description="Port where `k2 load` serves /metrics while it runs (0: off)."
     )
+    ingest_manifest_retry_seconds: float = Field(
+        120.0, ge=0, le=86_400, allow_inf_nan=False,
+        description="How long `k2 load` keeps retrying a load manifest write through catalog failures before "
+        "it gives up (exit 3; records already produced stay in Kafka and the report lists them).",
+    )  # fmt: skip
     landing: Path | None = Field(
         None, description="Where vendor files wait for the daily load: <landing>/<format>/<YYYY-MM-DD>/... "
         "(default: K2_HOME/landing)."

@@ -8,6 +8,15 @@ vectorized encoding), while this thread produces the previous block: the
 CPU-heavy vector work releases the GIL, so parsing and producing overlap.
 Rejected rows go to the dead-letter topic with their file, line, raw text
 and reason. Per file, always: rows read = produced + rejected.
+
+The manifest gets a ``started`` row per file before anything is produced and a
+``completed``/``failed`` row once everything is delivered. When that last write
+fails even after retries (the catalog is down), the records are in Kafka but the
+manifest still says ``started``: :class:`ManifestNotRecorded` carries the report
+(which files reached Kafka, their offsets) and what to do. A ``started`` row never
+blocks a later load: only completed (and rolled back) loads are skipped, so the
+same `k2 load` run again produces those files again, and the consumer drops the
+records it already landed by event id.
 """
 
 from __future__ import annotations
@@ -89,10 +98,12 @@ class FileResult:
 class LoadReport:
     files: list[FileResult]
     seconds: float
+    manifest_error: str | None = None  # the final manifest write failed: what, and what to do
+    unrecorded: list[str] = field(default_factory=list)  # files whose outcome the manifest lacks
 
     @property
     def ok(self) -> bool:
-        return all(f.status != "failed" for f in self.files)
+        return self.manifest_error is None and all(f.status != "failed" for f in self.files)
 
     def totals(self) -> dict[str, Any]:
         reasons: Counter[str] = Counter()
@@ -111,7 +122,19 @@ class LoadReport:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "totals": self.totals(), "files": [f.to_dict() for f in self.files]}
+        manifest: dict[str, Any] = {"recorded": self.manifest_error is None}
+        if self.manifest_error is not None:
+            manifest.update(error=self.manifest_error, files_not_recorded=self.unrecorded)
+        return {"ok": self.ok, "manifest": manifest, "totals": self.totals(),
+                "files": [f.to_dict() for f in self.files]}  # fmt: skip
+
+
+class ManifestNotRecorded(UnavailableError):
+    """The load ran (its records are in Kafka) but the manifest could not record how it ended."""
+
+    def __init__(self, report: LoadReport) -> None:
+        super().__init__(report.manifest_error)
+        self.report = report
 
 
 @dataclass
@@ -260,9 +283,13 @@ class Loader:
         load_date: date | None = None,
         force: bool = False,
         on_rows: Callable[[str, int], None] | None = None,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_rows`` is told of rows read per file (progress); ``on_retry`` when a manifest write
+        fails and is retried (a warning worth showing: the load waits for the catalog)."""
         self.settings, self.fmt, self.load_date, self.force = settings, fmt, load_date, force
         self.on_rows = on_rows or (lambda _file, _n: None)
+        self.on_retry = on_retry
         metadata = cluster_metadata(settings)  # fail fast (exit 3) when the broker is unreachable
         self.topics = {r: BY_NAME[r].topic_name(settings) for r in ("trade", "quote", "reference_data", "reject")}
         missing = sorted(t for t in self.topics.values() if t not in metadata.topics)
@@ -278,7 +305,12 @@ class Loader:
 
     # --- public -----------------------------------------------------------------------------
     def load(self, paths: Iterable[Path]) -> LoadReport:
-        """Load every file; one worker thread prepares blocks of all files in turn while this one produces."""
+        """Load every file; one worker thread prepares blocks of all files in turn while this one produces.
+
+        Raises :class:`ManifestNotRecorded` (with the report) when the records were produced but
+        the manifest could not record the outcome; :class:`UnavailableError` when it could not
+        record the start (then nothing was produced).
+        """
         started = time.perf_counter()
         paths = list(paths)
         planned, results = expand(paths, self.fmt)
@@ -308,15 +340,32 @@ class Loader:
                     )
             else:
                 to_load.append(job)
-        self.manifest.append(*(job.entry for job in to_load))
+        within = self.settings.ingest_manifest_retry_seconds
+        self.manifest.append(*(job.entry for job in to_load), within=within, on_retry=self.on_retry)
         self._run(to_load)
         self.producer.flush()
         finished = [self._finish(job) for job in to_load]
-        self.manifest.append(*finished)
         results += [job.result for job in jobs]
         for result in results:
             INGEST_FILES.labels(self.fmt.name, result.status).inc()
+        try:
+            self.manifest.append(*finished, within=within, on_retry=self.on_retry)
+        except UnavailableError as exc:
+            raise ManifestNotRecorded(self._unrecorded(results, to_load, str(exc), started)) from None
         return LoadReport(results, time.perf_counter() - started)
+
+    def _unrecorded(self, results: list[FileResult], jobs: list[_Job], error: str, started: float) -> LoadReport:
+        """The report of a load whose outcome the manifest could not record, saying what to do."""
+        in_kafka = [job for job in jobs if job.result.offsets]
+        for job in in_kafka:
+            note = "in Kafka (offsets here), but the load manifest did not record it"
+            job.result.message = f"{job.result.message}; {note}" if job.result.message else note
+        error = (
+            f"{error}; {len(in_kafka)} of {len(jobs)} file(s) reached Kafka (the report lists their offsets) and "
+            f"stay 'started' in the manifest: once the catalog is back, run the same `k2 load` again (it produces "
+            "them again; the consumer drops the records it already landed, by event id)"
+        )
+        return LoadReport(results, time.perf_counter() - started, error, [str(job.path) for job in jobs])
 
     def close(self) -> None:
         self.producer.flush(30)

@@ -13,13 +13,28 @@ from urllib.parse import urlsplit
 
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
-from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError, ServerError, ServiceUnavailableError
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from k2_etl.config import REST_CATALOG_SCHEMES, Settings, redact_url
 from k2_etl.errors import UnavailableError
+
+#: What a catalog that cannot be reached raises: a SQL driver's connection errors, network and
+#: storage errors (a REST catalog, the warehouse), a REST catalog's 5xx answers. Worth retrying.
+CATALOG_FAILURES: tuple[type[Exception], ...] = (
+    OperationalError, InterfaceError, OSError, ServerError, ServiceUnavailableError,
+)  # fmt: skip
+
+
+def catalog_failure(catalog: Catalog, exc: BaseException) -> str:
+    """One line naming the catalog and what failed (drivers' messages span lines: the first is kept)."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    return f"the Iceberg catalog at K2_CATALOG_URI={redact_url(catalog.properties.get('uri'))} failed " \
+           f"({type(exc).__name__}: {first})"  # fmt: skip
 
 
 def catalog_properties(settings: Settings) -> dict[str, str]:

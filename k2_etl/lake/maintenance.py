@@ -19,7 +19,10 @@ each is safe while the consumer streams:
   (:func:`~k2_etl.lake.commits.offsets_lineage`). It only edits metadata.
 * :func:`remove_orphan_files`: deletes files under the table's location that no
   remaining snapshot or metadata file references, once older than a safety
-  window (younger ones may belong to a commit in flight).
+  window (younger ones may belong to a commit in flight), and at any age those
+  of compactions whose process is certainly gone (:mod:`k2_etl.lake.cleanup`:
+  a compaction records itself in a marker file and names its files after its
+  run id, so a killed run's files are known; the next compaction removes them too).
 
 pyiceberg 0.12 has no compaction or orphan removal of its own; these use its
 scan, writer and snapshot APIs rather than writing Iceberg metadata by hand.
@@ -32,7 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -48,6 +51,7 @@ from pyiceberg.table.update.validate import ValidationException
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from k2_etl.errors import K2Error
+from k2_etl.lake.cleanup import Run, dead_runs, recorded_run
 from k2_etl.lake.commits import offsets_lineage
 from k2_etl.lake.tables import TableDef
 from k2_etl.observability import (
@@ -92,6 +96,7 @@ class CompactionReport:
     files_after: int = 0
     bytes_before: int = 0
     bytes_after: int = 0
+    leftovers_removed: int = 0  # files of earlier compactions that were killed (see remove_orphan_files)
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -140,13 +145,34 @@ def compact(
     Each partition is planned on fresh metadata just before it is rewritten, and checked again
     just before its commit. Partitions with delete files (merge-on-read writes of another
     engine) are skipped: rewriting their data files would bring deleted rows back.
-    ``on_partition`` is told of each partition done (progress).
+    ``on_partition`` is told of each partition done (progress). The files of earlier runs that
+    were killed are removed first; this run records itself the same way while it runs.
     """
     started = time.perf_counter()
     name = table.name()[-1]
+    report = CompactionReport(name)
+    if dead_runs(table):
+        report.leftovers_removed = remove_orphan_files(table, older_than=_NEVER).orphans
+    with recorded_run(table, "compact") as run:
+        _compact(table, definition, report, min_files, on_partition, run)
+    report.seconds = round(time.perf_counter() - started, 3)
+    MAINTENANCE_SECONDS.labels("compact", name).observe(report.seconds)
+    return report
+
+
+_NEVER = datetime(1970, 1, 1, tzinfo=UTC)  # "older than never": only the files of dead runs are orphans
+
+
+def _compact(
+    table: Table,
+    definition: TableDef,
+    report: CompactionReport,
+    min_files: int,
+    on_partition: Callable[[PartitionCompaction], None] | None,
+    run: Run,
+) -> None:
     table.refresh()
     by_partition, _ = live_files(table)
-    report = CompactionReport(name)
     report.files_before = sum(len(files) for files in by_partition.values())
     report.bytes_before = sum(f.data_file.file_size_in_bytes for files in by_partition.values() for f in files)
     candidates = sorted((_partition_path(table, files[0].data_file), key)
@@ -163,7 +189,7 @@ def compact(
         if has_deletes(key, deletes):
             partition.outcome = "skipped: the partition has delete files (rewriting would restore deleted rows)"
         else:
-            _rewrite(table, definition, key, files, partition)
+            _rewrite(table, definition, key, files, partition, run)
         report.partitions.append(partition)
         if on_partition is not None:
             on_partition(partition)
@@ -171,9 +197,6 @@ def compact(
     after, _ = live_files(table)
     report.files_after = sum(len(files) for files in after.values())
     report.bytes_after = sum(f.data_file.file_size_in_bytes for files in after.values() for f in files)
-    report.seconds = round(time.perf_counter() - started, 3)
-    MAINTENANCE_SECONDS.labels("compact", name).observe(report.seconds)
-    return report
 
 
 class _Conflict(Exception):
@@ -181,13 +204,19 @@ class _Conflict(Exception):
 
 
 def _rewrite(
-    table: Table, definition: TableDef, key: PartitionKey, files: list[LiveFile], partition: PartitionCompaction
+    table: Table,
+    definition: TableDef,
+    key: PartitionKey,
+    files: list[LiveFile],
+    partition: PartitionCompaction,
+    run: Run,
 ) -> None:
     name = table.name()[-1]
     rows = first_of_each_id(read_in_landing_order(table, files), definition.id_column)
-    written = write_sorted(table, definition, rows)
+    write_id = run.new_id()  # its data files, manifests and manifest list are named after it
+    written = write_sorted(table, definition, rows, write_uuid=write_id)
     try:
-        _commit_rewrite(table, key, {f.data_file.file_path for f in files}, written)
+        _commit_rewrite(table, key, {f.data_file.file_path for f in files}, written, write_id)
     except (_Conflict, CommitFailedException, ValidationException) as exc:
         for data_file in written:  # never referenced: remove rather than leave orphans
             table.io.delete(data_file.file_path)
@@ -208,7 +237,9 @@ def _rewrite(
     wait=wait_random_exponential(multiplier=0.1, max=2),
     reraise=True,
 )
-def _commit_rewrite(table: Table, key: PartitionKey, read: set[str], written: list[DataFile]) -> None:
+def _commit_rewrite(
+    table: Table, key: PartitionKey, read: set[str], written: list[DataFile], commit_uuid: uuid.UUID
+) -> None:
     """Replace the files ``read`` of partition ``key`` by ``written``, in one snapshot.
 
     Checked on fresh metadata first: every file read is still live (no other rewrite removed
@@ -227,7 +258,7 @@ def _commit_rewrite(table: Table, key: PartitionKey, read: set[str], written: li
         raise _Conflict("delete files were committed to the partition while it was rewritten")
     with table.transaction() as transaction:
         properties = {MAINTENANCE_PROPERTY: "compact"}
-        with transaction.update_snapshot(snapshot_properties=properties).overwrite() as rewrite:
+        with transaction.update_snapshot(snapshot_properties=properties).overwrite(commit_uuid) as rewrite:
             for path in sorted(read):
                 rewrite.delete_data_file(current[path])
             for data_file in written:
@@ -242,14 +273,21 @@ def read_in_landing_order(table: Table, files: list[LiveFile]) -> pa.Table:
     return scan.to_table([FileScanTask(f.data_file) for f in ordered])  # in task order
 
 
-def write_sorted(table: Table, definition: TableDef, rows: pa.Table) -> list[DataFile]:
+def write_sorted(
+    table: Table,
+    definition: TableDef,
+    rows: pa.Table,
+    *,
+    write_uuid: uuid.UUID | None = None,
+) -> list[DataFile]:
     """``rows`` sorted by the table's sort order (then time and id) and written as new data files
-    of the table, not yet committed; none for no rows."""
+    of the table, not yet committed; none for no rows. Files are named ``00000-<n>-<write_uuid>``
+    (a new uuid per call: names must not repeat)."""
     if rows.num_rows == 0:
         return []
     sort_keys = [*definition.sort, *(c for c in ("event_time", definition.id_column) if c and c not in definition.sort)]
     rows = rows.sort_by([(column, "ascending") for column in sort_keys if column in rows.column_names])
-    return list(_dataframe_to_data_files(table.metadata, rows, table.io, write_uuid=uuid.uuid4()))
+    return list(_dataframe_to_data_files(table.metadata, rows, table.io, write_uuid=write_uuid or uuid.uuid4()))
 
 
 def first_of_each_id(rows: pa.Table, id_column: str | None) -> pa.Table:
@@ -324,8 +362,11 @@ def expire_snapshots(table: Table, *, older_than: datetime, retain_last: int) ->
 
 def remove_orphan_files(table: Table, *, older_than: datetime, dry_run: bool = False) -> OrphanReport:
     """Delete the files under the table's location that nothing references and that were last
-    modified before ``older_than`` (``dry_run``: only report them)."""
+    modified before ``older_than``, or that belong to a run whose process is certainly gone
+    (:func:`~k2_etl.lake.cleanup.dead_runs`: its files and its marker). ``dry_run``: only report them."""
     started = time.perf_counter()
+    dead = dead_runs(table)  # then the metadata, fresh: a run found dead committed all it ever will before
+    table.refresh()
     io = table.io
     if not isinstance(io, PyArrowFileIO):
         raise K2Error(f"orphan removal lists files through pyarrow; table {table.name()[-1]} uses {type(io).__name__}")
@@ -347,7 +388,7 @@ def remove_orphan_files(table: Table, *, older_than: datetime, dry_run: bool = F
         raise K2Error(f"table {table.name()[-1]}: {len(unseen)} referenced files are not among the files listed "
                       f"under {root} (e.g. {unseen[0]}); removing no orphans")  # fmt: skip
     orphans = [info for info in listed if _normalized(info.path) not in referenced and info.mtime is not None
-               and info.mtime.timestamp() < older_than.timestamp()]  # fmt: skip
+               and (info.mtime.timestamp() < older_than.timestamp() or _of_runs(info.path, dead))]  # fmt: skip
     if not dry_run:
         for info in orphans:
             fs.delete_file(info.path)
@@ -357,6 +398,11 @@ def remove_orphan_files(table: Table, *, older_than: datetime, dry_run: bool = F
     return OrphanReport(table.name()[-1], len(listed), len(referenced), len(orphans),
                         sum(info.size or 0 for info in orphans), sorted(info.path for info in orphans), dry_run,
                         seconds)  # fmt: skip
+
+
+def _of_runs(path: str, ids: set[str]) -> bool:
+    name = posixpath.basename(path)
+    return any(i in name for i in ids)
 
 
 def _normalized(path: str) -> str:

@@ -5,11 +5,16 @@ and ``k2 rollback`` a ``rolled_back`` row; the latest row of a ``load_id`` is it
 deletes are copy-on-write and loads run concurrently: appends never conflict
 in a way that loses a row (a conflicting commit is retried). Airflow and the
 consumer read the ``offsets`` of a completed load to tell when it has landed.
+
+A write rides out catalog failures (an outage, conflicting commits) for a while, retrying with
+backoff; a failed attempt's files are removed (:mod:`k2_etl.lake.cleanup`). Past the deadline,
+or on a read, a catalog that cannot be reached is an :class:`~k2_etl.errors.UnavailableError`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -19,13 +24,18 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.expressions import GreaterThan, In, Reference
 from pyiceberg.expressions.literals import literal
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from pyiceberg.table import Table
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from k2_etl.errors import K2Error
+from k2_etl.errors import K2Error, UnavailableError
+from k2_etl.lake import cleanup
+from k2_etl.lake.catalog import CATALOG_FAILURES, catalog_failure
 from k2_etl.lake.tables import TABLES_BY_NAME
 
 TABLE = "load_manifest"
 ROLLED_BACK = "rolled_back"
+RETRY_SECONDS = 30.0  # how long a write retries by default (`k2 load`: K2_INGEST_MANIFEST_RETRY_SECONDS)
+_RETRIED: tuple[type[Exception], ...] = (CommitFailedException, *CATALOG_FAILURES)
 
 
 @dataclass
@@ -70,30 +80,64 @@ class Manifest:
     def __init__(self, catalog: Catalog, namespace: str) -> None:
         self.catalog = catalog
         self.identifier = (namespace, TABLE)
+        self.name = f"{namespace}.{TABLE}"
         self.arrow_schema = TABLES_BY_NAME[TABLE].schema().as_arrow()
         try:
-            self.catalog.load_table(self.identifier)
+            self._table()
         except NoSuchTableError:
             raise K2Error(f"table {namespace}.{TABLE} does not exist; run `k2 init`") from None
 
-    @retry(
-        retry=retry_if_exception_type(CommitFailedException),
-        stop=stop_after_attempt(10),
-        wait=wait_random_exponential(multiplier=0.05, max=2),
-        reraise=True,
-    )
-    def append(self, *entries: ManifestEntry) -> None:
-        """Append rows in one commit (a load writes its files' rows together)."""
+    def _table(self) -> Table:
+        """The table, freshly loaded; :class:`UnavailableError` when the catalog cannot be reached."""
+        try:
+            return self.catalog.load_table(self.identifier)
+        except CATALOG_FAILURES as exc:
+            raise UnavailableError(f"cannot read the load manifest {self.name}: {catalog_failure(self.catalog, exc)}") \
+                from None  # fmt: skip
+
+    def append(
+        self,
+        *entries: ManifestEntry,
+        within: float = RETRY_SECONDS,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
+        """Append rows in one commit (a load writes its files' rows together).
+
+        Conflicting commits and catalog failures are retried with backoff for ``within`` seconds;
+        ``on_retry`` is told once, at the first retry, what failed. Then :class:`UnavailableError`.
+        """
         if not entries:
             return
-        table = self.catalog.load_table(self.identifier)  # fresh metadata on every try
-        table.append(pa.Table.from_pylist([e.to_row() for e in entries], schema=self.arrow_schema))
+        rows = pa.Table.from_pylist([e.to_row() for e in entries], schema=self.arrow_schema)
+
+        def failed(state: RetryCallState) -> None:
+            if state.attempt_number == 1 and on_retry is not None and state.outcome is not None:
+                on_retry(self._failure(state.outcome.exception()))
+
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception_type(_RETRIED),
+                stop=stop_after_delay(within),
+                wait=wait_random_exponential(multiplier=0.05, max=2),
+                before_sleep=failed,
+                reraise=True,
+            ):
+                with attempt:
+                    table = self.catalog.load_table(self.identifier)  # fresh metadata on every try
+                    cleanup.append(table, rows)
+        except _RETRIED as exc:
+            raise UnavailableError(f"{self._failure(exc)} (retried for {within:g} s)") from None
+
+    def _failure(self, exc: BaseException | None) -> str:
+        if isinstance(exc, CommitFailedException):
+            return f"cannot write the load manifest {self.name}: other commits kept conflicting with it"
+        return f"cannot write the load manifest {self.name}: {catalog_failure(self.catalog, exc or Exception())}"
 
     def history(self, *load_ids: str) -> dict[str, list[ManifestEntry]]:
         """Every row of each load, oldest first."""
         if not load_ids:
             return {}
-        table = self.catalog.load_table(self.identifier)
+        table = self._table()
         # (mypy reads pyiceberg's pydantic expression models' fields, not their __init__)
         wanted = In(Reference("load_id"), {literal(i) for i in load_ids})  # type: ignore[call-arg,arg-type]
         out: dict[str, list[ManifestEntry]] = {}
@@ -106,7 +150,7 @@ class Manifest:
 
     def after(self, started: datetime) -> list[ManifestEntry]:
         """The latest state of every load started after ``started``, oldest first."""
-        table = self.catalog.load_table(self.identifier)
+        table = self._table()
         since = GreaterThan("started_at", started.isoformat())  # type: ignore[call-arg,arg-type]
         latest: dict[str, ManifestEntry] = {}
         for row in table.scan(row_filter=since).to_arrow().to_pylist():
@@ -118,7 +162,7 @@ class Manifest:
 
     def rolled_back(self) -> set[str]:
         """The loads whose latest state is ``rolled_back`` (replays leave their records out)."""
-        table = self.catalog.load_table(self.identifier)
+        table = self._table()
         rows = table.scan(selected_fields=("load_id", "status", "started_at", "finished_at")).to_arrow().to_pylist()
         latest: dict[str, tuple[Any, bool, str]] = {}
         for row in rows:
