@@ -50,7 +50,8 @@ def cluster_metadata(settings: Settings, timeout: float = 5.0) -> ClusterMetadat
     except KafkaException as exc:
         raise UnavailableError(
             f"no Kafka broker answered at K2_KAFKA_BOOTSTRAP={settings.kafka_bootstrap} within {timeout:g} s "
-            f"({exc.args[0].str() if exc.args else exc}); is it running? (k2 up / k2 status)"
+            f"({exc.args[0].str() if exc.args else exc}); is it running? (k2 up / k2 status)",
+            "broker",
         ) from None
 
 
@@ -83,7 +84,8 @@ def topic_ids(settings: Settings, topics: Iterable[str], admin: AdminClient | No
     except (KafkaException, TimeoutError) as exc:
         why = exc.args[0].str() if isinstance(exc, KafkaException) and exc.args else f"no answer within {timeout:g} s"
         raise UnavailableError(
-            f"cannot describe topics {', '.join(wanted)} at K2_KAFKA_BOOTSTRAP={settings.kafka_bootstrap} ({why})"
+            f"cannot describe topics {', '.join(wanted)} at K2_KAFKA_BOOTSTRAP={settings.kafka_bootstrap} ({why})",
+            "broker",
         ) from None
     return ids
 

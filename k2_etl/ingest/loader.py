@@ -133,7 +133,7 @@ class ManifestNotRecorded(UnavailableError):
     """The load ran (its records are in Kafka) but the manifest could not record how it ended."""
 
     def __init__(self, report: LoadReport) -> None:
-        super().__init__(report.manifest_error)
+        super().__init__(report.manifest_error or "the load manifest did not record the load", "catalog")
         self.report = report
 
 

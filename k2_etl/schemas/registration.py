@@ -54,7 +54,8 @@ def registry_client(settings: Settings) -> SchemaRegistryClient:
 def _unreachable(settings: Settings, exc: Exception) -> UnavailableError:
     return UnavailableError(
         f"schema registry at K2_SCHEMA_REGISTRY_URL={settings.schema_registry_url} is unreachable "
-        f"({type(exc).__name__}); is it running? (k2 up / k2 status)"
+        f"({type(exc).__name__}); is it running? (k2 up / k2 status)",
+        "registry",
     )
 
 

@@ -110,14 +110,6 @@ _Taken = tuple[int, int, int, bytes, Message]  # writer schema id, partition, of
 _Position = tuple[int, int]  # partition, offset
 
 
-class _Down(Exception):
-    """A dependency named for the health reason failed (the registry, the broker)."""
-
-    def __init__(self, dependency: str, detail: str) -> None:
-        super().__init__(detail)
-        self.dependency = dependency
-
-
 @dataclass
 class _Pending:
     """Records of one topic waiting for their table's next append, and the offsets they take it to.
@@ -198,38 +190,20 @@ class _Step:
         return wait
 
 
-def _dependency(exc: BaseException, settings: Settings) -> str:
-    """The dependency an exception says is failing, for the health reason and the metric."""
-    if isinstance(exc, _Down):
-        return exc.dependency
+def _failure(exc: BaseException, settings: Settings) -> tuple[str, str]:
+    """Which dependency an exception says is failing (the metric's label) and why, in one line for
+    the health reason and the log: no SQL statements, parameters or tracebacks."""
+    text = str(exc).strip().splitlines()[0].split(" [SQL: ")[0][:300] if str(exc).strip() else ""
+    if isinstance(exc, K2Error):  # K2's own errors say what failed themselves
+        return (exc.dependency or "other") if isinstance(exc, UnavailableError) else "other", text
+    brief = f"{type(exc).__name__}: {text}"
     if isinstance(exc, SQLAlchemyError | NoSuchTableError) or type(exc).__module__.startswith("pyiceberg"):
-        return f"the catalog at K2_CATALOG_URI={redact_url(settings.catalog_uri)}"
+        return "catalog", f"the catalog at K2_CATALOG_URI={redact_url(settings.catalog_uri)} failed ({brief})"
     if isinstance(exc, OSError):
-        return f"the warehouse storage at K2_WAREHOUSE={settings.warehouse}"
+        return "storage", f"the warehouse storage at K2_WAREHOUSE={settings.warehouse} failed ({brief})"
     if isinstance(exc, KafkaException | BufferError):
-        return f"the Kafka broker at K2_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"
-    return "an unexpected error"
-
-
-def _brief(exc: BaseException) -> str:
-    """One line of an error: no SQL statements, parameters or tracebacks in health reasons."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = text.split(" [SQL: ")[0]
-    return text[:300] if isinstance(exc, _Down) else f"{type(exc).__name__}: {text}"[:300]
-
-
-def _why(exc: BaseException, settings: Settings) -> str:
-    """What failed, for the health reason and the log: K2's own errors say it themselves."""
-    if isinstance(exc, K2Error):
-        return _brief(exc).removeprefix(f"{type(exc).__name__}: ")
-    return f"{_dependency(exc, settings)} failed ({_brief(exc)})"
-
-
-def _dependency_label(dependency: str) -> str:
-    for label in ("catalog", "storage", "registry", "broker"):
-        if label in dependency:
-            return label
-    return "other"
+        return "broker", f"the Kafka broker at K2_KAFKA_BOOTSTRAP={settings.kafka_bootstrap} failed ({brief})"
+    return "unexpected", f"an unexpected error ({brief})"
 
 
 class StreamConsumer:
@@ -350,8 +324,9 @@ class StreamConsumer:
         try:
             self._commit(consumer)
         except Exception as exc:
+            why = _failure(exc, self.settings)[1]
             raise UnavailableError(
-                f"stopped without landing the batch in hand: {_why(exc, self.settings)}; it is read again on restart"
+                f"stopped without landing the batch in hand: {why}; it is read again on restart"
             ) from None
 
     # --- steps that need a dependency ---------------------------------------------------------------
@@ -360,10 +335,9 @@ class StreamConsumer:
         try:
             action()
         except Exception as exc:  # whatever a dependency raises: never out of the poll loop
-            dependency = _dependency(exc, self.settings)
+            step.dependency, why = _failure(exc, self.settings)
             wait = step.failed()
-            self.health.problems[step.what] = f"cannot {step.what}: {_why(exc, self.settings)}"
-            step.dependency = _dependency_label(self.health.problems[step.what])
+            self.health.problems[step.what] = f"cannot {step.what}: {why}"
             STREAM_DEPENDENCY_UP.labels(step.dependency).set(0)
             if step is self._land:
                 for topic in self.pending:
@@ -375,7 +349,7 @@ class StreamConsumer:
                 log.warning(
                     "%s; trying again in %.1f s (failing %d time(s) in a row)",
                     self.health.problems[step.what], wait, step.failures,
-                    exc_info=dependency == "an unexpected error" and not isinstance(exc, K2Error),
+                    exc_info=step.dependency == "unexpected",
                 )  # fmt: skip
             return False
         if step.failures:
@@ -576,8 +550,8 @@ class StreamConsumer:
         except Exception as exc:  # the next check tries again; commits report a dependency that stays down
             if time.monotonic() - self._progress.logged_at >= LOG_EVERY_SECONDS:
                 self._progress.logged_at = time.monotonic()
-                log.warning("cannot %s: %s", self._progress.what, _why(exc, self.settings),
-                            exc_info=_dependency(exc, self.settings) == "an unexpected error")  # fmt: skip
+                dependency, why = _failure(exc, self.settings)
+                log.warning("cannot %s: %s", self._progress.what, why, exc_info=dependency == "unexpected")
             return
         waiting: dict[tuple[str, int], Unlanded] = {(u.topic, u.partition): u for u in found}
         for topic, partitions in self.expected.items():
@@ -657,9 +631,10 @@ class StreamConsumer:
         try:
             return self.decoder.schema_text(schema_id)
         except UnavailableError as exc:
-            raise _Down(
-                f"the schema registry at K2_SCHEMA_REGISTRY_URL={self.settings.schema_registry_url}",
-                f"{exc} while fetching schema id {schema_id}",
+            raise UnavailableError(
+                f"the schema registry at K2_SCHEMA_REGISTRY_URL={self.settings.schema_registry_url} failed "
+                f"({exc} while fetching schema id {schema_id})",
+                "registry",
             ) from None
 
     def _decode(self, topic: str, pending: _Pending, target: pa.Schema) -> _Decoded:
@@ -805,13 +780,16 @@ class StreamConsumer:
 
     def _reject_schema_id(self) -> int:
         subject = REJECT.subject(self.settings)
-        registry = f"the schema registry at K2_SCHEMA_REGISTRY_URL={self.settings.schema_registry_url}"
         try:
             with registry_client(self.settings) as client:
                 return client.lookup_schema(subject, Schema(REJECT.schema_str, "AVRO")).schema_id
         except Exception as exc:
-            raise _Down(registry, f"cannot look up the reject schema under {subject} ({_brief(exc)}); "
-                                  "is it registered? (`k2 schemas register`)") from None  # fmt: skip
+            raise UnavailableError(
+                f"the schema registry at K2_SCHEMA_REGISTRY_URL={self.settings.schema_registry_url} cannot look up "
+                f"the reject schema under {subject} ({type(exc).__name__}: {exc}); is it registered? "
+                "(`k2 schemas register`)",
+                "registry",
+            ) from None
 
     def _send_dead_letters(self) -> None:
         """Produce the batch's rejects to the dead-letter topic and wait until Kafka has them: they must
@@ -829,9 +807,10 @@ class StreamConsumer:
                 self.producer.poll(0)
                 pending.sent.add(position)
         if self.producer.flush(30) > 0:
-            raise _Down(
-                f"the Kafka broker at K2_KAFKA_BOOTSTRAP={self.settings.kafka_bootstrap}",
-                "dead letters were not delivered within 30 s",
+            raise UnavailableError(
+                f"the Kafka broker at K2_KAFKA_BOOTSTRAP={self.settings.kafka_bootstrap} did not take the dead "
+                "letters within 30 s",
+                "broker",
             )
 
     # --- commits ---------------------------------------------------------------------------------
