@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretBytes, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import to_jsonable_python
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -355,17 +356,19 @@ class Settings(BaseSettings):
         return self.home / "logs"
 
     def to_env(self) -> dict[str, str]:
-        """These settings as K2_* environment variables, so child processes see exactly them."""
+        """These settings as K2_* environment variables, so child processes see exactly them.
+
+        Each value is pydantic's own serialization of the field (JSON), secrets revealed (a child
+        needs the real value): a JSON string goes bare (``K2_HOME=/x``), anything else as JSON text
+        (``K2_API_KEYS=["k1"]``, ``K2_AIRFLOW_ENABLED=false``), which is how the environment source
+        reads it back. None is left out: every optional setting defaults to None.
+        """
         env: dict[str, str] = {}
-        for name in type(self).model_fields:
-            value = getattr(self, name)
+        for name, value in self.model_dump().items():
             if value is None:
                 continue
-            if isinstance(value, SecretStr):
-                value = value.get_secret_value()
-            elif isinstance(value, dict):
-                value = json.dumps(value)
-            env[env_name(name)] = str(value)
+            encoded = json.dumps(value, default=_revealed, ensure_ascii=False)
+            env[env_name(name)] = json.loads(encoded) if encoded.startswith('"') else encoded
         return env
 
     def public_dict(self) -> dict[str, Any]:
@@ -381,6 +384,14 @@ class Settings(BaseSettings):
                 value = redact_url(value)
             out[ENV_PREFIX + name.upper()] = value
         return out
+
+
+def _revealed(value: Any) -> Any:
+    """What :func:`json.dumps` writes for a value it cannot encode itself: a secret's real value,
+    else pydantic's JSON form (paths, dates...)."""
+    if isinstance(value, SecretStr | SecretBytes):
+        return value.get_secret_value()
+    return to_jsonable_python(value)
 
 
 def redact_url(url: str | None) -> str | None:
