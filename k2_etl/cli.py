@@ -115,22 +115,28 @@ def up(json_output: JsonFlag = False) -> None:
     the REST API and Airflow (K2_AIRFLOW_ENABLED; `airflow standalone` with K2's DAGs, unpaused).
 
     Harmless when already up. Processes run in the background; pid files and
-    logs are under K2_HOME (run/, logs/). Stop them with `k2 down`.
+    logs are under K2_HOME (run/, logs/). Stop them with `k2 down`. When a
+    component cannot start, the ones this run started are stopped again.
     """
     from k2_etl.bootstrap import init_platform
     from k2_etl.local.components import platform
-    from k2_etl.local.supervisor import start
+    from k2_etl.local.supervisor import stopped_on_failure
 
     settings = load_settings()
     say = _say(json_output)
     components = [c for c in platform(settings) if c.command is not None]
-    for component in (c for c in components if not c.after_init):
-        start(settings, component, say)
-    report = init_platform(settings)
-    created = [n for n, c in report.topics.items() if c] + [t.name for t in report.tables if t.action != "unchanged"]
-    say("init: " + (f"created or evolved {', '.join(created)}" if created else "topics and tables already in place"))
-    for component in (c for c in components if c.after_init):
-        start(settings, component, say)
+    with stopped_on_failure(settings, say) as start:
+        for component in (c for c in components if not c.after_init):
+            start(component)
+        report = init_platform(settings)
+        created = [n for n, c in report.topics.items() if c] + [
+            t.name for t in report.tables if t.action != "unchanged"
+        ]
+        say(
+            "init: " + (f"created or evolved {', '.join(created)}" if created else "topics and tables already in place")
+        )
+        for component in (c for c in components if c.after_init):
+            start(component)
     rows = _status_rows(settings)
     if json_output:
         _print_json(

@@ -12,7 +12,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import free_port, local_platform_env, run_k2
+from k2_etl.config import load_settings
+from k2_etl.local.components import broker, port_holder
+from k2_etl.local.supervisor import start, status, stop
+from tests.helpers import free_port, local_platform_env, poll, processes_of, run_k2
 
 pytestmark = pytest.mark.integration
 
@@ -235,3 +238,44 @@ def test_status_on_a_fresh_home_creates_nothing(env: dict[str, str]) -> None:
     catalog = components(json.loads(result.stdout))["catalog"]
     assert catalog["healthy"] is False and "run `k2 init`" in str(catalog["detail"])
     assert not Path(env["K2_HOME"]).exists()
+
+
+@pytest.mark.parametrize("broker_before", [False, True], ids=["fresh", "broker-running-before"])
+def test_failed_up_stops_what_it_started(env: dict[str, str], broker_before: bool) -> None:
+    """The API cannot start (its port is taken): `k2 up` fails with one line and stops the broker,
+    registry and consumer it started; a component that ran before it stays."""
+    home = Path(env["K2_HOME"]).resolve()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            if name.startswith("K2_"):
+                patch.setenv(name, value)
+        settings = load_settings()
+    before = broker(settings)
+    expected: set[int | None] = set()  # what may be left: the broker that ran before, if one did
+    if broker_before:
+        assert start(settings, before, print)
+        expected = {status(settings, before).pid}
+    try:
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", settings.api_port))
+            squatter.listen()
+            result = run_k2(env, "up")
+        assert_one_line_error(result, "api", f"127.0.0.1:{settings.api_port}", "already in use", "K2_API_PORT")
+        assert "consumer: started" in result.stdout  # the last component before the API did start
+
+        # (polled: a SIGKILLed worker may take a moment to die after `k2 up` returned)
+        poll(lambda: {p.pid for p in processes_of(home)} == expected, timeout=10, what=f"only {expected} left")
+        if broker_before:
+            assert port_holder(*settings.kafka_address) is not None
+            assert "broker: already running" in result.stdout and "broker: stopped" not in result.stdout
+            assert sorted(p.name for p in (home / "run").glob("*.pid")) == ["broker.pid"]
+        else:
+            assert port_holder(*settings.kafka_address) is None
+            assert "broker: stopped" in result.stdout
+            assert not list((home / "run").glob("*.pid"))
+        for name, port in [("registry", settings.registry_address[1]), ("consumer", settings.stream_metrics_port)]:
+            assert f"{name}: stopped" in result.stdout
+            assert port_holder("127.0.0.1", port) is None, name
+    finally:
+        if broker_before:
+            stop(settings, before, print)
