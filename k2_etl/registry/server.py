@@ -2,6 +2,10 @@
 
 One worker process with threads: the registry is I/O-light, and a single
 process keeps SQLite's single writer and the Prometheus counters simple.
+No control socket (gunicorn 25.1+ binds one for `gunicornc`, by default at one
+path per user, ~/.gunicorn/gunicorn.ctl, so every gunicorn of the user, the
+API's and other K2 homes' included, would fight over it): K2 stops and
+inspects its processes by pid and signal.
 """
 
 from __future__ import annotations
@@ -42,5 +46,6 @@ def serve(db_url: str, host: str, port: int, threads: int = 8) -> None:
             "loglevel": "info",
             "graceful_timeout": 10,
             "proc_name": "k2-registry",
+            "control_socket_disable": True,
         },
     ).run()

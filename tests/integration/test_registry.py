@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from k2_etl.config import Settings
+from k2_etl.config import Settings, load_settings
+from tests.helpers import env_of, free_port, poll, processes_of
 from tests.integration.conftest import RegistryProcess
 
 pytestmark = pytest.mark.integration
@@ -306,3 +312,39 @@ def test_unknown_route_is_json_error(platform_settings: Settings) -> None:
     response = httpx.get(f"{platform_settings.schema_registry_url}/nope")
     assert response.status_code == 404
     assert response.json()["error_code"] == 404
+
+
+def test_gunicorn_servers_bind_no_shared_control_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """A registry and an API served by gunicorn at once: neither binds gunicorn's per-user control
+    socket (~/.gunicorn/gunicorn.ctl, where the last master to start would take over the first's)."""
+    user_home = tmp_path / "user"
+    user_home.mkdir()
+    monkeypatch.setenv("HOME", str(user_home))  # the servers' ~ (they inherit this environment)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)  # else gunicorn puts the socket there
+    registry_process = RegistryProcess(tmp_path / "registry-home")
+    registry_process.start()
+    request.addfinalizer(registry_process.stop)
+
+    api_settings = load_settings(home=tmp_path / "api-home", api_port=free_port(), stream_metrics_port=0)
+    api_settings.home.mkdir()
+    with (api_settings.home / "api.log").open("wb") as log:
+        api = subprocess.Popen([str(Path(sys.executable).with_name("k2")), "api"], env=env_of(api_settings),
+                               stdout=log, stderr=log)  # fmt: skip
+
+    def stop_api() -> None:
+        api.send_signal(signal.SIGTERM)
+        api.wait(timeout=30)
+
+    request.addfinalizer(stop_api)
+    api_url = f"http://127.0.0.1:{api_settings.api_port}"
+    poll(lambda: httpx.get(f"{api_url}/health", timeout=5).status_code in (200, 503), what="k2 api answering")
+
+    assert httpx.get(f"{registry_process.url}/subjects").status_code == 200  # both serve
+    assert httpx.get(f"{api_url}/health", timeout=5).status_code in (200, 503)
+    assert not (user_home / ".gunicorn").exists()
+    servers = [psutil.Process(api.pid), *(p for p in processes_of(registry_process.settings.home))]
+    for proc in servers:
+        sockets = [c.laddr for c in proc.net_connections(kind="unix")]
+        assert not any(str(path).endswith("gunicorn.ctl") for path in sockets), (proc.name(), sockets)
