@@ -89,7 +89,9 @@ class Settings(BaseSettings):
     # --- Schema registry ---------------------------------------------------
     schema_registry_url: str = Field("http://127.0.0.1:8081", description="Confluent-compatible schema registry URL.")
     schema_registry_basic_auth: SecretStr | None = Field(
-        None, description="user:password for the schema registry, if it needs basic auth."
+        None,
+        description="user:password K2's clients send to the schema registry (basic auth); the local registry "
+        "then requires them for every request but a read.",
     )
     registry_db_url: str | None = Field(
         None, description="SQLAlchemy URL of the local registry's storage. Default: sqlite under K2_HOME."

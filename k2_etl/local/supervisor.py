@@ -130,10 +130,11 @@ def _owned(settings: Settings, component: Component) -> psutil.Process | Literal
     return "stale"
 
 
-def _check(component: Component) -> tuple[bool, str, float]:
+def _check(component: Component, *, ready: bool = False) -> tuple[bool, str, float]:
+    """Run its health check (``ready``: only what its start waits for); (healthy, detail, ms)."""
     started = time.perf_counter()
     try:
-        detail = component.check()
+        detail = (component.ready or component.check)() if ready else component.check()
         healthy = True
     except Exception as exc:  # any failure of a health check means "unhealthy", with its reason
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -174,12 +175,12 @@ def _exited(settings: Settings, component: Component, proc: subprocess.Popen[byt
 
 
 def _wait_healthy(settings: Settings, component: Component, proc: subprocess.Popen[bytes] | None) -> str:
-    """Poll the health check until it passes; fail fast if our process exits meanwhile."""
+    """Poll the component's readiness check until it passes; fail fast if our process exits meanwhile."""
 
     def attempt() -> str:
         if proc is not None and proc.poll() is not None:
             raise _exited(settings, component, proc)
-        healthy, detail, _ = _check(component)
+        healthy, detail, _ = _check(component, ready=True)
         if not healthy:
             raise _NotReady(detail)
         # Healthy, but is it ours? Something else may answer on the port while our process dies on bind.
@@ -206,7 +207,7 @@ def _wait_healthy(settings: Settings, component: Component, proc: subprocess.Pop
 
 
 def start(settings: Settings, component: Component, say: Say) -> bool:
-    """Start ``component`` unless it already runs; return once it is healthy.
+    """Start ``component`` unless it already runs; return once it is ready.
 
     Returns:
         True when this call started it (False: it was running already, or is not ours to start).

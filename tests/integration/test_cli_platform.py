@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -238,6 +239,41 @@ def test_status_on_a_fresh_home_creates_nothing(env: dict[str, str]) -> None:
     catalog = components(json.loads(result.stdout))["catalog"]
     assert catalog["healthy"] is False and "run `k2 init`" in str(catalog["detail"])
     assert not Path(env["K2_HOME"]).exists()
+
+
+def test_up_passes_list_and_secret_settings_to_its_components(env: dict[str, str]) -> None:
+    """Settings of every kind reach the processes `k2 up` starts: a list of secrets (K2_API_KEYS) and
+    a secret (K2_SCHEMA_REGISTRY_BASIC_AUTH, which the local registry then requires for changes)."""
+    env["K2_API_KEYS"] = '["k1", "k,2"]'
+    env["K2_SCHEMA_REGISTRY_BASIC_AUTH"] = "k2:s3 cret"
+    up = run_k2(env, "up")
+    assert up.returncode == 0, up.stderr + up.stdout
+    trades = "k2.trades-value"
+    assert "schemas: registered" in up.stdout and trades in up.stdout
+    report = status_json(env)
+    assert report["healthy"] is True, report
+
+    api = f"http://127.0.0.1:{env['K2_API_PORT']}"
+    assert httpx.get(f"{api}/v1/symbols").status_code == 401
+    assert httpx.get(f"{api}/v1/symbols", headers={"X-API-Key": "k,2"}).status_code == 200
+
+    registry = env["K2_SCHEMA_REGISTRY_URL"]
+    for permanent in ("false", "true"):
+        refused = httpx.delete(f"{registry}/subjects/{trades}", params={"permanent": permanent})
+        assert refused.status_code == 401 and refused.json()["error_code"] == 40101
+    assert httpx.put(f"{registry}/config", json={"compatibility": "NONE"}).status_code == 401
+    assert httpx.delete(f"{registry}/subjects/{trades}", auth=("k2", "wrong")).status_code == 401
+    assert components(status_json(env))["registry"]["healthy"] is True  # nothing was deleted
+
+    assert httpx.delete(f"{registry}/subjects/{trades}", auth=("k2", "s3 cret")).status_code == 200
+    after = run_k2(env, "status", "--json")
+    assert after.returncode == 1
+    registry_row = components(json.loads(after.stdout))["registry"]
+    assert registry_row["healthy"] is False
+    assert registry_row["detail"] == f"subjects missing: {trades}; run `k2 schemas register`"
+    again = run_k2(env, "up")  # registers it again
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert f"schemas: registered {trades}" in again.stdout
 
 
 @pytest.mark.parametrize("broker_before", [False, True], ids=["fresh", "broker-running-before"])
