@@ -28,6 +28,10 @@ accesslog = "-"
 errorlog = "-"
 loglevel = "info"
 proc_name = "k2-api"
+# No control socket: gunicorn 25.1+ binds one for `gunicornc` at one path per user
+# (~/.gunicorn/gunicorn.ctl), shared by every gunicorn master of the user (the registry's,
+# other K2 homes'); the last to start would take it. K2 manages its processes by pid and signal.
+control_socket_disable = True
 
 
 def post_worker_init(worker: Any) -> None:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,6 +23,9 @@ from rich.table import Table
 from k2_etl import __version__
 from k2_etl.config import Settings, load_settings
 from k2_etl.errors import ComponentError, ConfigError, K2Error, QueryError
+
+if TYPE_CHECKING:
+    from k2_etl.bootstrap import InitReport
 
 app = typer.Typer(
     help="K2: market-data lakehouse ETL. Vendor CSV → Kafka (Avro) → Iceberg → DuckDB/API.",
@@ -111,26 +114,26 @@ def _airflow_login(settings: Settings) -> str:
 
 @app.command()
 def up(json_output: JsonFlag = False) -> None:
-    """Start the local platform (broker, schema registry), `k2 init`, then the streaming consumer,
-    the REST API and Airflow (K2_AIRFLOW_ENABLED; `airflow standalone` with K2's DAGs, unpaused).
+    """Start the local platform (broker, schema registry), `k2 init`, register K2's schemas, then start
+    the streaming consumer, the REST API and Airflow (K2_AIRFLOW_ENABLED; `airflow standalone` with
+    K2's DAGs, unpaused).
 
     Harmless when already up. Processes run in the background; pid files and
-    logs are under K2_HOME (run/, logs/). Stop them with `k2 down`.
+    logs are under K2_HOME (run/, logs/). Stop them with `k2 down`. When a
+    component cannot start, the ones this run started are stopped again.
     """
-    from k2_etl.bootstrap import init_platform
     from k2_etl.local.components import platform
-    from k2_etl.local.supervisor import start
+    from k2_etl.local.supervisor import stopped_on_failure
 
     settings = load_settings()
     say = _say(json_output)
     components = [c for c in platform(settings) if c.command is not None]
-    for component in (c for c in components if not c.after_init):
-        start(settings, component, say)
-    report = init_platform(settings)
-    created = [n for n, c in report.topics.items() if c] + [t.name for t in report.tables if t.action != "unchanged"]
-    say("init: " + (f"created or evolved {', '.join(created)}" if created else "topics and tables already in place"))
-    for component in (c for c in components if c.after_init):
-        start(settings, component, say)
+    with stopped_on_failure(settings, say) as start:
+        for component in (c for c in components if not c.after_init):
+            start(component)
+        report = _init_for_up(settings, say)
+        for component in (c for c in components if c.after_init):
+            start(component)
     rows = _status_rows(settings)
     if json_output:
         _print_json(
@@ -147,6 +150,25 @@ def up(json_output: JsonFlag = False) -> None:
         out.print(f"logs: {settings.log_dir}   stop with: k2 down")
     if not all(r.healthy for r in rows):
         raise typer.Exit(1)
+
+
+def _init_for_up(settings: Settings, say: Any) -> InitReport:
+    """`k2 init`, then `k2 schemas register`: a platform that is up can load, and `k2 status` can
+    call a missing subject a fault. A schema the registry refuses (an .avsc changed incompatibly)
+    does not stop the platform: the line says why, and the status what is missing."""
+    from k2_etl.bootstrap import init_platform
+    from k2_etl.errors import SchemaError
+    from k2_etl.schemas.registration import register_schemas
+
+    report = init_platform(settings)
+    created = [n for n, c in report.topics.items() if c] + [t.name for t in report.tables if t.action != "unchanged"]
+    say("init: " + (f"created or evolved {', '.join(created)}" if created else "topics and tables already in place"))
+    try:
+        changed = [check.subject for check in register_schemas(settings) if check.changed]
+        say("schemas: " + (f"registered {', '.join(changed)}" if changed else "already registered"))
+    except SchemaError as exc:
+        say(f"schemas: not registered: {exc}")
+    return report
 
 
 @app.command()
@@ -915,13 +937,16 @@ def registry_serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: host of K2_SCHEMA_REGISTRY_URL).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: port of K2_SCHEMA_REGISTRY_URL).")] = None,
 ) -> None:
-    """Run the local schema registry in the foreground (gunicorn), storing in K2_REGISTRY_DB_URL."""
+    """Run the local schema registry in the foreground (gunicorn), storing in K2_REGISTRY_DB_URL.
+
+    With K2_SCHEMA_REGISTRY_BASIC_AUTH set, every request but a read needs those credentials.
+    """
     from k2_etl.registry.server import serve
 
     settings = load_settings()
     default_host, default_port = settings.registry_address
     assert settings.registry_db_url is not None
-    serve(settings.registry_db_url, host or default_host, port or default_port)
+    serve(settings.registry_db_url, host or default_host, port or default_port, settings.registry_auth)
 
 
 def main() -> None:

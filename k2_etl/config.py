@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretBytes, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import to_jsonable_python
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -88,7 +89,9 @@ class Settings(BaseSettings):
     # --- Schema registry ---------------------------------------------------
     schema_registry_url: str = Field("http://127.0.0.1:8081", description="Confluent-compatible schema registry URL.")
     schema_registry_basic_auth: SecretStr | None = Field(
-        None, description="user:password for the schema registry, if it needs basic auth."
+        None,
+        description="user:password K2's clients send to the schema registry (basic auth); the local registry "
+        "then requires them for every request but a read.",
     )
     registry_db_url: str | None = Field(
         None, description="SQLAlchemy URL of the local registry's storage. Default: sqlite under K2_HOME."
@@ -366,17 +369,19 @@ class Settings(BaseSettings):
         return self.home / "logs"
 
     def to_env(self) -> dict[str, str]:
-        """These settings as K2_* environment variables, so child processes see exactly them."""
+        """These settings as K2_* environment variables, so child processes see exactly them.
+
+        Each value is pydantic's own serialization of the field (JSON), secrets revealed (a child
+        needs the real value): a JSON string goes bare (``K2_HOME=/x``), anything else as JSON text
+        (``K2_API_KEYS=["k1"]``, ``K2_AIRFLOW_ENABLED=false``), which is how the environment source
+        reads it back. None is left out: every optional setting defaults to None.
+        """
         env: dict[str, str] = {}
-        for name in type(self).model_fields:
-            value = getattr(self, name)
+        for name, value in self.model_dump().items():
             if value is None:
                 continue
-            if isinstance(value, SecretStr):
-                value = value.get_secret_value()
-            elif isinstance(value, dict):
-                value = json.dumps(value)
-            env[env_name(name)] = str(value)
+            encoded = json.dumps(value, default=_revealed, ensure_ascii=False)
+            env[env_name(name)] = json.loads(encoded) if encoded.startswith('"') else encoded
         return env
 
     def public_dict(self) -> dict[str, Any]:
@@ -392,6 +397,14 @@ class Settings(BaseSettings):
                 value = redact_url(value)
             out[ENV_PREFIX + name.upper()] = value
         return out
+
+
+def _revealed(value: Any) -> Any:
+    """What :func:`json.dumps` writes for a value it cannot encode itself: a secret's real value,
+    else pydantic's JSON form (paths, dates...)."""
+    if isinstance(value, SecretStr | SecretBytes):
+        return value.get_secret_value()
+    return to_jsonable_python(value)
 
 
 def redact_url(url: str | None) -> str | None:

@@ -13,6 +13,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TypeVar
 
+import psutil
+
 from k2_etl.config import Settings
 
 T = TypeVar("T")
@@ -80,6 +82,25 @@ def local_platform_env(home: Path, **settings: str) -> dict[str, str]:
     broker, registry, consumer, api = free_ports(4)
     return k2_env(home, kafka_bootstrap=f"127.0.0.1:{broker}", schema_registry_url=f"http://127.0.0.1:{registry}",
                   stream_metrics_port=str(consumer), api_port=str(api), **settings)  # fmt: skip
+
+
+def processes_of(home: Path) -> list[psutil.Process]:
+    """Every live process started for this K2_HOME: it inherited K2_HOME, or has a file under it
+    open (its log, at least). The second because gunicorn's processes retitle themselves
+    (setproctitle), which leaves their environment unreadable: psutil reads it as empty."""
+    home = home.resolve()
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get("K2_HOME") == str(home) or any(
+                Path(f.path).is_relative_to(home) for f in proc.open_files()
+            ):
+                found.append(proc)
+        except psutil.Error:  # exited meanwhile, or not ours to inspect
+            continue
+    return found
 
 
 def env_of(settings: Settings) -> dict[str, str]:

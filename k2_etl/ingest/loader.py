@@ -58,7 +58,7 @@ from k2_etl.observability import (
     INGEST_ROWS_REJECTED,
 )
 from k2_etl.schemas import BY_NAME, REJECT
-from k2_etl.schemas.registration import registry_client
+from k2_etl.schemas.registration import registry_client, registry_error
 
 RECORD_ORDER = {"reference_data": 0, "trade": 1, "quote": 2}  # reference data first: others look symbols up
 QUEUE_DEPTH = 2  # blocks prepared ahead of the producer: bounds memory
@@ -219,7 +219,7 @@ def registered_schema_ids(settings: Settings) -> dict[str, int]:
                         ) from None
                     raise
     except SchemaRegistryError as exc:
-        raise SchemaError(f"schema registry error {exc.error_code}: {exc.error_message}") from None
+        raise registry_error(settings, exc) from None
     except SchemaError:
         raise
     except Exception as exc:  # the client's transport errors (httpx or httpx2)

@@ -15,6 +15,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -25,6 +26,8 @@ from k2_etl.kafka import cluster_metadata, topic_ids, topic_names
 from k2_etl.lake.catalog import local_catalog_missing, open_catalog, table_names
 from k2_etl.lake.progress import LOOKBACK, unlanded
 from k2_etl.lake.tables import TABLES
+from k2_etl.schemas import TOPIC_RECORD_TYPES
+from k2_etl.schemas.registration import refused
 
 HEALTH_TIMEOUT_SECONDS = 2.0
 #: `airflow standalone` migrates its database and starts four processes: ~15-30 s on two cores.
@@ -46,6 +49,7 @@ class Component:
         environment: variables it needs on top of the K2_* settings (built when it starts).
         stop_signal: what asks it to stop cleanly (SIGKILL follows after a timeout).
         start_timeout: seconds it may take to become healthy; None: K2_START_TIMEOUT_SECONDS.
+        ready: what its start waits for, when that is less than ``check`` (None: ``check``).
     """
 
     name: str
@@ -59,6 +63,7 @@ class Component:
     environment: Callable[[], dict[str, str]] | None = None
     stop_signal: signal.Signals = signal.SIGTERM
     start_timeout: float | None = None
+    ready: Callable[[], str] | None = None
 
     @property
     def startable(self) -> bool:
@@ -111,13 +116,30 @@ def broker(settings: Settings) -> Component:
 
 
 def registry(settings: Settings) -> Component:
+    """The schema registry: healthy when it answers (with K2's credentials) and holds every subject
+    K2 registers. Its start waits only for an answer: on a new K2_HOME the subjects come after it
+    (`k2 up` registers them once the registry is up)."""
     host, port = settings.registry_address
     url = settings.schema_registry_url
 
-    def check() -> str:
-        response = httpx.get(f"{url}/config", timeout=HEALTH_TIMEOUT_SECONDS, auth=settings.registry_auth)
+    def get(path: str, **params: str) -> Any:
+        response = httpx.get(f"{url}{path}", params=params, timeout=HEALTH_TIMEOUT_SECONDS, auth=settings.registry_auth)
+        if response.status_code == 401:
+            raise ComponentError(refused(settings, _error_message(response)))
         response.raise_for_status()
-        return f"compatibility {response.json().get('compatibilityLevel', '?')}"
+        return response.json()
+
+    def ready() -> str:
+        return f"compatibility {get('/config').get('compatibilityLevel', '?')}"
+
+    def check() -> str:
+        answer = ready()
+        needed = [record.subject(settings) for record in TOPIC_RECORD_TYPES]
+        present = set(get("/subjects", subjectPrefix=settings.topic_prefix))
+        missing = [subject for subject in needed if subject not in present]
+        if missing:
+            raise ComponentError(f"subjects missing: {', '.join(missing)}; run `k2 schemas register`")
+        return f"{answer}, {len(needed)} K2 subject(s)"
 
     def command() -> list[str]:
         if urlsplit(url).path.strip("/"):
@@ -127,7 +149,15 @@ def registry(settings: Settings) -> Component:
             )
         return [sys.executable, "-m", "k2_etl", "registry", "serve", "--host", host, "--port", str(port)]
 
-    return Component("registry", url, "K2_SCHEMA_REGISTRY_URL", check, command, host, port)
+    return Component("registry", url, "K2_SCHEMA_REGISTRY_URL", check, command, host, port, ready=ready)
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The message of a Confluent error answer, else its status line."""
+    try:
+        return str(response.json()["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}"
 
 
 def catalog(settings: Settings) -> Component:

@@ -130,10 +130,11 @@ def _owned(settings: Settings, component: Component) -> psutil.Process | Literal
     return "stale"
 
 
-def _check(component: Component) -> tuple[bool, str, float]:
+def _check(component: Component, *, ready: bool = False) -> tuple[bool, str, float]:
+    """Run its health check (``ready``: only what its start waits for); (healthy, detail, ms)."""
     started = time.perf_counter()
     try:
-        detail = component.check()
+        detail = (component.ready or component.check)() if ready else component.check()
         healthy = True
     except Exception as exc:  # any failure of a health check means "unhealthy", with its reason
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -174,12 +175,12 @@ def _exited(settings: Settings, component: Component, proc: subprocess.Popen[byt
 
 
 def _wait_healthy(settings: Settings, component: Component, proc: subprocess.Popen[bytes] | None) -> str:
-    """Poll the health check until it passes; fail fast if our process exits meanwhile."""
+    """Poll the component's readiness check until it passes; fail fast if our process exits meanwhile."""
 
     def attempt() -> str:
         if proc is not None and proc.poll() is not None:
             raise _exited(settings, component, proc)
-        healthy, detail, _ = _check(component)
+        healthy, detail, _ = _check(component, ready=True)
         if not healthy:
             raise _NotReady(detail)
         # Healthy, but is it ours? Something else may answer on the port while our process dies on bind.
@@ -205,22 +206,48 @@ def _wait_healthy(settings: Settings, component: Component, proc: subprocess.Pop
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def start(settings: Settings, component: Component, say: Say) -> None:
-    """Start ``component`` unless it already runs; return once it is healthy."""
+def start(settings: Settings, component: Component, say: Say) -> bool:
+    """Start ``component`` unless it already runs; return once it is ready.
+
+    Returns:
+        True when this call started it (False: it was running already, or is not ours to start).
+    """
     if not component.startable:
         say(f"{component.name}: {component.address} is not on this machine ({component.setting}); not starting it")
-        return
+        return False
     with _platform_lock(settings):
-        _start(settings, component, say)
+        return _start(settings, component, say)
 
 
-def _start(settings: Settings, component: Component, say: Say) -> None:
+@contextlib.contextmanager
+def stopped_on_failure(settings: Settings, say: Say) -> Iterator[Callable[[Component], None]]:
+    """Start components with the function this yields; if the block raises, stop the ones it
+    started, newest first, and re-raise. Those already running before are left alone: a failed
+    `k2 up` leaves the machine as it found it, not a broker with no registry."""
+    started: list[Component] = []
+
+    def start_one(component: Component) -> None:
+        if start(settings, component, say):
+            started.append(component)
+
+    try:
+        yield start_one
+    except BaseException:
+        for component in reversed(started):
+            try:
+                stop(settings, component, say)
+            except ComponentError as exc:  # the error that made us stop is the one to report
+                say(f"{component.name}: could not stop it: {exc}")
+        raise
+
+
+def _start(settings: Settings, component: Component, say: Say) -> bool:
     pid_file = _pid_file(settings, component)
     owned = _owned(settings, component)
     if isinstance(owned, psutil.Process):
         _wait_healthy(settings, component, None)
         say(f"{component.name}: already running (pid {owned.pid}) at {component.address}")
-        return
+        return False
     if owned == "stale":
         say(f"{component.name}: removed stale pid file {pid_file} (its process is gone)")
         pid_file.unlink(missing_ok=True)
@@ -256,11 +283,12 @@ def _start(settings: Settings, component: Component, say: Say) -> None:
         pid_file.unlink(missing_ok=True)
         _children.pop(proc.pid, None)
         raise _exited(settings, component, proc) from None
-    except ComponentError:
+    except BaseException:  # not ready in time, or interrupted (Ctrl-C): no half-started process stays
         _terminate(proc.pid, component.stop_signal)
         pid_file.unlink(missing_ok=True)
         raise
     say(f"{component.name}: started (pid {proc.pid}), listening at {component.address} — {detail}")
+    return True
 
 
 def _terminate(pid: int, stop_signal: signal.Signals = signal.SIGTERM) -> bool:

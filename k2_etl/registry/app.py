@@ -4,13 +4,26 @@ Each route parses its query string and delegates to
 :class:`~k2_etl.registry.service.RegistryService`. Errors leave as Confluent
 does: ``{"error_code": ..., "message": ...}`` with the matching HTTP status.
 Also serves ``/healthz`` and ``/metrics`` like every K2 process.
+
+Basic auth, as Confluent's registry offers it (``authentication.method=BASIC``),
+when built with credentials (``K2_SCHEMA_REGISTRY_BASIC_AUTH``, which K2's
+clients send): every request but a read (GET, HEAD) needs them, and credentials
+that are sent must be right, on reads too; otherwise 401 with
+``WWW-Authenticate: Basic`` and error code 40101. Reads stay open, unlike
+Confluent's (which asks every request to authenticate): the local registry
+listens on a loopback address, what it serves are K2's published contracts
+(the .avsc files in this repository), and open reads keep curl, a browser and
+a Prometheus scrape of /metrics working; the fault to close is a stranger
+deleting a subject or changing compatibility.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
+from functools import partial
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -184,6 +197,35 @@ def mode(subject: str | None = None) -> Response:
     return _reply({"mode": "READWRITE"})  # the local registry has no import or read-only modes
 
 
+#: Methods that only read: open to anyone when the registry has credentials (see the module docstring).
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+UNAUTHORIZED = 40101
+
+
+def _authenticate(credentials: tuple[str, str]) -> Response | None:
+    """None when the request may proceed; else the 401 answer."""
+    if "Authorization" not in request.headers:
+        if request.method in READ_METHODS:
+            return None
+        return _unauthorized("every request but a read (GET) needs basic-auth credentials")
+    given = request.authorization
+    if given is None or given.type != "basic":
+        return _unauthorized("malformed credentials, or not basic auth")
+    user, password = credentials
+    # Both parts compared, each in constant time: the answer's timing tells nothing about either.
+    user_ok = hmac.compare_digest((given.username or "").encode(), user.encode())
+    password_ok = hmac.compare_digest((given.password or "").encode(), password.encode())
+    if not (user_ok & password_ok):
+        return _unauthorized("wrong basic-auth credentials")
+    return None
+
+
+def _unauthorized(why: str) -> Response:
+    response = _reply({"error_code": UNAUTHORIZED, "message": f"Unauthorized: {why}"}, 401)
+    response.headers["WWW-Authenticate"] = 'Basic realm="k2-registry", charset="UTF-8"'
+    return response
+
+
 def _start_timer() -> None:
     g.k2_started = time.perf_counter()
 
@@ -209,13 +251,16 @@ def _unexpected(exc: Exception) -> Response:
     return _reply({"error_code": 50001, "message": f"Error in the backend data store: {type(exc).__name__}"}, 500)
 
 
-def create_app(db_url: str) -> Flask:
-    """Build the registry app on the storage at ``db_url`` (any SQLAlchemy URL)."""
+def create_app(db_url: str, credentials: tuple[str, str] | None = None) -> Flask:
+    """Build the registry app on the storage at ``db_url`` (any SQLAlchemy URL); with
+    ``credentials`` (user, password), changes need them (basic auth)."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.extensions["k2_registry"] = RegistryService(Store(db_url))
     app.register_blueprint(bp)
     app.before_request(_start_timer)
+    if credentials is not None:
+        app.before_request(partial(_authenticate, credentials))
     app.after_request(_record)
     app.register_error_handler(RegistryError, _registry_error)
     app.register_error_handler(HTTPException, _http_error)

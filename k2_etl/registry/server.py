@@ -2,6 +2,10 @@
 
 One worker process with threads: the registry is I/O-light, and a single
 process keeps SQLite's single writer and the Prometheus counters simple.
+No control socket (gunicorn 25.1+ binds one for `gunicornc`, by default at one
+path per user, ~/.gunicorn/gunicorn.ctl, so every gunicorn of the user, the
+API's and other K2 homes' included, would fight over it): K2 stops and
+inspects its processes by pid and signal.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from k2_etl.registry.app import create_app
 
 
 class _Gunicorn(BaseApplication):
-    def __init__(self, db_url: str, options: dict[str, Any]) -> None:
+    def __init__(self, db_url: str, credentials: tuple[str, str] | None, options: dict[str, Any]) -> None:
         self.db_url = db_url
+        self.credentials = credentials
         self.options = options
         super().__init__()
 
@@ -25,13 +30,15 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return create_app(self.db_url)
+        return create_app(self.db_url, self.credentials)
 
 
-def serve(db_url: str, host: str, port: int, threads: int = 8) -> None:
-    """Run until SIGTERM/SIGINT (gunicorn finishes in-flight requests, then exits 0)."""
+def serve(db_url: str, host: str, port: int, credentials: tuple[str, str] | None = None, threads: int = 8) -> None:
+    """Run until SIGTERM/SIGINT (gunicorn finishes in-flight requests, then exits 0); with
+    ``credentials`` (user, password), changes need basic auth (see :mod:`k2_etl.registry.app`)."""
     _Gunicorn(
         db_url,
+        credentials,
         {
             "bind": format_host_port(host, port),
             "workers": 1,
@@ -42,5 +49,6 @@ def serve(db_url: str, host: str, port: int, threads: int = 8) -> None:
             "loglevel": "info",
             "graceful_timeout": 10,
             "proc_name": "k2-registry",
+            "control_socket_disable": True,
         },
     ).run()

@@ -59,6 +59,22 @@ def _unreachable(settings: Settings, exc: Exception) -> UnavailableError:
     )
 
 
+def refused(settings: Settings, message: str) -> str:
+    """One line for a registry that answered 401: K2's credentials are missing or wrong."""
+    given = "is wrong" if settings.registry_auth else "is not set"
+    return (
+        f"the schema registry at K2_SCHEMA_REGISTRY_URL={settings.schema_registry_url} refuses K2's credentials "
+        f"({message}): K2_SCHEMA_REGISTRY_BASIC_AUTH {given}"
+    )
+
+
+def registry_error(settings: Settings, exc: SchemaRegistryError, doing: str = "") -> SchemaError:
+    """A registry's error answer as one line (``doing``: what failed, e.g. "registering failed: ")."""
+    if exc.http_status_code == 401:
+        return SchemaError(doing + refused(settings, exc.error_message))
+    return SchemaError(f"{doing}schema registry error {exc.error_code}: {exc.error_message}")
+
+
 def _compatibility_level(client: SchemaRegistryClient, subject: str) -> str:
     try:
         return client.get_compatibility(subject)
@@ -107,7 +123,7 @@ def check_schemas(settings: Settings, records: Iterable[RecordType] = TOPIC_RECO
     except _client_http.HTTPError as exc:
         raise _unreachable(settings, exc) from None
     except SchemaRegistryError as exc:
-        raise SchemaError(f"schema registry error {exc.error_code}: {exc.error_message}") from None
+        raise registry_error(settings, exc) from None
 
 
 def incompatible_summary(checks: Iterable[SchemaCheck]) -> str | None:
@@ -145,5 +161,5 @@ def register_schemas(settings: Settings, records: Iterable[RecordType] = TOPIC_R
     except _client_http.HTTPError as exc:
         raise _unreachable(settings, exc) from None
     except SchemaRegistryError as exc:
-        raise SchemaError(f"registering failed: schema registry error {exc.error_code}: {exc.error_message}") from None
+        raise registry_error(settings, exc, "registering failed: ") from None
     return out

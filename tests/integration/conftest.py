@@ -80,8 +80,12 @@ class RegistryProcess:
         self._clients: list[SchemaRegistryClient] = []
 
     def client(self) -> SchemaRegistryClient:
-        """A new confluent-kafka client (empty cache), closed with the process."""
-        client = SchemaRegistryClient({"url": self.url})
+        """A new confluent-kafka client (empty cache, the registry's credentials if it has them),
+        closed with the process."""
+        conf = {"url": self.url}
+        if self.settings.registry_auth is not None:
+            conf["basic.auth.user.info"] = ":".join(self.settings.registry_auth)
+        client = SchemaRegistryClient(conf)
         self._clients.append(client)
         return client
 

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 import sqlalchemy as sa
 
-from tests.helpers import REPO, free_port, local_platform_env, poll, run_k2
+from tests.helpers import REPO, free_port, local_platform_env, poll, processes_of, run_k2
 
 pytestmark = pytest.mark.integration
 
@@ -40,18 +39,6 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] = str(free_port())
     yield env
     run_k2(env, "down")
-
-
-def processes_of(home: Path) -> list[psutil.Process]:
-    """Every live process started for this K2_HOME (each one inherits K2_HOME)."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get("K2_HOME") == str(home):
-                found.append(proc)
-        except psutil.Error:  # exited meanwhile, or not ours to inspect
-            continue
-    return found
 
 
 class Airflow:

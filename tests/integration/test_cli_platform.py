@@ -9,10 +9,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
-from tests.helpers import free_port, local_platform_env, run_k2
+from k2_etl.config import load_settings
+from k2_etl.local.components import broker, port_holder
+from k2_etl.local.supervisor import start, status, stop
+from tests.helpers import free_port, local_platform_env, poll, processes_of, run_k2
 
 pytestmark = pytest.mark.integration
 
@@ -235,3 +239,79 @@ def test_status_on_a_fresh_home_creates_nothing(env: dict[str, str]) -> None:
     catalog = components(json.loads(result.stdout))["catalog"]
     assert catalog["healthy"] is False and "run `k2 init`" in str(catalog["detail"])
     assert not Path(env["K2_HOME"]).exists()
+
+
+def test_up_passes_list_and_secret_settings_to_its_components(env: dict[str, str]) -> None:
+    """Settings of every kind reach the processes `k2 up` starts: a list of secrets (K2_API_KEYS) and
+    a secret (K2_SCHEMA_REGISTRY_BASIC_AUTH, which the local registry then requires for changes)."""
+    env["K2_API_KEYS"] = '["k1", "k,2"]'
+    env["K2_SCHEMA_REGISTRY_BASIC_AUTH"] = "k2:s3 cret"
+    up = run_k2(env, "up")
+    assert up.returncode == 0, up.stderr + up.stdout
+    trades = "k2.trades-value"
+    assert "schemas: registered" in up.stdout and trades in up.stdout
+    report = status_json(env)
+    assert report["healthy"] is True, report
+
+    api = f"http://127.0.0.1:{env['K2_API_PORT']}"
+    assert httpx.get(f"{api}/v1/symbols").status_code == 401
+    assert httpx.get(f"{api}/v1/symbols", headers={"X-API-Key": "k,2"}).status_code == 200
+
+    registry = env["K2_SCHEMA_REGISTRY_URL"]
+    for permanent in ("false", "true"):
+        refused = httpx.delete(f"{registry}/subjects/{trades}", params={"permanent": permanent})
+        assert refused.status_code == 401 and refused.json()["error_code"] == 40101
+    assert httpx.put(f"{registry}/config", json={"compatibility": "NONE"}).status_code == 401
+    assert httpx.delete(f"{registry}/subjects/{trades}", auth=("k2", "wrong")).status_code == 401
+    assert components(status_json(env))["registry"]["healthy"] is True  # nothing was deleted
+
+    assert httpx.delete(f"{registry}/subjects/{trades}", auth=("k2", "s3 cret")).status_code == 200
+    after = run_k2(env, "status", "--json")
+    assert after.returncode == 1
+    registry_row = components(json.loads(after.stdout))["registry"]
+    assert registry_row["healthy"] is False
+    assert registry_row["detail"] == f"subjects missing: {trades}; run `k2 schemas register`"
+    again = run_k2(env, "up")  # registers it again
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert f"schemas: registered {trades}" in again.stdout
+
+
+@pytest.mark.parametrize("broker_before", [False, True], ids=["fresh", "broker-running-before"])
+def test_failed_up_stops_what_it_started(env: dict[str, str], broker_before: bool) -> None:
+    """The API cannot start (its port is taken): `k2 up` fails with one line and stops the broker,
+    registry and consumer it started; a component that ran before it stays."""
+    home = Path(env["K2_HOME"]).resolve()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            if name.startswith("K2_"):
+                patch.setenv(name, value)
+        settings = load_settings()
+    before = broker(settings)
+    expected: set[int | None] = set()  # what may be left: the broker that ran before, if one did
+    if broker_before:
+        assert start(settings, before, print)
+        expected = {status(settings, before).pid}
+    try:
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", settings.api_port))
+            squatter.listen()
+            result = run_k2(env, "up")
+        assert_one_line_error(result, "api", f"127.0.0.1:{settings.api_port}", "already in use", "K2_API_PORT")
+        assert "consumer: started" in result.stdout  # the last component before the API did start
+
+        # (polled: a SIGKILLed worker may take a moment to die after `k2 up` returned)
+        poll(lambda: {p.pid for p in processes_of(home)} == expected, timeout=10, what=f"only {expected} left")
+        if broker_before:
+            assert port_holder(*settings.kafka_address) is not None
+            assert "broker: already running" in result.stdout and "broker: stopped" not in result.stdout
+            assert sorted(p.name for p in (home / "run").glob("*.pid")) == ["broker.pid"]
+        else:
+            assert port_holder(*settings.kafka_address) is None
+            assert "broker: stopped" in result.stdout
+            assert not list((home / "run").glob("*.pid"))
+        for name, port in [("registry", settings.registry_address[1]), ("consumer", settings.stream_metrics_port)]:
+            assert f"{name}: stopped" in result.stdout
+            assert port_holder("127.0.0.1", port) is None, name
+    finally:
+        if broker_before:
+            stop(settings, before, print)

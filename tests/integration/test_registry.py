@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from k2_etl.config import Settings
+from k2_etl.bootstrap import init_platform
+from k2_etl.config import Settings, load_settings
+from k2_etl.schemas import TOPIC_RECORD_TYPES, TRADE
+from k2_etl.schemas.registration import register_schemas, registry_client
+from tests.helpers import REPO, env_of, free_port, poll, processes_of, run_k2
 from tests.integration.conftest import RegistryProcess
+from tests.integration.ingest_helpers import load
 
 pytestmark = pytest.mark.integration
 
@@ -306,3 +316,199 @@ def test_unknown_route_is_json_error(platform_settings: Settings) -> None:
     response = httpx.get(f"{platform_settings.schema_registry_url}/nope")
     assert response.status_code == 404
     assert response.json()["error_code"] == 404
+
+
+# --- basic auth (K2_SCHEMA_REGISTRY_BASIC_AUTH) ------------------------------------------------
+
+USER, PASSWORD = "k2", "s3cret:with a colon"  # basic auth splits at the first colon: the password keeps it
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Iterator[RegistryProcess]:
+    """A registry of its own that requires credentials for changes."""
+    process = RegistryProcess(tmp_path / "guarded", schema_registry_basic_auth=f"{USER}:{PASSWORD}")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.close_clients()
+        process.stop()
+
+
+def contents(url: str) -> dict[str, object]:
+    """Everything a change could alter, read without credentials (reads are open)."""
+    subjects = httpx.get(f"{url}/subjects", params={"deleted": "true"}).json()
+    return {
+        "subjects": httpx.get(f"{url}/subjects").json(),
+        "with_deleted": subjects,
+        "versions": {s: httpx.get(f"{url}/subjects/{s}/versions", params={"deleted": "true"}).json() for s in subjects},
+        "config": httpx.get(f"{url}/config").json(),
+        "subject_config": httpx.get(f"{url}/config/live-value").json(),
+    }
+
+
+CHANGES = [
+    ("DELETE", "/subjects/live-value", None),
+    ("DELETE", "/subjects/dead-value?permanent=true", None),
+    ("DELETE", "/subjects/live-value/versions/1", None),
+    ("PUT", "/config", {"compatibility": "NONE"}),
+    ("PUT", "/config/live-value", {"compatibility": "FULL"}),
+    ("DELETE", "/config", None),
+    ("DELETE", "/config/live-value", None),
+    ("POST", "/subjects/live-value/versions", {"schema": record(A, B_OPTIONAL).schema_str}),
+]
+BAD_CREDENTIALS = {
+    "none": {},
+    "wrong password": {"auth": (USER, "guess")},
+    "wrong user": {"auth": ("admin", PASSWORD)},
+    "password without its colon part": {"auth": (USER, PASSWORD.split(":")[0])},
+    "not basic": {"headers": {"Authorization": "Bearer s3cret"}},
+    "malformed": {"headers": {"Authorization": "Basic %%%"}},
+}
+
+
+def assert_unauthorized(response: httpx.Response) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["WWW-Authenticate"].startswith("Basic ")
+    assert response.headers["Content-Type"] == "application/vnd.schemaregistry.v1+json"
+    body = response.json()
+    assert body["error_code"] == 40101 and body["message"].startswith("Unauthorized: ")
+
+
+def test_changes_need_the_credentials_and_nothing_changes_without(guarded: RegistryProcess) -> None:
+    client = guarded.client()  # with the credentials
+    client.register_schema("live-value", record(A))
+    client.set_compatibility("live-value", "BACKWARD_TRANSITIVE")
+    client.register_schema("dead-value", record(A))
+    client.delete_subject("dead-value")  # soft-deleted: the next step would be a permanent delete
+    before = contents(guarded.url)
+
+    for how, credentials in BAD_CREDENTIALS.items():
+        for method, path, body in CHANGES:
+            response = httpx.request(method, guarded.url + path, json=body, **credentials)  # type: ignore[arg-type]
+            try:
+                assert_unauthorized(response)
+            except AssertionError as exc:
+                raise AssertionError(f"{method} {path} with credentials {how}: {exc}") from None
+    assert contents(guarded.url) == before
+
+    right = (USER, PASSWORD)
+    assert httpx.put(f"{guarded.url}/config", json={"compatibility": "NONE"}, auth=right).status_code == 200
+    assert httpx.delete(f"{guarded.url}/subjects/live-value", auth=right).json() == [1]
+    assert httpx.delete(f"{guarded.url}/subjects/dead-value?permanent=true", auth=right).json() == [1]
+    after = contents(guarded.url)
+    assert (after["subjects"], after["with_deleted"], after["config"]) == (
+        [],
+        ["live-value"],
+        {"compatibilityLevel": "NONE"},
+    )
+
+
+def test_reads_are_open_but_wrong_credentials_never_pass(guarded: RegistryProcess) -> None:
+    schema_id = guarded.client().register_schema("live-value", record(A))
+    for path in ("/subjects", f"/schemas/ids/{schema_id}", "/subjects/live-value/versions/latest", "/config"):
+        assert httpx.get(guarded.url + path).status_code == 200, path
+        assert httpx.get(guarded.url + path, auth=(USER, PASSWORD)).status_code == 200, path
+        for credentials in BAD_CREDENTIALS.values():
+            if credentials:
+                assert_unauthorized(httpx.get(guarded.url + path, **credentials))  # type: ignore[arg-type]
+    # a consumer's deserializer (reads only, no credentials) still decodes
+    with SchemaRegistryClient({"url": guarded.url}) as anonymous:
+        assert json.loads(anonymous.get_schema(schema_id).schema_str) == json.loads(record(A).schema_str)
+        err = error_of(lambda: anonymous.register_schema("other-value", record(A)))
+        assert (err.http_status_code, err.error_code) == (401, 40101)
+    metrics = httpx.get(f"{guarded.url}/metrics").text
+    assert 'k2_registry_requests_total{method="POST",route="/subjects/<subject>/versions",status="401"}' in metrics
+
+
+def registry_row(settings: Settings) -> dict[str, object]:
+    """The registry's line of `k2 status --json`, as a user runs it with ``settings``."""
+    report = json.loads(run_k2(env_of(settings), "status", "--json").stdout)
+    [row] = [c for c in report["components"] if c["name"] == "registry"]
+    return row
+
+
+def test_k2_clients_send_the_credentials(guarded: RegistryProcess, own_settings: Settings) -> None:
+    """`k2 schemas register`, `k2 load` and `k2 status` against a registry that requires credentials."""
+    settings = load_settings(
+        **{**own_settings.model_dump(), "schema_registry_url": guarded.url,
+           "schema_registry_basic_auth": f"{USER}:{PASSWORD}"}
+    )  # fmt: skip
+    without = load_settings(**{**settings.model_dump(), "schema_registry_basic_auth": None})
+    refused = run_k2(env_of(without), "schemas", "register")
+    [line] = refused.stderr.splitlines()
+    assert refused.returncode == 1 and "K2_SCHEMA_REGISTRY_BASIC_AUTH is not set" in line, line
+    assert "subjects missing" in str(registry_row(settings)["detail"])  # answers, but holds nothing of K2's
+
+    registered = run_k2(env_of(settings), "schemas", "register", "--json")
+    assert registered.returncode == 0, registered.stderr
+    assert {s["subject"] for s in json.loads(registered.stdout)["schemas"]} == {
+        r.subject(settings) for r in TOPIC_RECORD_TYPES
+    }
+    init_platform(settings)
+    report = load(settings, str(REPO / "data" / "sample" / "k2" / "reference_data.csv"), "--format", "k2")
+    assert report["ok"] and report["totals"]["rows_produced"] == 10
+
+    row = registry_row(settings)
+    assert row["healthy"] is True, row
+    wrong = registry_row(load_settings(**{**settings.model_dump(), "schema_registry_basic_auth": f"{USER}:guess"}))
+    assert wrong["healthy"] is False
+    assert str(wrong["detail"]).endswith("wrong basic-auth credentials): K2_SCHEMA_REGISTRY_BASIC_AUTH is wrong")
+
+
+@pytest.mark.parametrize("permanent", [False, True])
+def test_status_names_a_subject_the_registry_lacks(
+    guarded: RegistryProcess, own_settings: Settings, permanent: bool
+) -> None:
+    settings = load_settings(
+        **{**own_settings.model_dump(), "schema_registry_url": guarded.url,
+           "schema_registry_basic_auth": f"{USER}:{PASSWORD}"}
+    )  # fmt: skip
+    register_schemas(settings)
+    assert registry_row(settings)["healthy"] is True
+    trades = TRADE.subject(settings)
+    with registry_client(settings) as client:
+        client.delete_subject(trades)
+        if permanent:
+            client.delete_subject(trades, permanent=True)
+    row = registry_row(settings)
+    assert row["healthy"] is False
+    assert row["detail"] == f"subjects missing: {trades}; run `k2 schemas register`"
+    register_schemas(settings)
+    assert registry_row(settings)["healthy"] is True
+
+
+def test_gunicorn_servers_bind_no_shared_control_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """A registry and an API served by gunicorn at once: neither binds gunicorn's per-user control
+    socket (~/.gunicorn/gunicorn.ctl, where the last master to start would take over the first's)."""
+    user_home = tmp_path / "user"
+    user_home.mkdir()
+    monkeypatch.setenv("HOME", str(user_home))  # the servers' ~ (they inherit this environment)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)  # else gunicorn puts the socket there
+    registry_process = RegistryProcess(tmp_path / "registry-home")
+    registry_process.start()
+    request.addfinalizer(registry_process.stop)
+
+    api_settings = load_settings(home=tmp_path / "api-home", api_port=free_port(), stream_metrics_port=0)
+    api_settings.home.mkdir()
+    with (api_settings.home / "api.log").open("wb") as log:
+        api = subprocess.Popen([str(Path(sys.executable).with_name("k2")), "api"], env=env_of(api_settings),
+                               stdout=log, stderr=log)  # fmt: skip
+
+    def stop_api() -> None:
+        api.send_signal(signal.SIGTERM)
+        api.wait(timeout=30)
+
+    request.addfinalizer(stop_api)
+    api_url = f"http://127.0.0.1:{api_settings.api_port}"
+    poll(lambda: httpx.get(f"{api_url}/health", timeout=5).status_code in (200, 503), what="k2 api answering")
+
+    assert httpx.get(f"{registry_process.url}/subjects").status_code == 200  # both serve
+    assert httpx.get(f"{api_url}/health", timeout=5).status_code in (200, 503)
+    assert not (user_home / ".gunicorn").exists()
+    servers = [psutil.Process(api.pid), *(p for p in processes_of(registry_process.settings.home))]
+    for proc in servers:
+        sockets = [c.laddr for c in proc.net_connections(kind="unix")]
+        assert not any(str(path).endswith("gunicorn.ctl") for path in sockets), (proc.name(), sockets)

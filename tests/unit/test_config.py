@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import SecretStr
 
-from k2_etl.config import load_settings, redact_url
+from k2_etl.config import Settings, env_name, load_settings, redact_url
 from k2_etl.errors import ConfigError
 
 
@@ -110,8 +112,96 @@ def test_redact_url() -> None:
     assert redact_url(None) is None
 
 
-def test_to_env_round_trips(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    original = load_settings(home=tmp_path / "h", kafka_config={"acks": "all"}, s3_secret_access_key="x", api_port=9001)
-    for name, value in original.to_env().items():
+#: A value unlike the default for every setting, chosen to trip a lossy encoding: secrets, lists of
+#: secrets and dicts (JSON), paths with spaces, bools, floats that are not round, quotes, commas,
+#: colons, non-ASCII. test_to_env_round_trips_every_setting fails on a setting missing here.
+NON_DEFAULT: dict[str, object] = {
+    "home": "h o m e",  # relative: resolved against the working directory, as the child's is
+    "kafka_bootstrap": "kafka-1:9093,kafka-2:9093",
+    "kafka_config": {"security.protocol": "SASL_SSL", "sasl.password": 'p,"q": r\u00e9', "enable.idempotence": True},
+    "topic_prefix": '"k2". ',
+    "topic_partitions": 7,
+    "topic_replication_factor": 3,
+    "schema_registry_url": "https://registry.example:8443",
+    "schema_registry_basic_auth": 'user:pa:ss "w\u00f6rd", [1]',
+    "registry_db_url": "postgresql+psycopg2://k2:s3cret@db:5432/registry",
+    "catalog_name": "lake",
+    "catalog_uri": "postgresql+psycopg2://k2:s3cret@db:5432/catalog",
+    "warehouse": "s3://bucket/warehouse",
+    "namespace": "md_2",
+    "s3_endpoint": "http://s3:9000",
+    "s3_access_key_id": "AKIA",
+    "s3_secret_access_key": "sec ret/+=",
+    "s3_region": "eu-west-1",
+    "formats_dir": "my formats",
+    "ingest_metrics_port": 0,
+    "landing": "land ing",
+    "stream_group": "group one",
+    "stream_batch_rows": 123,
+    "stream_batch_seconds": 0.1 + 0.2,
+    "stream_metrics_host": "0.0.0.0",
+    "stream_metrics_port": 9,
+    "stream_session_timeout_seconds": 6.5,
+    "stream_max_poll_interval_seconds": 7.25,
+    "api_host": "::1",
+    "api_port": 8443,
+    "api_workers": 3,
+    "api_threads": 5,
+    "api_query_budget_seconds": 1e-3,
+    "api_rate_limit": "5/second",
+    "api_rate_limit_storage": "redis://cache:6379/0",
+    "api_keys": ["k1", 'k,2 "quoted"', "[not json]"],
+    "maintenance_min_files": 9,
+    "maintenance_snapshot_retention_hours": 0.5,
+    "maintenance_retain_snapshots": 3,
+    "maintenance_orphan_age_hours": 100.0,
+    "daily_load_wait_seconds": 60.0,
+    "daily_load_poke_seconds": 2.0,
+    "daily_load_on_no_files": "skip",
+    "start_timeout_seconds": 45.5,
+    "airflow_enabled": False,
+    "airflow_host": "localhost",
+    "airflow_port": 8081,
+    "airflow_database_url": "postgresql+psycopg2://af:pw@db:5432/airflow",
+}
+
+
+def revealed(settings: Settings) -> dict[str, object]:
+    """Every field's value, secrets as their secret values (a masked secret must not compare equal)."""
+
+    def reveal(value: object) -> object:
+        if isinstance(value, SecretStr):
+            return ("secret", value.get_secret_value())
+        if isinstance(value, list):
+            return [reveal(v) for v in value]
+        return value
+
+    return {name: reveal(getattr(settings, name)) for name in Settings.model_fields}
+
+
+def test_to_env_round_trips_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child process started with ``to_env()`` sees exactly the parent's settings, every field."""
+    missing = [name for name in Settings.model_fields if name not in NON_DEFAULT]
+    assert not missing, f"give {missing} a non-default value in NON_DEFAULT, so its trip to a child is tested"
+    original = load_settings(**NON_DEFAULT)
+    defaults = Settings.model_construct()
+    same = [name for name in Settings.model_fields if getattr(original, name) == getattr(defaults, name)]
+    assert not same, f"NON_DEFAULT gives {same} their defaults; choose other values"
+
+    env = original.to_env()
+    assert set(env) == {env_name(name) for name in Settings.model_fields}
+    for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert load_settings() == original
+    assert revealed(load_settings()) == revealed(original)
+
+
+def test_to_env_leaves_out_unset_optional_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    original = load_settings(home=tmp_path / "h", api_port=9001)
+    env = original.to_env()
+    assert "K2_S3_SECRET_ACCESS_KEY" not in env and "K2_SCHEMA_REGISTRY_BASIC_AUTH" not in env
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert revealed(load_settings()) == revealed(original)
+    # Left out means the default: so every setting that may be None must default to None.
+    optional = {name: f for name, f in Settings.model_fields.items() if type(None) in get_args(f.annotation)}
+    assert {name: f.default for name, f in optional.items() if f.default is not None} == {}
