@@ -33,6 +33,7 @@ from pyiceberg.table.snapshots import Snapshot
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from k2_etl.errors import K2Error
+from k2_etl.lake import cleanup
 
 OFFSETS_PROPERTY = "k2.kafka-offsets"  # {"group": {"topic": {"partition": next offset}}}
 TOPIC_IDS_PROPERTY = "k2.kafka-topic-ids"  # {"group": {"topic": "id of the topic the offsets were read from"}}
@@ -179,7 +180,7 @@ def append_with_offsets(
     properties = {OFFSETS_PROPERTY: json.dumps(recorded, sort_keys=True)}
     if any(recorded_ids.values()):
         properties[TOPIC_IDS_PROPERTY] = json.dumps({g: i for g, i in recorded_ids.items() if i}, sort_keys=True)
-    table.append(data, snapshot_properties=properties)
+    cleanup.append(table, data, properties)  # a failed attempt removes its files
 
 
 def without_commit_retries(table: Table) -> None:

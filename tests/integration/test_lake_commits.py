@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 import pytest
 from pyiceberg.table import Table
 
 from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings
+from k2_etl.lake import cleanup
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import Fenced, append_with_offsets, committed_offsets, recorded_topic_ids, unchanged_since
 from tests.helpers import a_trade
@@ -50,20 +53,20 @@ def test_groups_keep_their_own_offsets_and_maintenance_snapshots_are_skipped(tra
 
 
 def test_a_commit_that_conflicts_is_checked_again_so_a_stale_batch_is_fenced_not_landed_twice(
-    trades: Table, own_settings: Settings
+    trades: Table, own_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Consumer A checks the table (partition 0 at 1), then, before its commit lands, consumer B
     commits the same batch. A's commit conflicts; retried with the check, A is fenced."""
     append_with_offsets(trades, rows(trades, "x-1"), "g", {"t": {0: None}}, {"t": {0: 1}})
     other = open_catalog(own_settings).load_table((own_settings.namespace, "trades"))
-    append = trades.append
+    append = cleanup.append
 
-    def b_commits_first(*args: object, **kwargs: object) -> None:
-        trades.append = append  # type: ignore[method-assign]  # once
+    def b_commits_first(table: Table, *args: Any) -> None:
+        monkeypatch.setattr(cleanup, "append", append)  # once
         append_with_offsets(other, rows(other, "x-2"), "g", {"t": {0: 1}}, {"t": {0: 2}})
-        append(*args, **kwargs)  # type: ignore[arg-type]
+        append(table, *args)
 
-    trades.append = b_commits_first  # type: ignore[method-assign]
+    monkeypatch.setattr(cleanup, "append", b_commits_first)
     with pytest.raises(Fenced, match=r"t\[0\] is at offset 2 in the table, not 1"):
         append_with_offsets(trades, rows(trades, "x-2"), "g", {"t": {0: 1}}, {"t": {0: 2}})
     trades.refresh()
