@@ -8,15 +8,25 @@ same code serves a local warehouse, MinIO and AWS S3.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import duckdb
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
-from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError, ServerError, ServiceUnavailableError
+from pyiceberg.exceptions import (
+    NoSuchNamespaceError,
+    NoSuchTableError,
+    RESTError,
+    ServerError,
+    ServiceUnavailableError,
+)
+from requests import RequestException
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from k2_etl.config import REST_CATALOG_SCHEMES, Settings, redact_url
@@ -103,3 +113,25 @@ def metadata_location(catalog: Catalog, namespace: str, table: str) -> str | Non
             )
         )
     return str(location) if location is not None else None
+
+
+#: What a SQL or REST catalog raises when it does not answer.
+CATALOG_ERRORS = (SQLAlchemyError, RESTError, RequestException)
+
+
+@contextmanager
+def reaching(table: str | None = None) -> Iterator[None]:
+    """Failures of the catalog and the warehouse as :class:`UnavailableError` naming which, so the
+    API answers 503, commands exit 3 and sensors wait. The message names the error's class, not
+    its text: a driver's message carries the SQL statement and the server's address (the error
+    stays the ``__cause__``, for the log). A table the catalog lacks is the platform not set up yet."""
+    try:
+        yield
+    except (NoSuchTableError, NoSuchNamespaceError) as exc:
+        raise UnavailableError(f"the Iceberg catalog has no table {table or ''}: run `k2 init`", "catalog") from exc
+    except CATALOG_ERRORS as exc:  # before OSError: requests' errors are OSErrors
+        raise UnavailableError(f"the Iceberg catalog (K2_CATALOG_URI) cannot be read: {type(exc).__name__}; "
+                               "answers come back once it is back", "catalog") from exc  # fmt: skip
+    except (OSError, duckdb.IOException) as exc:  # local files, S3 (pyarrow's and DuckDB's httpfs errors)
+        raise UnavailableError(f"the warehouse (K2_WAREHOUSE) cannot be read: {type(exc).__name__}; "
+                               "answers come back once it is back", "warehouse") from exc  # fmt: skip

@@ -92,8 +92,8 @@ class Manifest:
         try:
             return self.catalog.load_table(self.identifier)
         except CATALOG_FAILURES as exc:
-            raise UnavailableError(f"cannot read the load manifest {self.name}: {catalog_failure(self.catalog, exc)}") \
-                from None  # fmt: skip
+            raise UnavailableError(f"cannot read the load manifest {self.name}: {catalog_failure(self.catalog, exc)}",
+                                   "catalog") from None  # fmt: skip
 
     def append(
         self,
@@ -126,7 +126,7 @@ class Manifest:
                     table = self.catalog.load_table(self.identifier)  # fresh metadata on every try
                     cleanup.append(table, rows)
         except _RETRIED as exc:
-            raise UnavailableError(f"{self._failure(exc)} (retried for {within:g} s)") from None
+            raise UnavailableError(f"{self._failure(exc)} (retried for {within:g} s)", "catalog") from None
 
     def _failure(self, exc: BaseException | None) -> str:
         if isinstance(exc, CommitFailedException):

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pyiceberg.catalog import Catalog
 
 from k2_etl.config import Settings
-from k2_etl.lake.catalog import open_catalog
+from k2_etl.lake.catalog import open_catalog, reaching
 from k2_etl.lake.commits import Offsets, TopicIds, committed_offsets, unchanged_since
 from k2_etl.lake.manifest import Manifest
 from k2_etl.lake.tables import tables_by_topic
@@ -73,7 +73,8 @@ def landed_offsets(
     catalog = catalog or open_catalog(settings)
     landed: Offsets = {}
     for name in sorted({table_of[t].name for t in topics}):
-        table = catalog.load_table((settings.namespace, name))
+        with reaching(name):
+            table = catalog.load_table((settings.namespace, name))
         recorded = committed_offsets(table, group or settings.stream_group, topic_ids)
         landed.update({t: p for t, p in recorded.items() if t in topics})
     return landed
@@ -172,7 +173,8 @@ def unlanded(
     landed: Offsets = {}
     since: dict[str, dict[int, int]] = {}  # topic -> partition -> when its landed offset last moved (ms)
     for name in sorted({table_of[t].name for t in topics}):
-        table = catalog.load_table((settings.namespace, name))
+        with reaching(name):
+            table = catalog.load_table((settings.namespace, name))
         landed.update({t: p for t, p in committed_offsets(table, group, topic_ids).items() if t in topics})
         since.update({t: p for t, p in unchanged_since(table, group, topic_ids).items() if t in topics})
     out = []

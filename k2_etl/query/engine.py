@@ -42,19 +42,17 @@ from typing import Any, NamedTuple
 
 import duckdb
 import pyarrow as pa
+from pyiceberg.catalog import Catalog
 from pyiceberg.conversions import from_bytes
-from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError, RESTError
 from pyiceberg.manifest import ManifestContent
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.transforms import DayTransform
 from pyiceberg.types import StringType, TimestampType, TimestamptzType
-from requests import RequestException
-from sqlalchemy.exc import SQLAlchemyError
 
 from k2_etl.config import Settings
 from k2_etl.errors import K2Error, QueryError, QueryTimeout, UnavailableError
-from k2_etl.lake.catalog import metadata_location, open_catalog
+from k2_etl.lake.catalog import metadata_location, open_catalog, reaching
 from k2_etl.query import sql
 from k2_etl.query.duckdb_conn import S3_SCHEMES, configure_storage, connect
 
@@ -96,25 +94,6 @@ SNAPSHOT_COLUMNS = pa.schema(
      ("total_records", pa.int64()), ("added_data_files", pa.int64()), ("total_data_files", pa.int64()),
      ("tags", pa.string()), ("current", pa.bool_())]
 )  # fmt: skip
-CATALOG_ERRORS = (SQLAlchemyError, RESTError, RequestException)  # a SQL or REST catalog that did not answer
-
-
-@contextmanager
-def reaching(table: str | None = None) -> Iterator[None]:
-    """Failures of the catalog and the warehouse as :class:`UnavailableError` naming which, so the
-    API answers 503 and `k2 query` exits 3. The message names the error's class, not its text: a
-    driver's message carries the SQL statement and the server's address (the error stays the
-    ``__cause__``, for the log). A table the catalog lacks is the platform not set up yet."""
-    try:
-        yield
-    except (NoSuchTableError, NoSuchNamespaceError) as exc:
-        raise UnavailableError(f"the Iceberg catalog has no table {table or ''}: run `k2 init`", "catalog") from exc
-    except CATALOG_ERRORS as exc:  # before OSError: requests' errors are OSErrors
-        raise UnavailableError(f"the Iceberg catalog (K2_CATALOG_URI) cannot be read: {type(exc).__name__}; "
-                               "queries are answered again once it is back", "catalog") from exc  # fmt: skip
-    except (OSError, duckdb.IOException) as exc:  # local files, S3 (pyarrow's and DuckDB's httpfs errors)
-        raise UnavailableError(f"the warehouse (K2_WAREHOUSE) cannot be read: {type(exc).__name__}; "
-                               "queries are answered again once it is back", "warehouse") from exc  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -254,7 +233,7 @@ class QueryEngine:
         self.settings = settings
         self.budget_seconds = budget_seconds
         self._clock = clock  # of the time budget (tests make a query slow by advancing it)
-        self._catalog = open_catalog(settings)
+        self._opened: Catalog | None = None  # the catalog, opened at first use (see _catalog)
         self._lock = threading.Lock()
         self._tables: dict[str, tuple[float, Table]] = {}
         self._plans: OrderedDict[tuple[Any, ...], _Plan] = OrderedDict()
@@ -271,6 +250,21 @@ class QueryEngine:
             self._pool.put(conn)
 
     # --- tables, snapshots, files ------------------------------------------------------------------
+    @property
+    def _catalog(self) -> Catalog:
+        """Opened at first use, not at start: an API started while the catalog is down starts, and
+        answers 503 naming the catalog until it is back (opening a SQL catalog connects to it)."""
+        if self._opened is None:
+            try:
+                catalog = open_catalog(self.settings)
+            except UnavailableError as exc:  # its message quotes the driver's (the server's address)
+                cause = type(exc.__cause__ or exc).__name__
+                raise UnavailableError(f"the Iceberg catalog (K2_CATALOG_URI) cannot be opened: {cause}; "
+                                       "queries are answered again once it is back", "catalog") from exc  # fmt: skip
+            with self._lock:
+                self._opened = self._opened or catalog
+        return self._opened
+
     def table(self, name: str) -> Table:
         """The table as of at most about REFRESH_SECONDS ago.
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -55,6 +56,7 @@ import numpy as np
 import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.schema_registry import Schema
+from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.schema import Schema as IcebergSchema
 from pyiceberg.table import Table
@@ -104,6 +106,7 @@ LAG_SECONDS = 5.0  # how often the lag gauge is updated
 PROGRESS_SECONDS = 15.0  # how often topic ids and landed-vs-produced are checked (a manifest scan)
 LOG_EVERY_SECONDS = 30.0  # a failing dependency is logged when it starts failing, then at most this often
 BACKOFF_MAX_SECONDS = 30.0
+STALLED = "land what loads produced"  # the health problem's key while records wait unlanded
 
 
 _Taken = tuple[int, int, int, bytes, Message]  # writer schema id, partition, offset, value, message
@@ -219,7 +222,8 @@ class StreamConsumer:
         if unknown:
             raise K2Error(f"not K2 topics: {', '.join(unknown)} (known: {', '.join(by_topic)})")
         self.record_types = {t: by_topic[t].name for t in self.topics}
-        self.tables: dict[str, Table] = {}  # loaded by the first step that needs them (_open)
+        self.catalog: Catalog | None = None  # opened by the first step that needs it (_open), with the tables
+        self.tables: dict[str, Table] = {}
         self.indexes: dict[str, IdIndex] = {}
         self.trackers: dict[str, SequenceTracker] = {}
         self.sequence_events: Table | None = None
@@ -291,6 +295,7 @@ class StreamConsumer:
         consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         log.info("consuming %s as group %s", ", ".join(self.topics), self.group)
         lag_due = 0.0
+        check = functools.partial(self._check_progress, consumer)
         try:
             while not self._stopping:
                 self.health.beat()
@@ -307,8 +312,8 @@ class StreamConsumer:
                 if time.monotonic() >= lag_due:
                     self._observe_lag(consumer)
                     lag_due = time.monotonic() + LAG_SECONDS
-                if self.expected and self._progress.due():
-                    self._check_progress(consumer)
+                if self.expected and self._progress.due() and self._attempt(self._progress, consumer, check):
+                    self._progress.retry_at = time.monotonic() + PROGRESS_SECONDS
             self._final_commit(consumer)
         finally:
             consumer.close()
@@ -399,7 +404,7 @@ class StreamConsumer:
             self.indexes[t] = IdIndex(tables[t], definition.id_column, definition.day_column)
             if "sequence_number" in tables[t].schema().column_names:
                 self.trackers[t] = SequenceTracker(tables[t], events, self.record_types[t])
-        self.tables, self.sequence_events = tables, events
+        self.tables, self.sequence_events, self.catalog = tables, events, catalog
 
     # --- rebalances ------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -537,22 +542,15 @@ class StreamConsumer:
     def _check_progress(self, consumer: Consumer) -> None:
         """Every :data:`PROGRESS_SECONDS`: a topic created again while we read it is read again from
         the beginning; records loads produced to our partitions that wait unlanded are measured,
-        and /healthz is unhealthy while any has waited ``K2_STREAM_STALL_SECONDS`` with no progress."""
-        self._progress.retry_at = time.monotonic() + PROGRESS_SECONDS
+        and /healthz is unhealthy while any has waited ``K2_STREAM_STALL_SECONDS`` with no progress.
+        It needs the broker and the catalog: an idle consumer tells the truth about them too."""
         owned = {t: set(p) for t, p in self.expected.items() if p}
-        try:
-            ids = topic_ids(self.settings, owned, self.admin)
-            for topic in sorted(owned):
-                if ids.get(topic) is not None and self.topic_ids.get(topic) not in (None, ids[topic]):
-                    log.warning("%s was created again (topic id %s, now %s)", topic, self.topic_ids[topic], ids[topic])
-                    self._drop(consumer, topic, sorted(owned[topic]))
-            found = unlanded(self.settings, ids, group=self.group)
-        except Exception as exc:  # the next check tries again; commits report a dependency that stays down
-            if time.monotonic() - self._progress.logged_at >= LOG_EVERY_SECONDS:
-                self._progress.logged_at = time.monotonic()
-                dependency, why = _failure(exc, self.settings)
-                log.warning("cannot %s: %s", self._progress.what, why, exc_info=dependency == "unexpected")
-            return
+        ids = topic_ids(self.settings, owned, self.admin)
+        for topic in sorted(owned):
+            if ids.get(topic) is not None and self.topic_ids.get(topic) not in (None, ids[topic]):
+                log.warning("%s was created again (topic id %s, now %s)", topic, self.topic_ids[topic], ids[topic])
+                self._drop(consumer, topic, sorted(owned[topic]))
+        found = unlanded(self.settings, ids, group=self.group, catalog=self.catalog)
         waiting: dict[tuple[str, int], Unlanded] = {(u.topic, u.partition): u for u in found}
         for topic, partitions in self.expected.items():
             for partition in partitions:
@@ -564,10 +562,11 @@ class StreamConsumer:
             if u.partition in self.expected.get(u.topic, {}) and u.stalled(self.settings.stream_stall_seconds)
         ]  # fmt: skip
         if stalled:
-            self.health.problems["land what loads produced"] = "; ".join(stalled)
-            log.warning("not landing what loads produced: %s", "; ".join(stalled))
+            if STALLED not in self.health.problems:
+                log.warning("not landing what loads produced: %s", "; ".join(stalled))
+            self.health.problems[STALLED] = "; ".join(stalled)
         else:
-            self.health.problems.pop("land what loads produced", None)
+            self.health.problems.pop(STALLED, None)
 
     def _observe_lag(self, consumer: Consumer) -> None:
         """Lag per owned partition from the high watermarks the fetches brought (no extra request)."""

@@ -119,6 +119,29 @@ def test_catalog_outage_is_503_with_retry_after_and_health_names_the_catalog(
         assert api.stop() == 0
 
 
+@needs_postgres
+def test_an_api_started_during_a_catalog_outage_starts_and_answers_once_it_is_back(
+    proxied_catalog: tuple[Settings, TcpProxy],
+) -> None:
+    """`k2 up` after a reboot may start the API before the catalog: it must start, say 503, and recover
+    (it used to open the catalog at start, and its workers failed to boot)."""
+    settings, proxy = proxied_catalog
+    proxy.cut()
+    api = Api(settings)
+    try:
+        health = api.get("/health")
+        assert health.status_code == 503 and "catalog" in health.json()["checks"]["catalog"]["detail"], health.text
+        response = api.get("/v1/trades", **DAY)
+        assert response.status_code == 503 and response.json()["error"]["error"] == "catalog_unavailable"
+        assert "Retry-After" in response.headers
+        proxy.restore()
+        poll(lambda: answered(api, "/v1/trades", DAY), timeout=30, what="200 once the catalog is back")
+        assert api.get("/v1/trades", **DAY).json()["count"] == 1
+    finally:
+        proxy.restore()
+        assert api.stop() == 0
+
+
 def test_warehouse_outage_is_503_naming_the_warehouse(tmp_path: Path) -> None:
     """The warehouse's files moved away (a storage outage) while the catalog answers."""
     settings = with_a_trade(load_settings(home=tmp_path / "home", stream_metrics_port=0))

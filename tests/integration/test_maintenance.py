@@ -143,11 +143,18 @@ def test_compaction_beside_the_streaming_consumer_loses_and_duplicates_nothing(
     consumer = StreamConsumer(settings)
 
     landed = [0]
+    # Once, the consumer waits between two commits until a compaction has committed (a few seconds at
+    # most: less than the group's poll interval), so the test always sees one land mid-stream; all
+    # the other compactions race the consumer's commits (their conflicts are what is under test).
+    compacted, held = threading.Event(), threading.Event()
 
     def enough(counts: Counts) -> None:
         landed[0] = counts.landed + counts.deduplicated
         if landed[0] >= want:
             consumer.stop()
+        elif counts.landed >= 5 * settings.stream_batch_rows and not held.is_set():
+            held.set()
+            compacted.wait(timeout=5)
 
     runner = threading.Thread(target=consumer.run, kwargs={"on_commit": enough})
     runner.start()
@@ -161,6 +168,8 @@ def test_compaction_beside_the_streaming_consumer_loses_and_duplicates_nothing(
             done = compact(table, TRADES, min_files=3)
             if landed[0] < want:  # committed while the consumer still had records to land
                 compacted_while_streaming += sum(p.outcome == "compacted" for p in done.partitions)
+                if compacted_while_streaming:
+                    compacted.set()
     finally:
         consumer.stop()
         runner.join(timeout=60)

@@ -10,7 +10,7 @@ from pyiceberg.exceptions import NoSuchTableError, ServiceUnavailableError
 from requests import ConnectionError as RequestsConnectionError
 
 from k2_etl.errors import UnavailableError
-from k2_etl.query.engine import reaching
+from k2_etl.lake.catalog import reaching
 
 DRIVER = ('(psycopg2.OperationalError) connection to server at "10.0.0.5", port 5432 failed '
           "[SQL: SELECT iceberg_tables.metadata_location FROM iceberg_tables]")  # fmt: skip
