@@ -327,6 +327,17 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _stall_after_batches(self) -> Settings:
+        # A partition's landed offset moves once a batch; waiting less than two batches for it
+        # would call a healthy consumer stalled.
+        if self.stream_stall_seconds <= 2 * self.stream_batch_seconds:
+            raise ValueError(
+                f"K2_STREAM_STALL_SECONDS={self.stream_stall_seconds:g} must be more than twice "
+                f"K2_STREAM_BATCH_SECONDS={self.stream_batch_seconds:g}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _derived_defaults(self) -> Settings:
         # Paths under K2_HOME are resolved once, here, so that processes
         # started elsewhere (the supervisor's children) see the same files.
@@ -437,9 +448,12 @@ def load_settings(**overrides: Any) -> Settings:
             if err["type"] == "extra_forbidden":  # only a config file can name a setting that does not exist
                 problems.append(f"unknown key {field!r} in the config file")
                 continue
-            name = env_name(field.split(".")[0]) if field != "settings" else "settings"
-            raw = err.get("input")
             message = err["msg"].removeprefix("Value error, ")
+            if field == "settings":  # a rule across settings: its message names them
+                problems.append(message)
+                continue
+            name = env_name(field.split(".")[0])
+            raw = err.get("input")
             shown = f"={raw!r}" if isinstance(raw, str | int | float) else ""
             problems.append(f"{name}{shown}: {message}")
         raise ConfigError("invalid setting " + "; ".join(problems)) from None

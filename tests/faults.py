@@ -28,6 +28,7 @@ class TcpProxy:
         self.port = free_ports(1)[0]
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
+        self._holder: socket.socket | None = None  # while cut: bound, not listening (connections are refused)
         self._open: set[socket.socket] = set()
         self.restore()
 
@@ -46,6 +47,9 @@ class TcpProxy:
         with self._lock:
             if self._listener is not None:
                 return
+            if self._holder is not None:
+                self._holder.close()
+                self._holder = None
             listener = socket.socket()
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind(("127.0.0.1", self.port))
@@ -58,10 +62,16 @@ class TcpProxy:
         with self._lock:
             listener, self._listener = self._listener, None
             connections, self._open = self._open, set()
-        if listener is not None:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)
-            listener.close()
+            if listener is not None:
+                with contextlib.suppress(OSError):
+                    listener.shutdown(socket.SHUT_RDWR)
+                listener.close()
+                # Keep the port: a socket bound but not listening makes the kernel refuse connections,
+                # and no other socket (an outgoing connection's source port) can take it before restore.
+                holder = socket.socket()
+                holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                holder.bind(("127.0.0.1", self.port))
+                self._holder = holder
         for conn in connections:  # their pumps end and close them
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
@@ -70,6 +80,10 @@ class TcpProxy:
 
     def close(self) -> None:
         self.cut()
+        with self._lock:
+            if self._holder is not None:
+                self._holder.close()
+                self._holder = None
 
     @contextlib.contextmanager
     def down(self) -> Iterator[None]:

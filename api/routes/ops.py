@@ -76,7 +76,8 @@ def _consumer(settings: Settings) -> str:
     url = f"http://{format_host_port(settings.stream_metrics_host, settings.stream_metrics_port)}/healthz"
     response = httpx.get(url, timeout=CHECK_TIMEOUT_SECONDS)
     body = response.json()
-    if response.status_code != 200:
-        problem = body.get("problem") or f"HTTP {response.status_code}"
-        raise UnavailableError(f"the streaming consumer is not healthy: {problem}", "consumer")
+    if response.status_code != 200:  # what it cannot do and on what: its reasons name servers and URLs
+        failing = "; ".join(f"{what} ({on})" for what, on in (body.get("failing") or {}).items())
+        failing = failing or f"HTTP {response.status_code}"
+        raise UnavailableError(f"the streaming consumer is not healthy: {failing}; its /healthz says why", "consumer")
     return f"landed {body['landed']:,}, rejected {body['rejected']:,}"

@@ -15,10 +15,13 @@ kinds of writer clean up after themselves instead:
   catalog request (a connection lost mid-commit) has an unknown outcome: the commit may even
   still be landing on the catalog's side. Such an attempt is remembered in this process and
   settled after the table's next successful append: that commit is ordered after any commit
-  in flight on the table, so the table's metadata then says for certain whether the attempt's
-  snapshot landed, and its files are deleted only if it did not. The same look removes files
-  that writer threads of an attempt that failed while writing finished after the failure was
-  seen. A process that exits before that leaves them to `k2 clean-orphans`.
+  in flight on the table, and each commit takes the table's next sequence number, so if
+  another snapshot holds the number the attempt staged, the attempt did not land and its files
+  go. If its own snapshot is there, it landed; if neither is (expiry removed the snapshot that
+  holds the number), nothing is deleted: a landed snapshot's files stay referenced by the later
+  ones after it expires, so only `k2 clean-orphans`, which reads every snapshot, may tell. The
+  same look removes files that writer threads of an attempt that failed while writing finished
+  after the failure was seen. A process that exits before that leaves them to `k2 clean-orphans`.
 * **Runs that may be killed** (compaction: :func:`recorded_run`): a run writes a small marker
   file under the table's location, ``k2-runs/<kind>-<run id>.json``, naming the process (pid,
   its start time, the kernel boot and pid namespace) and every id its files are named after
@@ -77,6 +80,7 @@ class Attempt:
     name: str  # namespace.table, for messages
     write_id: uuid.UUID
     snapshot_id: int | None = None  # None: it failed before a snapshot was staged (it cannot have landed)
+    sequence_number: int | None = None  # the staged snapshot's (of the last try, when pyiceberg retried)
     written: list[str] = field(default_factory=list)  # data files it is known to have written
 
 
@@ -118,9 +122,18 @@ def append(table: Table, data: pa.Table, snapshot_properties: dict[str, str] | N
         attempt.snapshot_id = staged.snapshot_id if staged is not None else None
         transaction.commit_transaction()
     except Exception as exc:
-        _failed(table, attempt, exc)
+        if attempt.snapshot_id is not None:  # pyiceberg's retries keep the snapshot id and restage its number
+            staged = transaction.table_metadata.snapshot_by_id(attempt.snapshot_id)
+            attempt.sequence_number = staged.sequence_number if staged is not None else None
+        try:
+            _failed(table, attempt, exc)
+        except Exception:  # cleaning up must never hide what failed
+            log.warning("%s: could not clean up after a failed append", attempt.name, exc_info=True)
         raise
-    settle(table)
+    try:
+        settle(table)
+    except Exception:  # the append landed: a failure to clean up earlier attempts must not say otherwise
+        log.warning("%s: could not clean up after earlier failed appends", attempt.name, exc_info=True)
 
 
 def _failed(table: Table, attempt: Attempt, exc: Exception) -> None:
@@ -148,8 +161,29 @@ def settle(table: Table) -> int:
         attempts = _unsettled.pop(str(table.metadata.table_uuid), [])
     if not attempts:
         return 0
-    gone = [a for a in attempts if a.snapshot_id is None or table.metadata.snapshot_by_id(a.snapshot_id) is None]
+    gone = [a for a in attempts if _did_not_land(table, a)]
+    unknown = [a for a in attempts if a not in gone and table.metadata.snapshot_by_id(a.snapshot_id or 0) is None]
+    if unknown:
+        log.info("%s: %d failed append(s) of unknown outcome left to `k2 clean-orphans` (their snapshot "
+                 "number is no longer in the metadata)", attempts[0].name, len(unknown))  # fmt: skip
     return _remove(table, gone)
+
+
+def _did_not_land(table: Table, attempt: Attempt) -> bool:
+    """Certainly not: it never staged a snapshot, or another snapshot holds the sequence number it
+    staged (each commit takes the next number, so had it landed, the number would be its own).
+    Its snapshot merely missing is not enough: snapshot expiry removes landed snapshots too, and
+    their data files stay referenced by the later ones."""
+    if attempt.snapshot_id is None:
+        return True
+    if table.metadata.snapshot_by_id(attempt.snapshot_id) is not None or attempt.sequence_number is None:
+        return False
+    if table.metadata.format_version < 2:  # format 1 numbers no snapshots: nothing to tell by
+        return False
+    return any(
+        s.sequence_number == attempt.sequence_number and s.snapshot_id != attempt.snapshot_id
+        for s in table.metadata.snapshots
+    )
 
 
 def _remove(table: Table, attempts: list[Attempt], *, listing: bool = True) -> int:

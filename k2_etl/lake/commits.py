@@ -176,6 +176,8 @@ def append_with_offsets(
         merged.setdefault(topic, {}).update({str(p): o for p, o in partitions.items()})
         if given.get(topic) is not None:
             ids[topic] = str(given[topic])
+        else:  # offsets of a life not known: they must not pass for those of the id recorded before
+            ids.pop(topic, None)
     recorded[group] = merged
     properties = {OFFSETS_PROPERTY: json.dumps(recorded, sort_keys=True)}
     if any(recorded_ids.values()):

@@ -27,8 +27,9 @@ registry or the broker's admin API (placing assigned partitions, commits
 with their dedup and sequence-state loads and schema evolution, the
 progress check) runs as a step that, when it fails, keeps what it had,
 pauses the partitions, and is tried again with backoff while `/healthz`
-answers 503 naming the dependency. Rebalance callbacks only record what
-changed.
+answers 503 naming the dependency. Rebalance callbacks record what changed;
+the only dependency one touches is a single try to land the batch in hand
+before its partitions are revoked, skipped while landing is failing.
 """
 
 from __future__ import annotations
@@ -118,15 +119,15 @@ class _Pending:
     """Records of one topic waiting for their table's next append, and the offsets they take it to.
 
     A commit that fails keeps it whole and is tried again: what it already decided (the decoded
-    batch, the messages it rejected and which dead letters were sent) is kept, so a retry counts
-    and sends nothing twice.
+    batch, the messages it rejected) is kept, so a retry counts nothing twice. Its dead letters are
+    produced again by every try (the rejects table drops the copies by ``reject_id``): a try only
+    knows they reached Kafka when its own flush says so.
     """
 
     messages: list[_Taken] = field(default_factory=list)  # decoded at commit
     schema_ids: set[int] = field(default_factory=set)  # writer schema ids among them
     known: tuple[bytes, int] | None = None  # the framing prefix last seen and its (known) schema id
     dead: dict[_Position, dict[str, Any]] = field(default_factory=dict)  # rejects for the dead-letter topic
-    sent: set[_Position] = field(default_factory=set)  # those of them produced already
     rows: dict[_Position, dict[str, Any]] = field(default_factory=dict)  # rejects of undecodable dead letters
     decoded: _Decoded | None = None  # the valid records, once decoded
     next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset to read
@@ -137,6 +138,17 @@ class _Pending:
     @property
     def rejected(self) -> int:
         return len(self.dead) + len(self.rows)
+
+
+@dataclass
+class _Place:
+    """Where a partition resumes, as the tables say."""
+
+    read_from: int | None  # the offset to read from (None: the beginning)
+    data: int | None  # what the data table records (the fence of its appends)
+    events: int | None  # what the sequence-events table records (the fence of its appends)
+    events_from: int | None  # events of records before this offset are in the events table already
+    reset: str | None = None  # why the recorded offsets do not apply (the partition is read again)
 
 
 @dataclass
@@ -175,7 +187,8 @@ class _Step:
 
     what: str  # e.g. "land the batch", for the health reason
     failures: int = 0
-    dependency: str | None = None  # the metric label of what it is failing on
+    dependency: str = "unexpected"  # the metric label of what it failed on last
+    down: set[str] = field(default_factory=set)  # the labels it set to 0 (1 again once it succeeds)
     retry_at: float = 0.0
     logged_at: float = float("-inf")
 
@@ -228,6 +241,7 @@ class StreamConsumer:
         self.trackers: dict[str, SequenceTracker] = {}
         self.sequence_events: Table | None = None
         self.events_expected: dict[str, dict[int, int | None]] = {}  # partitions -> offset the events table records
+        self.events_from: dict[str, dict[int, int | None]] = {}  # partitions -> events before it are written
         self._verdicts: dict[tuple[str, int], str | None] = {}  # (topic, writer schema id) -> why unreadable
         self.dead_letters = REJECT.topic_name(settings)
         self.decoder = Decoder(registry_client(settings))
@@ -303,8 +317,14 @@ class StreamConsumer:
                     self._attempt(self._place, consumer, lambda: self._place_partitions(consumer))
                 for message in consumer.consume(POLL_MESSAGES, POLL_SECONDS):
                     self._take(message)
-                if self._paused and not self.pending:  # the batch that could not land was dropped meanwhile
+                if not self.pending and (self._land.failures or self._paused):  # the batch was dropped meanwhile
+                    self._settle(self._land)
                     self._resume(consumer)
+                if not self.unplaced and self._place.failures:  # the partitions went meanwhile
+                    self._settle(self._place)
+                if not self.expected and (self._progress.failures or STALLED in self.health.problems):
+                    self._settle(self._progress)  # nothing owned: nothing to check
+                    self.health.clear(STALLED)
                 if self._due() and self._land.due():
                     landed = self._attempt(self._land, consumer, lambda: self._commit(consumer))
                     if landed and on_commit is not None:
@@ -342,8 +362,9 @@ class StreamConsumer:
         except Exception as exc:  # whatever a dependency raises: never out of the poll loop
             step.dependency, why = _failure(exc, self.settings)
             wait = step.failed()
-            self.health.problems[step.what] = f"cannot {step.what}: {why}"
+            self.health.fail(step.what, step.dependency, f"cannot {step.what}: {why}")
             STREAM_DEPENDENCY_UP.labels(step.dependency).set(0)
+            step.down.add(step.dependency)
             if step is self._land:
                 for topic in self.pending:
                     STREAM_COMMIT_FAILURES.labels(self._table_name(topic)).inc()
@@ -359,14 +380,19 @@ class StreamConsumer:
             return False
         if step.failures:
             log.info("%s again after %d failed attempt(s)", step.what, step.failures)
-        step.failures, step.retry_at = 0, 0.0
-        self.health.problems.pop(step.what, None)
-        if step.dependency is not None:
-            STREAM_DEPENDENCY_UP.labels(step.dependency).set(1)
-            step.dependency = None
+        self._settle(step)
         if step is self._land:
             self._resume(consumer)
         return True
+
+    def _settle(self, step: _Step) -> None:
+        """The step succeeded, or has nothing left to do (its batch dropped, its partitions gone):
+        whatever it said was failing no longer holds."""
+        step.failures, step.retry_at = 0, 0.0
+        self.health.clear(step.what)
+        for label in step.down:
+            STREAM_DEPENDENCY_UP.labels(label).set(1)
+        step.down.clear()
 
     def _table_name(self, topic: str) -> str:
         return self.tables[topic].name()[-1] if topic in self.tables else topic
@@ -421,30 +447,42 @@ class StreamConsumer:
 
     def _place_partitions(self, consumer: Consumer) -> None:
         """Read where the tables stand for the unplaced partitions (in the topics' current lives),
-        seek there and resume them."""
+        seek there and resume them. All or nothing: what is read is published (for fencing and
+        for taking messages) only once every partition is sought and resumed, so a failure
+        half-way leaves them all unplaced, paused, for the next try."""
         self._open()
         assert self.sequence_events is not None
         ids = topic_ids(self.settings, self.unplaced, self.admin)
         self.sequence_events.refresh()
-        for topic, partitions in sorted(self.unplaced.items()):
-            places = self._read_positions(consumer, topic, sorted(partitions), ids.get(topic))
-            for partition, offset in places.items():  # None: from the beginning
-                consumer.seek(TopicPartition(topic, partition, OFFSET_BEGINNING if offset is None else offset))
-                log.info("assigned %s[%d]: resuming at %s", topic, partition, offset or "the beginning")
-            self.topic_ids[topic] = ids.get(topic)
+        found = {topic: self._read_places(consumer, topic, sorted(partitions), ids.get(topic))
+                 for topic, partitions in sorted(self.unplaced.items())}  # fmt: skip
+        for topic, places in found.items():
+            for partition, place in places.items():
+                offset = OFFSET_BEGINNING if place.read_from is None else place.read_from
+                consumer.seek(TopicPartition(topic, partition, offset))
         placed = [TopicPartition(t, p) for t, partitions in self.unplaced.items() for p in partitions]
-        self.unplaced.clear()
         if not self._paused:
             consumer.resume(placed)
+        for topic, places in found.items():
+            self.topic_ids[topic] = ids.get(topic)
+            for partition, place in places.items():
+                self.expected.setdefault(topic, {})[partition] = place.data
+                self.events_expected.setdefault(topic, {})[partition] = place.events
+                self.events_from.setdefault(topic, {})[partition] = place.events_from
+                if place.reset is not None:
+                    STREAM_TOPIC_RESETS.labels(topic).inc()
+                    log.warning("%s[%d]: %s: reading the partition from the beginning (records landed before are "
+                                "counted as deduplicated)", topic, partition, place.reset)  # fmt: skip
+                log.info("assigned %s[%d]: resuming at %s", topic, partition, place.read_from or "the beginning")
+        self.unplaced.clear()
 
-    def _read_positions(
+    def _read_places(
         self, consumer: Consumer, topic: str, partitions: list[int], topic_id: str | None
-    ) -> dict[int, int | None]:
-        """Where the tables stand for ``partitions`` (remembered for fencing): the next offsets the data
-        table records, which are returned, and those the sequence-events table records. Offsets
-        recorded for another life of the topic are void (the partition is read from the beginning;
-        deduplication keeps what landed before out), and so are offsets recorded without a topic id
-        that lie beyond the partition's end. The caller refreshes the events table."""
+    ) -> dict[int, _Place]:
+        """Where the tables stand for ``partitions``. Offsets recorded for another life of the topic
+        are void (the partition is read from the beginning; deduplication keeps what landed before
+        out), and so are offsets recorded without a topic id that lie beyond the partition's end.
+        The caller refreshes the events table."""
         assert self.sequence_events is not None
         table = self.tables[topic]
         table.refresh()
@@ -452,28 +490,22 @@ class StreamConsumer:
         mine = committed_offsets(table, self.group, {topic: topic_id}).get(topic, {})
         recorded_id = recorded_topic_ids(table, self.group).get(topic)
         events = committed_offsets(self.sequence_events, self.group, {topic: topic_id}).get(topic, {})
-        places: dict[int, int | None] = {}
+        places: dict[int, _Place] = {}
         for partition in partitions:
-            places[partition] = mine.get(partition)
+            place = _Place(mine.get(partition), mine.get(partition), events.get(partition), events.get(partition))
             if recorded.get(partition) is not None and mine.get(partition) is None:
-                why = f"they were recorded for another life of the topic (id {recorded_id}, now {topic_id})"
-                self._reset(topic, partition, recorded[partition], why)
+                place.reset = (f"the tables record offset {recorded[partition]} for another life of the topic "
+                               f"(id {recorded_id}, now {topic_id})")  # fmt: skip
             elif mine.get(partition) is not None and recorded_id is None:
                 high = self._end_of(consumer, topic, partition)
                 if high is not None and mine[partition] > high:
-                    # Fenced against the recorded offset still (the first append replaces it), read from 0.
-                    self._reset(topic, partition, mine[partition], f"the partition ends at offset {high}")
-                    places[partition] = None
-            self.expected.setdefault(topic, {})[partition] = mine.get(partition)
-            self.events_expected.setdefault(topic, {})[partition] = events.get(partition)
+                    # Still fenced against the offsets recorded (the first append replaces them); read from 0,
+                    # and sequence events are written for every record again (none of this life was).
+                    place.reset = (f"the tables record offset {mine[partition]}, recorded without a topic id, "
+                                   f"beyond the partition's end at {high}")  # fmt: skip
+                    place.read_from, place.events_from = None, None
+            places[partition] = place
         return places
-
-    def _reset(self, topic: str, partition: int, offset: int, why: str) -> None:
-        STREAM_TOPIC_RESETS.labels(topic).inc()
-        log.warning(
-            "%s[%d]: the tables record offset %d, but %s: reading the partition from the beginning "
-            "(records landed before are counted as deduplicated)", topic, partition, offset, why,
-        )  # fmt: skip
 
     def _end_of(self, consumer: Consumer, topic: str, partition: int) -> int | None:
         """The partition's end as the broker reports it (None: not known). Used only for offsets
@@ -486,7 +518,9 @@ class StreamConsumer:
         return high if high >= 0 else None
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self.pending and self._land.due():  # what is in hand is still ours: land it before the partitions move
+        """What is in hand is still ours: one try to land it before the partitions move (not while
+        landing is failing: then the batch is dropped, and the partitions' owner reads it again)."""
+        if self.pending and not self._land.failures:
             self._attempt(self._land, consumer, lambda: self._commit(consumer))
         self._forget(consumer, partitions)
 
@@ -506,6 +540,7 @@ class StreamConsumer:
         for tp in partitions:
             self.expected.get(tp.topic, {}).pop(tp.partition, None)
             self.events_expected.get(tp.topic, {}).pop(tp.partition, None)
+            self.events_from.get(tp.topic, {}).pop(tp.partition, None)
             self.unplaced.get(tp.topic, set()).discard(tp.partition)
             for gauge in (STREAM_LAG, STREAM_UNLANDED_SECONDS, STREAM_UNLANDED_MESSAGES):
                 with contextlib.suppress(KeyError):  # another consumer reports it now
@@ -535,6 +570,7 @@ class StreamConsumer:
         for partition in partitions:
             self.expected.get(topic, {}).pop(partition, None)
             self.events_expected.get(topic, {}).pop(partition, None)
+            self.events_from.get(topic, {}).pop(partition, None)
             self.unplaced.setdefault(topic, set()).add(partition)
         self._place.retry_at = 0.0
 
@@ -547,7 +583,7 @@ class StreamConsumer:
         owned = {t: set(p) for t, p in self.expected.items() if p}
         ids = topic_ids(self.settings, owned, self.admin)
         for topic in sorted(owned):
-            if ids.get(topic) is not None and self.topic_ids.get(topic) not in (None, ids[topic]):
+            if ids.get(topic) is not None and topic in self.topic_ids and self.topic_ids[topic] != ids[topic]:
                 log.warning("%s was created again (topic id %s, now %s)", topic, self.topic_ids[topic], ids[topic])
                 self._drop(consumer, topic, sorted(owned[topic]))
         found = unlanded(self.settings, ids, group=self.group, catalog=self.catalog)
@@ -564,9 +600,9 @@ class StreamConsumer:
         if stalled:
             if STALLED not in self.health.problems:
                 log.warning("not landing what loads produced: %s", "; ".join(stalled))
-            self.health.problems[STALLED] = "; ".join(stalled)
+            self.health.fail(STALLED, "stalled", "; ".join(stalled))
         else:
-            self.health.problems.pop(STALLED, None)
+            self.health.clear(STALLED)
 
     def _observe_lag(self, consumer: Consumer) -> None:
         """Lag per owned partition from the high watermarks the fetches brought (no extra request)."""
@@ -793,22 +829,24 @@ class StreamConsumer:
     def _send_dead_letters(self) -> None:
         """Produce the batch's rejects to the dead-letter topic and wait until Kafka has them: they must
         be durable before the offsets move past their messages."""
+        failed: list[str] = []  # delivery reports of this try (a message librdkafka gave up on is not in flush's count)
         for pending in self.pending.values():
-            for position, reject in pending.dead.items():
-                if position in pending.sent:
-                    continue
+            for reject in pending.dead.values():
                 if self._reject_prefix is None:
                     self._reject_prefix = confluent_prefix(self._reject_schema_id())
                 buffer = io.BytesIO()
                 buffer.write(self._reject_prefix)
                 fastavro.schemaless_writer(buffer, self.reject_schema, reject)
-                self.producer.produce(self.dead_letters, buffer.getvalue(), (reject["kafka_topic"] or "").encode())
+                self.producer.produce(
+                    self.dead_letters, buffer.getvalue(), (reject["kafka_topic"] or "").encode(),
+                    on_delivery=lambda err, _msg: failed.append(err.str()) if err is not None else None,
+                )  # fmt: skip
                 self.producer.poll(0)
-                pending.sent.add(position)
-        if self.producer.flush(30) > 0:
+        if self.producer.flush(30) > 0 or failed:
+            why = failed[0] if failed else "not delivered within 30 s"
             raise UnavailableError(
                 f"the Kafka broker at K2_KAFKA_BOOTSTRAP={self.settings.kafka_bootstrap} did not take the dead "
-                "letters within 30 s",
+                f"letters ({why})",
                 "broker",
             )
 
@@ -888,27 +926,29 @@ class StreamConsumer:
         if tracker is None or batch.table.num_rows == 0:
             return Counter()
         assert self.sequence_events is not None
-        events_from = self.events_expected.setdefault(topic, {})
+        fence = self.events_expected.setdefault(topic, {})
+        written = self.events_from.setdefault(topic, {})
         events, counts = tracker.observe(
             batch.table,
             batch.partitions,
             batch.offsets,
             topic=topic,
             landed=self.expected[topic],
-            events_from=events_from,
+            events_from=written,
         )
-        if events:
-            behind = {p: o for p, o in pending.next_offsets.items() if (events_from.get(p) or 0) < o}
+        behind = {p: o for p, o in pending.next_offsets.items() if (written.get(p) or 0) < o}
+        if events and behind:
             rows = pa.Table.from_pylist(events, schema=self.sequence_events.schema().as_arrow())
             append_with_offsets(
                 self.sequence_events,
                 rows,
                 self.group,
-                {topic: {p: events_from.get(p) for p in behind}},
+                {topic: {p: fence.get(p) for p in behind}},
                 {topic: behind},
                 {topic: self.topic_ids.get(topic)},
             )
-            events_from.update(behind)
+            fence.update(behind)
+            written.update(behind)
         return counts
 
     def _uncount(self, pending: _Pending) -> None:

@@ -23,12 +23,20 @@ from prometheus_client import make_wsgi_app
 class Health:
     def __init__(self, stale_after_seconds: float) -> None:
         self.stale_after = stale_after_seconds
-        self.problems: dict[str, str] = {}  # what cannot be done -> why (set and cleared by the consumer)
+        self.problems: dict[str, str] = {}  # what cannot be done -> why, in a line (set by fail, cleared by clear)
+        self.failing: dict[str, str] = {}  # what cannot be done -> the dependency it fails on (or "stalled")
         self.details: Callable[[], dict[str, Any]] = dict
         self._beat = time.monotonic()
 
     def beat(self) -> None:
         self._beat = time.monotonic()
+
+    def fail(self, what: str, dependency: str, why: str) -> None:
+        self.problems[what], self.failing[what] = why, dependency
+
+    def clear(self, what: str) -> None:
+        self.problems.pop(what, None)
+        self.failing.pop(what, None)
 
     def report(self) -> tuple[bool, dict[str, Any]]:
         idle = time.monotonic() - self._beat
@@ -37,7 +45,7 @@ class Health:
             reasons.insert(0, f"the poll loop has not turned for {idle:.0f} s")
         problem = "; ".join(reasons) or None
         return problem is None, {"status": "healthy" if problem is None else "unhealthy", "problem": problem,
-                                 **self.details()}  # fmt: skip
+                                 "failing": dict(self.failing), **self.details()}  # fmt: skip
 
 
 class _Quiet(WSGIRequestHandler):

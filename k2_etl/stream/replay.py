@@ -54,7 +54,7 @@ from k2_etl.ingest.loader import LoadIds, expand, prepared_blocks, registered_sc
 from k2_etl.ingest.prepare import Preparer, Source
 from k2_etl.kafka import client_config, topic_ids
 from k2_etl.lake.catalog import open_catalog
-from k2_etl.lake.commits import committed_offsets
+from k2_etl.lake.commits import committed_offsets, recorded_topic_ids
 from k2_etl.lake.maintenance import first_of_each_id
 from k2_etl.lake.manifest import ROLLED_BACK, Manifest
 from k2_etl.lake.replace import (
@@ -395,9 +395,15 @@ def rollback(
     # A load that never completed records no offsets: its rows are found by load id in every table.
     chosen = [(topic, d) for topic, d in sorted(by_topic.items()) if (topic in spans or not spans)
               and (not tables or d.name in tables)]  # fmt: skip
+    lives = {topic: life for entry in history for topic, life in entry.topic_ids.items()}
     loaded: dict[str, Table] = {}
+    ended: set[str] = set()  # topics created again since the load: its offsets say nothing about the tables now
     for topic, definition in chosen:
         table = loaded[topic] = catalog.load_table((settings.namespace, definition.name))
+        now = recorded_topic_ids(table, settings.stream_group).get(topic)
+        if lives.get(topic) is not None and now is not None and now != lives[topic]:
+            ended.add(topic)
+            continue
         landed = committed_offsets(table, settings.stream_group).get(topic, {})
         behind = {p: last for p, (_, last) in spans.get(topic, {}).items() if landed.get(p, 0) <= last}
         if behind:
@@ -411,7 +417,7 @@ def rollback(
     for topic, definition in chosen:
         table = loaded[topic]
         firsts = {p: first for p, (first, _) in spans.get(topic, {}).items()}
-        before = snapshot_before(table, settings.stream_group, topic, firsts) if firsts else None
+        before = snapshot_before(table, settings.stream_group, topic, firsts) if firsts and topic not in ended else None
         rows = _as_rows(restore.get(topic, []), table.schema().as_arrow())
         reports.append(remove_load(table, definition, load_id, restore=rows, before=before, dry_run=dry_run))
     return reports

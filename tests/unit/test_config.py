@@ -207,3 +207,11 @@ def test_to_env_leaves_out_unset_optional_settings(monkeypatch: pytest.MonkeyPat
     # Left out means the default: so every setting that may be None must default to None.
     optional = {name: f for name, f in Settings.model_fields.items() if type(None) in get_args(f.annotation)}
     assert {name: f.default for name, f in optional.items() if f.default is not None} == {}
+
+
+def test_a_stall_must_outlast_two_batches() -> None:
+    """The landed offset moves once a batch: a shorter stall window would call a healthy consumer stalled."""
+    with pytest.raises(ConfigError, match=r"^invalid setting K2_STREAM_STALL_SECONDS=2 must be more than twice "
+                                          r"K2_STREAM_BATCH_SECONDS=1$"):  # fmt: skip
+        load_settings(stream_stall_seconds=2, stream_batch_seconds=1)
+    assert load_settings(stream_stall_seconds=2.5, stream_batch_seconds=1).stream_stall_seconds == 2.5
