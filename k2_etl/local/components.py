@@ -184,10 +184,10 @@ def landed(settings: Settings) -> Component:
         if local_catalog_missing(settings):
             raise ComponentError("no catalog yet; run `k2 init`")
         found = unlanded(settings, topic_ids(settings, topic_names(settings), timeout=HEALTH_TIMEOUT_SECONDS))
-        stalled = [str(u) for u in found if u.stalled(settings.stream_stall_seconds)]
+        stalled = [str(u) for u in found if u.stalled(settings.stall_after_seconds)]
         if stalled:
             raise ComponentError(
-                "; ".join(stalled) + f"; no progress for {settings.stream_stall_seconds:g} s or more: "
+                "; ".join(stalled) + f"; no progress for {settings.stall_after_seconds:g} s or more: "
                 f"is a `k2 consume` of group {settings.stream_group} running and healthy?"
             )
         if found:

@@ -440,7 +440,8 @@ class StreamConsumer:
         for tp in partitions:
             tp.offset = OFFSET_BEGINNING  # a placeholder: nothing is fetched before the seek to the real place
         consumer.assign(partitions)
-        consumer.pause(partitions)
+        with contextlib.suppress(KafkaException):  # unpaused, it fetches from the placeholder: ignored, then sought
+            consumer.pause(partitions)
         for tp in partitions:
             self.unplaced.setdefault(tp.topic, set()).add(tp.partition)
         self._place.retry_at = 0.0
@@ -595,7 +596,7 @@ class StreamConsumer:
                 STREAM_UNLANDED_MESSAGES.labels(topic, str(partition)).set(u.records if u else 0)
         stalled = [
             str(u) for u in found
-            if u.partition in self.expected.get(u.topic, {}) and u.stalled(self.settings.stream_stall_seconds)
+            if u.partition in self.expected.get(u.topic, {}) and u.stalled(self.settings.stall_after_seconds)
         ]  # fmt: skip
         if stalled:
             if STALLED not in self.health.problems:

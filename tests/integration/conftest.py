@@ -6,6 +6,7 @@ K2_HOME, and stopped at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -100,15 +101,22 @@ class RegistryProcess:
             client.close()
 
 
-@pytest.fixture
-def registry_process(tmp_path: Path) -> Iterator[RegistryProcess]:
-    process = RegistryProcess(tmp_path / "registry-home")
+@contextlib.contextmanager
+def running_registry(home: Path, **overrides: object) -> Iterator[RegistryProcess]:
+    """A :class:`RegistryProcess` started, and stopped (its clients closed) on the way out."""
+    process = RegistryProcess(home, **overrides)
     process.start()
     try:
         yield process
     finally:
         process.close_clients()
         process.stop()
+
+
+@pytest.fixture
+def registry_process(tmp_path: Path) -> Iterator[RegistryProcess]:
+    with running_registry(tmp_path / "registry-home") as process:
+        yield process
 
 
 @pytest.fixture

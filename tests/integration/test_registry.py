@@ -24,7 +24,7 @@ from k2_etl.config import Settings, load_settings
 from k2_etl.schemas import TOPIC_RECORD_TYPES, TRADE
 from k2_etl.schemas.registration import register_schemas, registry_client
 from tests.helpers import REPO, env_of, free_port, poll, processes_of, run_k2
-from tests.integration.conftest import RegistryProcess
+from tests.integration.conftest import RegistryProcess, running_registry
 from tests.integration.ingest_helpers import load
 
 pytestmark = pytest.mark.integration
@@ -326,13 +326,8 @@ USER, PASSWORD = "k2", "s3cret:with a colon"  # basic auth splits at the first c
 @pytest.fixture
 def guarded(tmp_path: Path) -> Iterator[RegistryProcess]:
     """A registry of its own that requires credentials for changes."""
-    process = RegistryProcess(tmp_path / "guarded", schema_registry_basic_auth=f"{USER}:{PASSWORD}")
-    process.start()
-    try:
+    with running_registry(tmp_path / "guarded", schema_registry_basic_auth=f"{USER}:{PASSWORD}") as process:
         yield process
-    finally:
-        process.close_clients()
-        process.stop()
 
 
 def contents(url: str) -> dict[str, object]:
