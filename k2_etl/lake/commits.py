@@ -111,6 +111,9 @@ def unchanged_since(table: Table, group: str, topic_ids: TopicIds | None = None)
     current = committed_offsets(table, group, topic_ids)
     since: dict[str, dict[int, int]] = {}
     open_ = {(topic, p) for topic, partitions in current.items() for p in partitions}
+    # By id once: snapshot_by_id scans the list, and a walk back over thousands of kept snapshots
+    # (a consumer commits every second) would be quadratic.
+    by_id = {s.snapshot_id: s for s in table.metadata.snapshots}
     snapshot = table.current_snapshot()
     while snapshot is not None and open_:
         properties = snapshot.summary.additional_properties if snapshot.summary else {}
@@ -123,7 +126,7 @@ def unchanged_since(table: Table, group: str, topic_ids: TopicIds | None = None)
                     since.setdefault(topic, {})[partition] = snapshot.timestamp_ms
                 else:
                     open_.discard((topic, partition))
-        snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id else None
+        snapshot = by_id.get(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id else None
     return since
 
 

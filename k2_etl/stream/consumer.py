@@ -315,7 +315,7 @@ class StreamConsumer:
                 self.health.beat()
                 if self.unplaced and self._place.due():
                     self._attempt(self._place, consumer, lambda: self._place_partitions(consumer))
-                for message in consumer.consume(POLL_MESSAGES, POLL_SECONDS):
+                for message in consumer.consume(self._room(), POLL_SECONDS):
                     self._take(message)
                 if not self.pending and (self._land.failures or self._paused):  # the batch was dropped meanwhile
                     self._settle(self._land)
@@ -852,8 +852,16 @@ class StreamConsumer:
             )
 
     # --- commits ---------------------------------------------------------------------------------
+    def _held(self) -> int:
+        return sum(len(p.messages) + len(p.rows) for p in self.pending.values())
+
+    def _room(self) -> int:
+        """How many records one poll may take: a batch never grows past ``stream_batch_rows`` (its
+        memory and its commit's size are bounded by the setting, also when a backlog is waiting)."""
+        return max(1, min(POLL_MESSAGES, self.settings.stream_batch_rows - self._held()))
+
     def _due(self) -> bool:
-        held = sum(len(p.messages) + len(p.rows) for p in self.pending.values())
+        held = self._held()
         oldest = min((p.since for p in self.pending.values() if p.since is not None), default=None)
         return held >= self.settings.stream_batch_rows or (
             oldest is not None and time.monotonic() - oldest >= self.settings.stream_batch_seconds

@@ -148,12 +148,17 @@ def test_compaction_beside_the_streaming_consumer_loses_and_duplicates_nothing(
     # the other compactions race the consumer's commits (their conflicts are what is under test).
     compacted, held = threading.Event(), threading.Event()
 
+    watched = open_catalog(settings).load_table((settings.namespace, "trades"))
+
+    commits: list[int] = []
+
     def enough(counts: Counts) -> None:
+        commits.append(counts.landed + counts.deduplicated - landed[0])
         landed[0] = counts.landed + counts.deduplicated
         if landed[0] >= want:
             consumer.stop()
-        elif counts.landed >= 5 * settings.stream_batch_rows and not held.is_set():
-            held.set()
+        elif not held.is_set() and max(data_files(watched).values(), default=0) >= 3:
+            held.set()  # a partition has enough files for the compaction below: it commits meanwhile
             compacted.wait(timeout=5)
 
     runner = threading.Thread(target=consumer.run, kwargs={"on_commit": enough})
@@ -174,6 +179,7 @@ def test_compaction_beside_the_streaming_consumer_loses_and_duplicates_nothing(
         consumer.stop()
         runner.join(timeout=60)
     assert compacted_while_streaming >= 1
+    assert len(commits) >= 10 and max(commits) <= settings.stream_batch_rows  # a backlog is landed in bounded batches
 
     compact(table, TRADES, min_files=2)
     ids = table.scan(selected_fields=("event_id",)).to_arrow().column("event_id").to_pylist()
