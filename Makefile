@@ -32,6 +32,7 @@ test: install  ## lint, then the whole test suite (unit + integration against re
 	$(BIN)/ruff format --check k2_etl api dags plugins tests bench
 	$(BIN)/mypy k2_etl api
 	MYPYPATH=plugins $(BIN)/mypy plugins/k2_airflow dags
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 test-fast: install  ## unit tests only (seconds)

@@ -16,17 +16,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from k2_etl.errors import QueryError
+from k2_etl.instants import TIME_HELP, parse_day, parse_time
 from k2_etl.query.engine import MAX_LIMIT, MAX_SYMBOLS
-from k2_etl.query.params import (
-    EXCHANGE_PATTERN,
-    SYMBOL_PATTERN,
-    TIME_HELP,
-    parse_day,
-    parse_interval,
-    parse_symbols,
-    parse_time,
-)
-from k2_etl.stream.sequences import KINDS
+from k2_etl.query.params import EXCHANGE_PATTERN, SYMBOL_PATTERN, parse_interval, parse_symbols
+from k2_etl.records import SEQUENCE_KINDS
 
 
 @functools.cache
@@ -165,7 +158,7 @@ class LogQuery(_Query):
 class SequenceEventsQuery(LogQuery):
     symbol: Annotated[list[str] | None, BeforeValidator(_symbols), Field(None, max_length=MAX_SYMBOLS)] = None
     exchange: Exchange = None
-    kind: Literal[KINDS] | None = Field(None, description="gap, out_of_order, reset or duplicate")  # type: ignore[valid-type]
+    kind: Literal[SEQUENCE_KINDS] | None = Field(None, description="gap, out_of_order, reset or duplicate")  # type: ignore[valid-type]
 
 
 class RejectsQuery(LogQuery):

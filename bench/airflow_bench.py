@@ -33,12 +33,12 @@ from bench.harness import save_result
 from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings, load_settings
 from k2_etl.ingest.landing import day_files, load_day
+from k2_etl.jobs.quality import check_day
 from k2_etl.lake.progress import landed_offsets, pending_offsets, wanted_offsets
 from k2_etl.local.components import broker, registry
 from k2_etl.local.supervisor import start, stop
 from k2_etl.schemas.registration import check_schemas, register_schemas
 from k2_etl.stream.consumer import StreamConsumer
-from k2_etl.stream.quality import check_day
 from tests.helpers import REPO, free_port
 from tests.integration.airflow_helpers import airflow, airflow_env
 

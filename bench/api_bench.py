@@ -54,9 +54,9 @@ from k2_etl.ingest.generate import generate
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.local.components import broker, registry
 from k2_etl.local.supervisor import start, stop
-from k2_etl.query.duckdb_conn import connect
 from k2_etl.query.engine import QueryEngine
 from k2_etl.schemas.registration import register_schemas
+from k2_etl.wire.duckdb_conn import connect
 from tests.helpers import env_of, free_port, run_k2
 
 SYMBOLS, DAYS, TRADES_PER_SYMBOL_DAY = 20, 20, 25_000
@@ -284,7 +284,7 @@ def iceberg_scan_page(settings: Settings, pairs: list[tuple[str, date]], count: 
     """The trades page through DuckDB's iceberg extension (it plans from the metadata itself), against
     read_parquet over the files pyiceberg planned, sequentially, same pages."""
     table = open_catalog(settings).load_table((settings.namespace, "trades"))
-    conn = connect()
+    conn = connect(extensions=True)
     conn.execute("SET TimeZone = 'UTC'")
     engine = QueryEngine(settings)
     timings: dict[str, list[float]] = {"iceberg_scan": [], "planned_files": []}

@@ -30,17 +30,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from bench.harness import bench_platform, save_result
-from k2_etl.ingest.producer import Deliveries, make_producer, produce_all
-from k2_etl.kafka import admin_client, client_config
+from k2_etl.ingest.producer import Deliveries, produce_all
+from k2_etl.wire.kafka import admin_client, make_consumer, make_producer
 from tests.helpers import env_of
 
 
 def sample_messages(settings, topic: str, count: int = 5000) -> list[tuple[bytes, bytes, int]]:  # type: ignore[no-untyped-def]
-    consumer = Consumer(client_config(settings, **{"group.id": "bench-sample", "enable.auto.commit": False}))
+    consumer = make_consumer(settings, "bench-sample")
     consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.topic_partitions)])
     out: list[tuple[bytes, bytes, int]] = []
     deadline = time.monotonic() + 60

@@ -41,22 +41,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import pyarrow as pa
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from pyiceberg.expressions import GreaterThan
 
 from bench.harness import bench_platform, save_result
 from k2_etl.bootstrap import init_platform
-from k2_etl.ingest.avro_frame import encode_table
-from k2_etl.kafka import client_config
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.schemas import TRADE
 from k2_etl.schemas.registration import register_schemas
+from k2_etl.wire.avro_encode import encode_table
+from k2_etl.wire.kafka import client_config, make_consumer
 from tests.helpers import env_of, free_port, run_k2
 
 
 def ceiling(settings, topic: str, rows: int) -> float:  # type: ignore[no-untyped-def]
-    consumer = Consumer(client_config(settings, **{"group.id": f"bench-{time.time()}", "enable.auto.commit": False}))
+    consumer = make_consumer(settings, f"bench-{time.time()}")
     consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.topic_partitions)])
     seen = 0
     started = time.perf_counter()

@@ -16,7 +16,7 @@ param `trading_date` overrides it, e.g. for a manual run).
 4. **wait_landed**: until the streaming consumer has landed every record produced (the tables'
    offsets), in reschedule mode (no worker slot held), at most `K2_DAILY_LOAD_WAIT_SECONDS`.
 5. **check_quality**: counts reconcile, every produced record is in its table by id, no
-   duplicate ids, prices and sizes positive, the day's sequence events summarized; then the
+   duplicate ids, the record rules (k2_etl.records), the day's sequence events summarized; then the
    tables' assets are published (`k2.market_data.*`).
 
 Backfill: `airflow backfill create --dag-id k2_daily_load --from-date 2026-11-02 --to-date 2026-11-06`.
@@ -31,10 +31,12 @@ from k2_airflow.operators import CheckSchemasOperator, DayQualityOperator, FindD
 from k2_airflow.sensors import LandedSensor
 
 from k2_etl.config import load_settings
+from k2_etl.lake.tables import tables_by_topic
 
 SETTINGS = load_settings()  # environment and k2.toml only: no connection at parse time
-TABLE_ASSETS = [Asset(name=f"k2.{SETTINGS.namespace}.{t}", uri=f"iceberg://k2/{SETTINGS.namespace}/{t}")
-                for t in ("trades", "quotes", "reference_data", "rejects")]  # fmt: skip
+# The tables a load's records land in:
+TABLE_ASSETS = [Asset(name=f"k2.{SETTINGS.namespace}.{t.name}", uri=f"iceberg://k2/{SETTINGS.namespace}/{t.name}")
+                for t in tables_by_topic(SETTINGS).values()]  # fmt: skip
 
 
 @dag(

@@ -16,9 +16,10 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ra
 
 from k2_etl.config import Settings
 from k2_etl.errors import UnavailableError
-from k2_etl.kafka import ensure_topics
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.tables import TableStatus, ensure_tables
+from k2_etl.schemas import topic_names
+from k2_etl.wire.kafka import ensure_topics
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class InitReport:
 
 
 def init_platform(settings: Settings) -> InitReport:
-    topics = ensure_topics(settings)
+    topics = ensure_topics(settings, topic_names(settings))
     return InitReport(topics, _ensure_tables(settings))
 
 

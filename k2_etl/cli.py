@@ -679,10 +679,11 @@ def replay_range(
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
-    from k2_etl.stream.replay import parse_instant, replay
+    from k2_etl.instants import parse_time
+    from k2_etl.jobs.replay import replay
 
     settings = load_settings()
-    begin, finish = parse_instant(start, "--start"), parse_instant(end, "--end")
+    begin, finish = parse_time("--start", start), parse_time("--end", end)
     show = not json_output and sys.stderr.isatty()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=Console(stderr=True),
                   disable=not show) as bar:  # fmt: skip
@@ -729,7 +730,7 @@ def rollback_load(
 
     Load the corrected file afterwards with `k2 load` (`--force` for the same content).
     """
-    from k2_etl.stream.replay import rollback
+    from k2_etl.jobs.rollback import rollback
 
     reports = rollback(load_settings(), load_id, tables=tables, dry_run=dry_run)
     if json_output:
@@ -758,16 +759,11 @@ CursorOpt = Annotated[str | None, typer.Option("--cursor", help="Go on after a p
 
 
 def _time_args(start: str | None, end: str | None, as_of: str | None) -> dict[str, Any]:
-    from datetime import UTC, timedelta
+    from k2_etl.instants import default_range, parse_time
 
-    from k2_etl.query.params import parse_time
-
-    end_at = parse_time("--end", end) if end else datetime.now(UTC)
-    return {
-        "start": parse_time("--start", start) if start else end_at - timedelta(days=1),
-        "end": end_at,
-        "as_of": parse_time("--as-of", as_of) if as_of else None,
-    }
+    begin, finish = default_range(parse_time("--start", start) if start else None,
+                                  parse_time("--end", end) if end else None, names=("--start", "--end"))  # fmt: skip
+    return {"start": begin, "end": finish, "as_of": parse_time("--as-of", as_of) if as_of else None}
 
 
 def _show(result: Any, json_output: bool, out_file: Path | None, walk: Any) -> None:
@@ -880,9 +876,10 @@ def query_summary(
     """A symbol's trading day: open, high, low, close, volume, VWAP, trade and quote counts."""
     import pyarrow as pa
 
+    from k2_etl.instants import parse_day, parse_time
     from k2_etl.query.engine import QueryEngine
     from k2_etl.query.output import json_types
-    from k2_etl.query.params import parse_day, parse_symbols, parse_time
+    from k2_etl.query.params import parse_symbols
 
     engine = QueryEngine(load_settings())
     name = (parse_symbols("symbol", [symbol]) or [""])[0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
@@ -19,7 +19,7 @@ from api.models import (
 from api.render import negotiated, table_response
 from api.responses import V1_ERRORS, ReferenceList, RejectsPage, SequenceEventsPage, SnapshotsPage, SymbolList
 from api.routes.market import KEY_OR_OPEN, answered, engine, known
-from k2_etl.errors import QueryError
+from k2_etl.instants import default_range
 from k2_etl.lake.tables import TABLES_BY_NAME
 
 LOG_SPAN = timedelta(days=7)  # sequence events and rejects with no start: the week before end
@@ -51,11 +51,7 @@ def reference(path: SymbolPath, query: ListQuery) -> Response:
 
 
 def _log_range(query: SequenceEventsQuery | RejectsQuery) -> tuple[datetime, datetime]:
-    end = query.end or datetime.now(UTC) + timedelta(microseconds=1)
-    start = query.start or end - LOG_SPAN
-    if start >= end:
-        raise QueryError("start", start.isoformat(), f"must be before end {end.isoformat()}")
-    return start, end
+    return default_range(query.start, query.end, span=LOG_SPAN)
 
 
 @blueprint.get(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -14,10 +13,9 @@ from api.errors import UnknownSymbol
 from api.models import BarsQuery, JoinQuery, RangeQuery, RowsQuery, SummaryPath, SummaryQuery
 from api.render import json_body, jsonable, negotiated, rows_response, table_response
 from api.responses import V1_ERRORS, BarsPage, DaySummary, QuotesPage, TradesPage, TradesWithQuotesPage
-from k2_etl.errors import QueryError
+from k2_etl.instants import default_range
 from k2_etl.query.engine import SUMMARY_COLUMNS, QueryEngine, Result
 
-DEFAULT_SPAN = timedelta(days=1)  # a range with no start covers the day before its end
 KEY_OR_OPEN: list[dict[str, list[str]]] = [{"api_key": []}, {}]  # an X-API-Key when K2_API_KEYS is set
 blueprint = APIBlueprint("market", __name__, url_prefix="/v1", abp_tags=[Tag(name="market data")],
                          abp_responses=V1_ERRORS, abp_security=KEY_OR_OPEN)  # fmt: skip
@@ -36,10 +34,7 @@ def known(symbols: list[str]) -> list[str]:
 
 
 def time_range(query: RangeQuery) -> dict[str, Any]:
-    end = query.end or datetime.now(UTC) + timedelta(microseconds=1)
-    start = query.start or end - DEFAULT_SPAN
-    if start >= end:
-        raise QueryError("start", start.isoformat(), f"must be before end {end.isoformat()}")
+    start, end = default_range(query.start, query.end)
     resuming = query.cursor is not None or query.snapshot_id is not None  # the symbols were known then
     symbols = query.symbol if resuming else known(query.symbol)
     return {"symbols": symbols, "start": start, "end": end, "exchange": query.exchange,

@@ -22,7 +22,6 @@ records it already landed by event id.
 from __future__ import annotations
 
 import hashlib
-import io
 import queue
 import threading
 import time
@@ -34,18 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import fastavro
-from confluent_kafka.schema_registry import Schema
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from k2_etl.config import Settings
-from k2_etl.errors import K2Error, SchemaError, UnavailableError
+from k2_etl.errors import K2Error, UnavailableError
 from k2_etl.formats import Format, RecordSpec
-from k2_etl.ingest.avro_frame import confluent_prefix
 from k2_etl.ingest.lines import file_checksum, read_blocks
 from k2_etl.ingest.prepare import Prepared, Preparer, Source, find_upwards
-from k2_etl.ingest.producer import Deliveries, Headers, make_producer, produce_all
-from k2_etl.kafka import cluster_metadata, topic_ids
+from k2_etl.ingest.producer import Deliveries, Headers, produce_all
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.manifest import ROLLED_BACK, Manifest, ManifestEntry, now
 from k2_etl.observability import (
@@ -57,8 +51,12 @@ from k2_etl.observability import (
     INGEST_ROWS_READ,
     INGEST_ROWS_REJECTED,
 )
-from k2_etl.schemas import BY_NAME, REJECT
-from k2_etl.schemas.registration import registry_client, registry_error
+from k2_etl.records import encode_reject
+from k2_etl.schemas import TOPIC_RECORD_TYPES
+from k2_etl.wire.avro_encode import confluent_prefix
+from k2_etl.wire.duckdb_conn import connect
+from k2_etl.wire.kafka import cluster_metadata, make_producer, topic_ids
+from k2_etl.wire.registry import schema_ids
 
 RECORD_ORDER = {"reference_data": 0, "trade": 1, "quote": 2}  # reference data first: others look symbols up
 QUEUE_DEPTH = 2  # blocks prepared ahead of the producer: bounds memory
@@ -204,30 +202,7 @@ def _patterns(fmt: Format) -> str:
 def registered_schema_ids(settings: Settings) -> dict[str, int]:
     """The registry's ids of K2's schemas (which loads frame their messages with); SchemaError
     when one is not registered, UnavailableError when the registry cannot be reached."""
-    ids: dict[str, int] = {}
-    try:
-        with registry_client(settings) as client:
-            for name in ("trade", "quote", "reference_data", "reject"):
-                record = BY_NAME[name]
-                subject = record.subject(settings)
-                try:
-                    ids[name] = client.lookup_schema(subject, Schema(record.schema_str, "AVRO")).schema_id
-                except SchemaRegistryError as exc:
-                    if exc.http_status_code == 404:
-                        raise SchemaError(
-                            f"the {name} schema is not registered under {subject}; run `k2 schemas register`"
-                        ) from None
-                    raise
-    except SchemaRegistryError as exc:
-        raise registry_error(settings, exc) from None
-    except SchemaError:
-        raise
-    except Exception as exc:  # the client's transport errors (httpx or httpx2)
-        raise UnavailableError(
-            f"schema registry at K2_SCHEMA_REGISTRY_URL={settings.schema_registry_url} is unreachable "
-            f"({type(exc).__name__}); is it running? (k2 up / k2 status)"
-        ) from None
-    return ids
+    return schema_ids(settings, TOPIC_RECORD_TYPES)
 
 
 class LoadIds:
@@ -291,13 +266,12 @@ class Loader:
         self.on_rows = on_rows or (lambda _file, _n: None)
         self.on_retry = on_retry
         metadata = cluster_metadata(settings)  # fail fast (exit 3) when the broker is unreachable
-        self.topics = {r: BY_NAME[r].topic_name(settings) for r in ("trade", "quote", "reference_data", "reject")}
+        self.topics = {r.name: r.topic_name(settings) for r in TOPIC_RECORD_TYPES}
         missing = sorted(t for t in self.topics.values() if t not in metadata.topics)
         if missing:
             raise K2Error(f"Kafka topics {', '.join(missing)} do not exist; run `k2 init`")
         self.topic_ids = topic_ids(settings, self.topics.values())
         self.schema_ids = registered_schema_ids(settings)
-        self.reject_schema = fastavro.parse_schema(REJECT.schema)
         self.manifest = Manifest(open_catalog(settings), settings.namespace)
         self.producer = make_producer(settings)
         self.preparer = Preparer(fmt, self.schema_ids, load_date)
@@ -461,9 +435,8 @@ class Loader:
         stop: threading.Event,
     ) -> None:
         """Worker thread: every file's blocks → prepared messages, in order; a file's error ends that file only."""
-        con = duckdb.connect()
+        con = connect()
         try:
-            con.execute("SET TimeZone = 'UTC'")
             for job in jobs:
                 job.started_at = time.perf_counter()
                 try:
@@ -484,12 +457,7 @@ class Loader:
             return
         load_id = job.entry.load_id
         prefix = confluent_prefix(self.schema_ids["reject"])
-        values = []
-        for reject in rejects:
-            buffer = io.BytesIO()
-            buffer.write(prefix)
-            fastavro.schemaless_writer(buffer, self.reject_schema, reject)
-            values.append(buffer.getvalue())
+        values = [encode_reject(prefix, reject) for reject in rejects]
         stamp = int(time.time() * 1000)
         produce_all(
             self.producer,

@@ -5,17 +5,16 @@ out the effective columns (headers may reorder them), the symbol lookups
 (reference files searched next to the file and up to two folders above), and
 the DuckDB statement (:mod:`k2_etl.ingest.sql`); for each block of lines it
 runs the statement, splits off the rejects, assigns sequence numbers and
-encodes the rest to Avro (:mod:`k2_etl.ingest.avro_frame`). It holds no Kafka
+encodes the rest to Avro (:mod:`k2_etl.wire.avro_encode`). It holds no Kafka
 client: producing is the loader's job.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,11 @@ import pyarrow.compute as pc
 from k2_etl.errors import K2Error
 from k2_etl.formats import Format, RecordSpec
 from k2_etl.ingest import sql
-from k2_etl.ingest.avro_frame import encode_table
 from k2_etl.ingest.lines import Block, read_first_line
-from k2_etl.lake.manifest import now
+from k2_etl.records import latest_event_time, load_reject
 from k2_etl.schemas import BY_NAME
+from k2_etl.wire.avro_encode import encode_table
 
-MAX_RAW_LINE = 10_000
 REFERENCE_SEARCH_DEPTH = 2  # reference files are looked for next to a file and up to two folders above
 
 
@@ -206,7 +204,7 @@ class Preparer:
             self.fmt,
             spec,
             load_date=self.load_date.isoformat() if self.load_date else None,
-            max_event_time=(datetime.now(UTC) + timedelta(days=1)).isoformat(),
+            max_event_time=latest_event_time().isoformat(),
             instrument=instrument,
             reference_label=reference_label,
             known_symbols_label=known_label,
@@ -226,7 +224,7 @@ class Preparer:
         """One block of one file → messages to produce and rejects, in file order."""
         path, load_id = source.path, source.load_id
         rejects = [
-            self.reject(path, spec.type, r.line_number, r.raw, r.reason, r.detail, None, load_id) for r in block.rejects
+            load_reject(path, spec.type, r.line_number, r.raw, r.reason, r.detail, None, load_id) for r in block.rejects
         ]
         if len(block.lines) == 0:
             return Prepared([], [], [], rejects, len(block.rejects), block.blank_lines, block.nbytes)
@@ -257,7 +255,7 @@ class Preparer:
             raws = block.lines.take(pa.array(positions)).to_pylist()
             for row, raw in zip(bad_rows, raws, strict=True):
                 rejects.append(
-                    self.reject(path, spec.type, row["line_no"], raw, row["reason"], row["detail"], row["field"],
+                    load_reject(path, spec.type, row["line_no"], raw, row["reason"], row["detail"], row["field"],
                                  load_id)
                 )  # fmt: skip
         if "sequence_number" not in spec.fields and valid.num_rows and spec.type != "reference_data":
@@ -279,37 +277,6 @@ class Preparer:
         return Prepared(
             values, keys, timestamps, rejects, len(block.rejects) + len(block.lines), block.blank_lines, block.nbytes
         )
-
-    def reject(
-        self,
-        path: Path,
-        record_type: str,
-        line_number: int,
-        raw: str,
-        code: str,
-        detail: str,
-        column: str | None,
-        load_id: str,
-    ) -> dict[str, Any]:
-        return {
-            "_code": code,
-            "reject_id": hashlib.md5(f"{path.resolve()}|{line_number}".encode(), usedforsecurity=False).hexdigest(),
-            "rejected_at": now(),
-            "stage": "load",
-            "record_type": record_type,
-            "reason": f"{path.name} line {line_number}: {detail}",
-            "field": column,
-            "value": None,
-            "source": str(path),
-            "line_number": line_number,
-            "raw_line": raw[:MAX_RAW_LINE],
-            "kafka_topic": None,
-            "kafka_partition": None,
-            "kafka_offset": None,
-            "raw_bytes": None,
-            "headers": None,
-            "load_id": load_id,
-        }
 
 
 def _without_overlaps(ranges: list[tuple[str, date | None, date | None]]) -> list[tuple[str, date | None, date | None]]:

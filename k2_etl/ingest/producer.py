@@ -1,43 +1,22 @@
-"""The Kafka producer of batch loads, and the record of what it wrote.
+"""What batch loads write to Kafka, and the record of it.
 
-Idempotent (no duplicates from retries), acks=all, lz4, large batches; one
-delivery callback per message records the offset range written per topic and
-partition (what the load manifest stores) and counts failures.
+One delivery callback per message records the offset range written per topic and partition
+(what the load manifest stores) and counts failures. The producer itself comes from
+:func:`k2_etl.wire.kafka.make_producer`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from k2_etl.config import Settings
-from k2_etl.errors import ConfigError, K2Error
-from k2_etl.kafka import client_config
+from k2_etl.errors import K2Error
 
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, str | bytes | None]]
-
-PRODUCER_SETTINGS: dict[str, Any] = {
-    "enable.idempotence": True,
-    "acks": "all",
-    "compression.type": "lz4",
-    "linger.ms": 20,
-    "batch.size": 1_000_000,
-    # Bounded: a full queue blocks the load (back-pressure) instead of growing memory.
-    "queue.buffering.max.messages": 100_000,
-    "queue.buffering.max.kbytes": 32_768,
-}
-
-
-def make_producer(settings: Settings) -> Producer:
-    try:
-        return Producer(client_config(settings, **PRODUCER_SETTINGS, logger=log))
-    except KafkaException as exc:
-        raise ConfigError(f"invalid setting K2_KAFKA_CONFIG: {exc.args[0].str() if exc.args else exc}") from None
 
 
 class Deliveries:

@@ -23,20 +23,22 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from k2_etl import records
 from k2_etl.formats import Format, RecordSpec
 
 SCHEMA_SCALE = 8
 INTEGER_DIGITS = 10  # decimal(18, 8): 10 digits before the point
-DECIMAL_FIELDS = {
-    "trade": {"price": "positive", "size": "positive"},
-    "quote": {
-        "bid_price": "non_negative",
-        "bid_size": "non_negative",
-        "ask_price": "non_negative",
-        "ask_size": "non_negative",
-    },
-    "reference_data": {},
-}
+DECIMAL_FIELDS = {"trade": ("price", "size"), "quote": ("bid_price", "bid_size", "ask_price", "ask_size")}
+
+
+def csv_sign(record_type: str, column: str) -> records.Sign | None:
+    """The sign check of a decimal column's CSV text: the record's rule (k2_etl.records), except
+    that a quote file's price of 0 is an empty side (stored as no price), not a wrong price."""
+    if column in records.EMPTY_SIDE_PRICES.get(record_type, ()):
+        return "not_negative"
+    return records.sign_of(record_type, column)
+
+
 DATE_FIELDS = {"valid_from", "valid_to"}
 UTC_ZONES = {"UTC", "Etc/UTC"}
 MICROS_PER_DAY = 86_400_000_000
@@ -83,7 +85,7 @@ class _Builder:
         return f"CASE {branches} END"
 
 
-def _decimal_checks(b: _Builder, field_name: str, column: str, sign: str, required: bool) -> str:
+def _decimal_checks(b: _Builder, field_name: str, column: str, sign: records.Sign | None, required: bool) -> str:
     """Checks for one decimal column; returns the expression of its value (NULL when empty)."""
     text = f"c_{field_name}"
     scale = b.spec.scales.get(column, SCHEMA_SCALE)
@@ -112,8 +114,10 @@ def _decimal_checks(b: _Builder, field_name: str, column: str, sign: str, requir
     value = f"TRY_CAST(nullif({text}, '') AS DECIMAL(18, 8))"
     if sign == "positive":
         condition, reason, verdict = f"{text} <> '' AND {field_name} <= 0", "not_positive", "must be positive"
-    else:
+    elif sign == "not_negative":
         condition, reason, verdict = f"{text} <> '' AND {field_name} < 0", "negative", "must not be negative"
+    else:
+        return value
     b.check(condition, reason, f"{label} || ' ' || to_json({text}) || ' {verdict}'", column)
     return value
 
@@ -206,9 +210,11 @@ def build(
             )
         max_ts = b.param("max_ts", max_event_time)
         b.check(
-            f"c_event_time < TIMESTAMPTZ '1990-01-01 00:00:00+00' OR c_event_time > CAST({max_ts} AS TIMESTAMPTZ)",
+            f"c_event_time < CAST({b.param('min_ts', records.EARLIEST.isoformat())} AS TIMESTAMPTZ) "
+            f"OR c_event_time > CAST({max_ts} AS TIMESTAMPTZ)",
             "timestamp_out_of_range",
-            f"to_json(c_ts) || ' is outside 1990-01-01 .. ' || {b.param('max_ts_label', max_event_time[:10])}",
+            f"to_json(c_ts) || ' is outside {records.EARLIEST:%Y-%m-%d} .. ' "
+            f"|| {b.param('max_ts_label', max_event_time[:10])}",
             ts_column,
         )
         if load_date is not None:
@@ -270,9 +276,9 @@ def build(
 
     # --- typed values -------------------------------------------------------------------------
     values: dict[str, str] = {}
-    for name, sign in DECIMAL_FIELDS[rtype].items():
+    for name in DECIMAL_FIELDS.get(rtype, ()):
         if name in spec.fields:
-            values[name] = _decimal_checks(b, name, spec.fields[name], sign, name in ("price", "size"))
+            values[name] = _decimal_checks(b, name, spec.fields[name], csv_sign(rtype, name), name in ("price", "size"))
         else:
             values[name] = "NULL::DECIMAL(18, 8)"
     if "sequence_number" in spec.fields:
@@ -284,6 +290,13 @@ def build(
             f"{label} || ' ' || to_json(c_sequence_number) || ' is not a whole number'",
             spec.fields["sequence_number"],
         )
+        if records.sign_of(rtype, "sequence_number") == "positive":
+            b.check(
+                "regexp_full_match(c_sequence_number, '0+')",
+                "not_positive",
+                f"{label} || ' ' || to_json(c_sequence_number) || ' must be positive'",
+                spec.fields["sequence_number"],
+            )
     if rtype == "quote":
         b.check(
             "coalesce(bid_price, 0) = 0 AND coalesce(ask_price, 0) = 0",

@@ -27,13 +27,12 @@ import json
 from collections.abc import Iterator, Mapping
 
 import pyarrow as pa
-from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table, TableProperties
 from pyiceberg.table.snapshots import Snapshot
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from k2_etl.errors import K2Error
 from k2_etl.lake import cleanup
+from k2_etl.wire.retry import retry_lost_commits
 
 OFFSETS_PROPERTY = "k2.kafka-offsets"  # {"group": {"topic": {"partition": next offset}}}
 TOPIC_IDS_PROPERTY = "k2.kafka-topic-ids"  # {"group": {"topic": "id of the topic the offsets were read from"}}
@@ -135,12 +134,7 @@ def recorded_topic_ids(table: Table, group: str) -> dict[str, str]:
     return dict(_recorded(table)[1].get(group, {}))
 
 
-@retry(
-    retry=retry_if_exception_type(CommitFailedException),
-    stop=stop_after_attempt(10),
-    wait=wait_random_exponential(multiplier=0.05, max=2),
-    reraise=True,
-)
+@retry_lost_commits()
 def append_with_offsets(
     table: Table,
     data: pa.Table,

@@ -48,7 +48,6 @@ from pyiceberg.io.pyarrow import ArrowScan, PyArrowFileIO, _dataframe_to_data_fi
 from pyiceberg.manifest import DataFile, DataFileContent, ManifestContent
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.update.validate import ValidationException
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from k2_etl.errors import K2Error
 from k2_etl.lake.cleanup import Run, dead_runs, recorded_run
@@ -63,6 +62,7 @@ from k2_etl.observability import (
     MAINTENANCE_SECONDS,
     MAINTENANCE_SNAPSHOTS_EXPIRED,
 )
+from k2_etl.wire.retry import retry_lost_commits
 
 MAINTENANCE_PROPERTY = "k2.maintenance"  # in the summary of snapshots maintenance commits: what it did
 DEFAULT_MIN_FILES = 5  # a partition with fewer data files is left alone (Spark's rewrite default too)
@@ -231,12 +231,7 @@ def _rewrite(
     MAINTENANCE_DUPLICATES_REMOVED.labels(name).inc(partition.duplicates_removed)
 
 
-@retry(
-    retry=retry_if_exception_type(CommitFailedException),
-    stop=stop_after_attempt(5),
-    wait=wait_random_exponential(multiplier=0.1, max=2),
-    reraise=True,
-)
+@retry_lost_commits(attempts=5)
 def _commit_rewrite(
     table: Table, key: PartitionKey, read: set[str], written: list[DataFile], commit_uuid: uuid.UUID
 ) -> None:
@@ -333,12 +328,7 @@ def _partition_path(table: Table, data_file: DataFile) -> str:
     return spec.partition_to_path(data_file.partition, table.schema()) if spec.fields else "(unpartitioned)"
 
 
-@retry(
-    retry=retry_if_exception_type(CommitFailedException),
-    stop=stop_after_attempt(10),
-    wait=wait_random_exponential(multiplier=0.05, max=2),
-    reraise=True,
-)
+@retry_lost_commits()
 def expire_snapshots(table: Table, *, older_than: datetime, retain_last: int) -> ExpiryReport:
     """Expire the snapshots committed before ``older_than``, except the newest ``retain_last``,
     branch heads and tags, and the consumers' offsets lineage. A commit conflict (the consumer

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -56,6 +55,7 @@ from k2_etl.lake.maintenance import (
 )
 from k2_etl.lake.tables import TableDef
 from k2_etl.observability import MAINTENANCE_CONFLICTS, MAINTENANCE_SECONDS
+from k2_etl.wire.duckdb_conn import connect
 
 NOT_CHECKSUMMED = ("ingest_time",)  # when K2 read the record: a replay from the files reads it anew
 REPLAY_RANGE_PROPERTY = "k2.replay.range"
@@ -135,7 +135,7 @@ def _row_hashes(rows: pa.Table, id_column: str) -> pa.Table:
     parts = [f"{quoted(f.name)}::VARCHAR" if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)
              else quoted(f.name) for f in rows.schema if f.name not in NOT_CHECKSUMMED]  # fmt: skip
     combined = "hash([" + ", ".join(f"hash({p})" for p in parts) + "])"
-    con = duckdb.connect()
+    con = connect()
     try:
         con.register("r", rows)
         return con.execute(f"SELECT {quoted(id_column)} AS id, {combined} AS h FROM r").to_arrow_table()

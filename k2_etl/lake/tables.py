@@ -113,6 +113,7 @@ TABLES: tuple[TableDef, ...] = (
     TableDef("load_manifest", LOAD_MANIFEST, (("started_at", MonthTransform(), "started_month"),), ("load_id",), None),
 )
 TABLES_BY_NAME = {t.name: t for t in TABLES}
+TABLES_BY_RECORD = {t.record.name: t for t in TABLES}  # each record type has one table
 
 
 def tables_by_topic(settings: Settings) -> dict[str, TableDef]:

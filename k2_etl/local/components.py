@@ -22,12 +22,12 @@ import httpx
 
 from k2_etl.config import Settings, format_host_port, redact_url
 from k2_etl.errors import ComponentError
-from k2_etl.kafka import cluster_metadata, topic_ids, topic_names
 from k2_etl.lake.catalog import local_catalog_missing, open_catalog, table_names
 from k2_etl.lake.progress import LOOKBACK, unlanded
 from k2_etl.lake.tables import TABLES
-from k2_etl.schemas import TOPIC_RECORD_TYPES
-from k2_etl.schemas.registration import refused
+from k2_etl.schemas import TOPIC_RECORD_TYPES, topic_names
+from k2_etl.wire.kafka import cluster_metadata, topic_ids
+from k2_etl.wire.registry import refused
 
 HEALTH_TIMEOUT_SECONDS = 2.0
 #: `airflow standalone` migrates its database and starts four processes: ~15-30 s on two cores.

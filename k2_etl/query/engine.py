@@ -54,7 +54,7 @@ from k2_etl.config import Settings
 from k2_etl.errors import K2Error, QueryError, QueryTimeout, UnavailableError
 from k2_etl.lake.catalog import metadata_location, open_catalog, reaching
 from k2_etl.query import sql
-from k2_etl.query.duckdb_conn import S3_SCHEMES, configure_storage, connect
+from k2_etl.wire.duckdb_conn import S3_SCHEMES, connect
 
 
 class Position(NamedTuple):
@@ -244,9 +244,8 @@ class QueryEngine:
         self._rescan_lock = threading.Lock()
         self._pool: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
         for _ in range(connections):
-            conn = connect(threads=2)  # with the iceberg extension, for snapshots with delete files
-            conn.execute("SET TimeZone = 'UTC'")  # dates of instants are UTC dates, whatever the host's zone
-            configure_storage(conn, settings)
+            # with the iceberg extension, for snapshots with delete files
+            conn = connect(threads=2, extensions=True, settings=settings)
             self._pool.put(conn)
 
     # --- tables, snapshots, files ------------------------------------------------------------------

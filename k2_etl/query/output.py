@@ -19,6 +19,8 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from k2_etl.wire.duckdb_conn import connect
+
 _encode = msgspec.json.Encoder().encode
 DUCKDB_ROWS = 5_000
 
@@ -52,7 +54,7 @@ def json_array(rows: pa.Table) -> bytes:
 @functools.cache
 def _duckdb() -> duckdb.DuckDBPyConnection:
     """One in-memory connection; each call takes a cursor of its own (thread-safe)."""
-    return duckdb.connect(config={"threads": 1})
+    return connect(threads=1)
 
 
 def _iso_times(values: pa.Array) -> pa.Array:

@@ -63,3 +63,8 @@ RECORD_TYPES: tuple[RecordType, ...] = (TRADE, QUOTE, REFERENCE_DATA, REJECT, SE
 BY_NAME: dict[str, RecordType] = {r.name: r for r in RECORD_TYPES}
 #: Record types that travel through Kafka, hence are registered in the schema registry.
 TOPIC_RECORD_TYPES: tuple[RecordType, ...] = tuple(r for r in RECORD_TYPES if r.topic is not None)
+
+
+def topic_names(settings: Settings) -> list[str]:
+    """K2's Kafka topics under ``settings``' prefix."""
+    return [record.topic_name(settings) for record in TOPIC_RECORD_TYPES]

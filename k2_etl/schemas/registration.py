@@ -13,16 +13,13 @@ from typing import Literal
 
 import avro.schema
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-
-# The client raises the transport errors of whichever HTTP library it picked
-# (httpx2 or httpx); catch exactly those.
-from confluent_kafka.schema_registry.common._httpx_compat import httpx as _client_http
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from k2_etl.config import Settings
-from k2_etl.errors import SchemaError, UnavailableError
+from k2_etl.errors import SchemaError
 from k2_etl.schemas import TOPIC_RECORD_TYPES, RecordType
 from k2_etl.schemas.compatibility import incompatibilities
+from k2_etl.wire.registry import TRANSPORT_ERRORS, registry_client, registry_error, unreachable
 
 SUBJECT_NOT_FOUND = 40401
 SUBJECT_LEVEL_NOT_CONFIGURED = 40408
@@ -41,38 +38,6 @@ class SchemaCheck:
     version: int | None = None
     problems: tuple[str, ...] = ()
     changed: bool = False  # registered by this call (a new subject or a new version)
-
-
-def registry_client(settings: Settings) -> SchemaRegistryClient:
-    # Few, quick retries: the CLI should say "unreachable" in seconds, not minutes.
-    conf: dict[str, object] = {"url": settings.schema_registry_url, "max.retries": 2, "retries.wait.ms": 200}
-    if settings.registry_auth is not None:
-        conf["basic.auth.user.info"] = ":".join(settings.registry_auth)
-    return SchemaRegistryClient(conf)
-
-
-def _unreachable(settings: Settings, exc: Exception) -> UnavailableError:
-    return UnavailableError(
-        f"schema registry at K2_SCHEMA_REGISTRY_URL={settings.schema_registry_url} is unreachable "
-        f"({type(exc).__name__}); is it running? (k2 up / k2 status)",
-        "registry",
-    )
-
-
-def refused(settings: Settings, message: str) -> str:
-    """One line for a registry that answered 401: K2's credentials are missing or wrong."""
-    given = "is wrong" if settings.registry_auth else "is not set"
-    return (
-        f"the schema registry at K2_SCHEMA_REGISTRY_URL={settings.schema_registry_url} refuses K2's credentials "
-        f"({message}): K2_SCHEMA_REGISTRY_BASIC_AUTH {given}"
-    )
-
-
-def registry_error(settings: Settings, exc: SchemaRegistryError, doing: str = "") -> SchemaError:
-    """A registry's error answer as one line (``doing``: what failed, e.g. "registering failed: ")."""
-    if exc.http_status_code == 401:
-        return SchemaError(doing + refused(settings, exc.error_message))
-    return SchemaError(f"{doing}schema registry error {exc.error_code}: {exc.error_message}")
 
 
 def _compatibility_level(client: SchemaRegistryClient, subject: str) -> str:
@@ -120,8 +85,8 @@ def check_schemas(settings: Settings, records: Iterable[RecordType] = TOPIC_RECO
     try:
         with registry_client(settings) as client:
             return [check_one(client, settings, record) for record in records]
-    except _client_http.HTTPError as exc:
-        raise _unreachable(settings, exc) from None
+    except TRANSPORT_ERRORS as exc:
+        raise unreachable(settings, exc) from None
     except SchemaRegistryError as exc:
         raise registry_error(settings, exc) from None
 
@@ -158,8 +123,8 @@ def register_schemas(settings: Settings, records: Iterable[RecordType] = TOPIC_R
                 out.append(
                     SchemaCheck(record.name, check.subject, "registered", found.schema_id, found.version, changed=True)
                 )
-    except _client_http.HTTPError as exc:
-        raise _unreachable(settings, exc) from None
+    except TRANSPORT_ERRORS as exc:
+        raise unreachable(settings, exc) from None
     except SchemaRegistryError as exc:
         raise registry_error(settings, exc, "registering failed: ") from None
     return out

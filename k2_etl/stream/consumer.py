@@ -11,7 +11,7 @@ usual tools), and only in the life of the topic they were recorded for: a
 topic created again (new topic id) is read from the beginning.
 
 Bodies are decoded at commit time, all of a writer schema at once, by
-DuckDB's Avro reader (:mod:`k2_etl.stream.decode`). Records whose id the
+DuckDB's Avro reader (:mod:`k2_etl.wire.avro_decode`). Records whose id the
 table already holds are dropped at the append
 (:mod:`k2_etl.stream.dedup`): re-sent loads never show twice.
 
@@ -34,11 +34,8 @@ before its partitions are revoked, skipped while landing is failing.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
-import hashlib
-import io
 import json
 import logging
 import random
@@ -47,32 +44,25 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
 import duckdb
-import fastavro
 import numpy as np
 import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.schema_registry import Schema
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.schema import Schema as IcebergSchema
 from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from k2_etl.config import Settings, redact_url
-from k2_etl.errors import K2Error, UnavailableError
-from k2_etl.ingest.avro_frame import confluent_prefix
-from k2_etl.ingest.producer import make_producer
-from k2_etl.kafka import admin_client, client_config, topic_ids
+from k2_etl.errors import K2Error, SchemaError, UnavailableError
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import Fenced, append_with_offsets, committed_offsets, recorded_topic_ids
 from k2_etl.lake.progress import Unlanded, unlanded
-from k2_etl.lake.tables import TABLES, evolve_to_read, iceberg_schema_of
+from k2_etl.lake.tables import TABLES_BY_RECORD, evolve_to_read, iceberg_schema_of, tables_by_topic
 from k2_etl.observability import (
     STREAM_BATCH_ROWS,
     STREAM_COMMIT_FAILURES,
@@ -91,13 +81,16 @@ from k2_etl.observability import (
     STREAM_UNLANDED_MESSAGES,
     STREAM_UNLANDED_SECONDS,
 )
+from k2_etl.records import Problem, consume_reject, encode_reject, problems
 from k2_etl.schemas import REJECT, SEQUENCE_EVENT, TOPIC_RECORD_TYPES
-from k2_etl.schemas.registration import registry_client
-from k2_etl.stream.decode import BatchDecoder, Decoder, Undecodable, frame
 from k2_etl.stream.dedup import IdIndex
 from k2_etl.stream.health import Health, serve
 from k2_etl.stream.sequences import SequenceTracker
-from k2_etl.stream.validate import problems
+from k2_etl.wire.avro_decode import BatchDecoder, Decoder, Undecodable, frame
+from k2_etl.wire.avro_encode import confluent_prefix
+from k2_etl.wire.kafka import admin_client, make_consumer, make_producer, topic_ids
+from k2_etl.wire.registry import registry_client, schema_ids
+from k2_etl.wire.retry import retry_lost_commits
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +241,6 @@ class StreamConsumer:
         self.batch_decoder = BatchDecoder(settings.home / "tmp" / "stream")
         self.producer = make_producer(settings)
         self.admin = admin_client(settings)
-        self.reject_schema = fastavro.parse_schema(REJECT.schema)
         self._reject_prefix: bytes | None = None  # looked up at the first dead letter (schemas may come later)
         self.expected: dict[str, dict[int, int | None]] = {}  # placed partitions -> offset the table records
         self.unplaced: dict[str, set[int]] = {}  # assigned partitions whose place is still to be read
@@ -292,19 +284,16 @@ class StreamConsumer:
             log.info("health and metrics at http://%s:%d/healthz and /metrics", host, port)
 
     def run(self, on_commit: Callable[[Counts], None] | None = None) -> Counts:
-        consumer = Consumer(
-            client_config(
-                self.settings,
-                **{
-                    "group.id": self.group,
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    "session.timeout.ms": int(self.settings.stream_session_timeout_seconds * 1000),
-                    "heartbeat.interval.ms": int(self.settings.stream_session_timeout_seconds * 200),
-                    "max.poll.interval.ms": int(self.settings.stream_max_poll_interval_seconds * 1000),
-                    "logger": log,
-                },
-            )
+        consumer = make_consumer(
+            self.settings,
+            self.group,
+            **{
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": int(self.settings.stream_session_timeout_seconds * 1000),
+                "heartbeat.interval.ms": int(self.settings.stream_session_timeout_seconds * 200),
+                "max.poll.interval.ms": int(self.settings.stream_max_poll_interval_seconds * 1000),
+                "logger": log,
+            },
         )
         consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         log.info("consuming %s as group %s", ", ".join(self.topics), self.group)
@@ -415,17 +404,15 @@ class StreamConsumer:
         if self.sequence_events is not None:
             return
         catalog = open_catalog(self.settings)
-        table_of = {d.record.name: d for d in TABLES}
+        table_of = tables_by_topic(self.settings)
         try:
-            tables = {
-                t: catalog.load_table((self.settings.namespace, table_of[self.record_types[t]].name))
-                for t in self.topics
-            }
-            events = catalog.load_table((self.settings.namespace, table_of[SEQUENCE_EVENT.name].name))
+            tables = {t: catalog.load_table((self.settings.namespace, table_of[t].name)) for t in self.topics}
+            events_table = TABLES_BY_RECORD[SEQUENCE_EVENT.name].name
+            events = catalog.load_table((self.settings.namespace, events_table))
         except NoSuchTableError as exc:
             raise K2Error(f"{exc}; run `k2 init`") from None
         for t in self.topics:
-            definition = table_of[self.record_types[t]]
+            definition = table_of[t]
             assert definition.id_column is not None, f"{definition.name} is not landed from a topic"
             self.indexes[t] = IdIndex(tables[t], definition.id_column, definition.day_column)
             if "sequence_number" in tables[t].schema().column_names:
@@ -650,7 +637,7 @@ class StreamConsumer:
             pending.schema_ids.add(schema_id)
         pending.messages.append((schema_id, partition, offset, value or b"", message))
 
-    def _poison(self, topic: str, pending: _Pending, message: Message, reason: str) -> None:
+    def _poison(self, topic: str, pending: _Pending, message: Message, reason: str | Problem) -> None:
         """Reject a message (once per position, however often a failing commit is tried)."""
         position = (message.partition() or 0, message.offset() or 0)
         if position in pending.dead or position in pending.rows:
@@ -726,9 +713,9 @@ class StreamConsumer:
         if not invalid:
             return decoded
         by_position = {(t[1], t[2]): t[4] for t in pending.messages}
-        for row, why in invalid.items():
+        for row, problem in invalid.items():
             position = (int(decoded.partitions[row]), int(decoded.offsets[row]))
-            self._poison(topic, pending, by_position[position], why)
+            self._poison(topic, pending, by_position[position], problem)
         keep = np.ones(decoded.table.num_rows, dtype=bool)
         keep[list(invalid)] = False
         return decoded.filter(keep)
@@ -769,12 +756,7 @@ class StreamConsumer:
             self._verdicts[key] = why
         return self._verdicts[key]
 
-    @retry(
-        retry=retry_if_exception_type(CommitFailedException),
-        stop=stop_after_attempt(10),
-        wait=wait_random_exponential(multiplier=0.05, max=2),
-        reraise=True,
-    )
+    @retry_lost_commits()
     def _evolve(self, table: Table, writer: IcebergSchema) -> str | None:
         table.refresh()  # another consumer may have evolved it first
         before = table.schema().column_names
@@ -788,44 +770,21 @@ class StreamConsumer:
             )
         return why
 
-    def _reject(self, message: Message, reason: str) -> dict[str, Any]:
-        topic, partition, offset = message.topic() or "", message.partition() or 0, message.offset() or 0
-        raw_headers = [
+    def _reject(self, message: Message, reason: str | Problem) -> dict[str, Any]:
+        topic = message.topic() or ""
+        headers = [
             (str(h[0]), h[1] if isinstance(h[1], bytes) else str(h[1] or "").encode()) for h in message.headers() or []
         ]
-        headers = {k: base64.b64encode(v).decode() for k, v in raw_headers}
-        load_id = next((v.decode(errors="replace") for k, v in raw_headers if k == "k2-load-id" and v), None)
-        return {
-            "reject_id": hashlib.md5(f"{topic}|{partition}|{offset}".encode(), usedforsecurity=False).hexdigest(),
-            "rejected_at": datetime.now(UTC),
-            "stage": "consume",
-            "record_type": self.record_types.get(topic) if topic != self.dead_letters else None,
-            "reason": f"{topic}[{partition}] offset {offset}: {reason}",
-            "field": None,
-            "value": None,
-            "source": topic,
-            "line_number": None,
-            "raw_line": None,
-            "kafka_topic": topic,
-            "kafka_partition": partition,
-            "kafka_offset": offset,
-            "raw_bytes": message.value(),
-            "headers": json.dumps(headers, sort_keys=True) if headers else None,
-            "load_id": load_id,
-        }
+        record_type = self.record_types.get(topic) if topic != self.dead_letters else None
+        return consume_reject(
+            topic, message.partition() or 0, message.offset() or 0, message.value(), headers, reason, record_type
+        )
 
     def _reject_schema_id(self) -> int:
-        subject = REJECT.subject(self.settings)
         try:
-            with registry_client(self.settings) as client:
-                return client.lookup_schema(subject, Schema(REJECT.schema_str, "AVRO")).schema_id
-        except Exception as exc:
-            raise UnavailableError(
-                f"the schema registry at K2_SCHEMA_REGISTRY_URL={self.settings.schema_registry_url} cannot look up "
-                f"the reject schema under {subject} ({type(exc).__name__}: {exc}); is it registered? "
-                "(`k2 schemas register`)",
-                "registry",
-            ) from None
+            return schema_ids(self.settings, [REJECT])[REJECT.name]
+        except SchemaError as exc:  # not registered: the registry is what this step waits for
+            raise UnavailableError(str(exc), "registry") from None
 
     def _send_dead_letters(self) -> None:
         """Produce the batch's rejects to the dead-letter topic and wait until Kafka has them: they must
@@ -835,13 +794,12 @@ class StreamConsumer:
             for reject in pending.dead.values():
                 if self._reject_prefix is None:
                     self._reject_prefix = confluent_prefix(self._reject_schema_id())
-                buffer = io.BytesIO()
-                buffer.write(self._reject_prefix)
-                fastavro.schemaless_writer(buffer, self.reject_schema, reject)
                 self.producer.produce(
-                    self.dead_letters, buffer.getvalue(), (reject["kafka_topic"] or "").encode(),
+                    self.dead_letters,
+                    encode_reject(self._reject_prefix, reject),
+                    (reject["kafka_topic"] or "").encode(),
                     on_delivery=lambda err, _msg: failed.append(err.str()) if err is not None else None,
-                )  # fmt: skip
+                )
                 self.producer.poll(0)
         if self.producer.flush(30) > 0 or failed:
             why = failed[0] if failed else "not delivered within 30 s"

@@ -43,14 +43,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
 from pyiceberg.table import Table
 
-KINDS = ("in_order", "gap", "out_of_order", "reset", "duplicate")
+from k2_etl.wire.duckdb_conn import connect
+
 MAX_DAYS = 4  # trading days per table whose state stays in memory
 
 Key = tuple[str, str]  # (exchange, symbol) within a trading day
@@ -269,7 +269,7 @@ class SequenceTracker:
                 "since": pa.array(list(since.values()), pa.timestamp("us", tz="UTC")),
             }
         )
-        with duckdb.connect() as db:
+        with connect() as db:
             db.register("landed", landed_rows)
             db.register("resets", resets_table)
             found = db.execute(_STATE_SQL).fetchall()

@@ -10,7 +10,7 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from k2_airflow.hooks import K2Hook
-from k2_etl.errors import ConfigError, SchemaError
+from k2_etl.errors import ConfigError, QueryError, SchemaError
 from k2_etl.lake.tables import TABLES_BY_NAME
 
 # k2_etl's heavier modules (pyiceberg IO, numpy, confluent-kafka) are imported in execute():
@@ -175,12 +175,12 @@ class LoadDayOperator(_DayOperator):
 
 
 class DayQualityOperator(_DayOperator):
-    """The day's data-quality checks (``k2_etl.stream.quality``) once landed (``files``:
+    """The day's data-quality checks (``k2_etl.jobs.quality``) once landed (``files``:
     LoadDayOperator's XCom); fails naming every check that failed. Its outlets are the tables'
     assets: published only when the checks pass."""
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from k2_etl.stream.quality import check_day
+        from k2_etl.jobs.quality import check_day
 
         quality = check_day(K2Hook().settings, date.fromisoformat(str(self.day)), self.files)
         for check in quality.checks:
@@ -194,7 +194,7 @@ class DayQualityOperator(_DayOperator):
 # --- replay -----------------------------------------------------------------------------------
 class ReplayOperator(BaseOperator):
     """Re-process ``[start, end)`` of a table from Kafka or the landing files and replace exactly
-    that range in one snapshot (``k2_etl.stream.replay``); ``compare_only``: a dry run. Logs the
+    that range in one snapshot (``k2_etl.jobs.replay``); ``compare_only``: a dry run. Logs the
     range's checksum before and after; XCom: the report.
 
     Fails without retries when retrying cannot help: bad arguments, or a source lacking rows
@@ -210,14 +210,15 @@ class ReplayOperator(BaseOperator):
         self.compare_only = compare_only  # (BaseOperator has a dry_run method)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from k2_etl.instants import parse_time
+        from k2_etl.jobs.replay import replay
         from k2_etl.lake.replace import ReplaceError
-        from k2_etl.stream.replay import parse_instant, replay
 
         try:
-            start, end = parse_instant(str(self.start), "start"), parse_instant(str(self.end), "end")
+            start, end = parse_time("start", str(self.start)), parse_time("end", str(self.end))
             report = replay(K2Hook().settings, str(self.table), start, end, source=self.source,  # type: ignore[arg-type]
                             dry_run=_flag(self.compare_only))  # fmt: skip
-        except (ConfigError, ReplaceError) as exc:
+        except (ConfigError, QueryError, ReplaceError) as exc:
             raise AirflowFailException(str(exc)) from exc
         replaced = report.replaced
         assert replaced is not None

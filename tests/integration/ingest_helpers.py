@@ -13,7 +13,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2_etl.config import Settings
-from k2_etl.kafka import client_config
+from k2_etl.wire.kafka import client_config
 from tests.helpers import env_of, poll, run_k2
 
 

@@ -25,7 +25,6 @@ from pyiceberg.table import Table
 
 from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings, load_settings
-from k2_etl.kafka import client_config
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import committed_offsets
 from k2_etl.lake.progress import landed_offsets, pending_offsets
@@ -33,6 +32,7 @@ from k2_etl.lake.tables import TABLES_BY_NAME
 from k2_etl.schemas import TRADE
 from k2_etl.schemas.registration import check_schemas, register_schemas
 from k2_etl.stream.consumer import Counts, StreamConsumer
+from k2_etl.wire.kafka import client_config
 from tests.helpers import REPO, a_trade, env_of, poll, run_k2
 from tests.integration.airflow_helpers import airflow, airflow_env, python
 from tests.integration.lake_helpers import batch, data_files, land_batches, trades_table

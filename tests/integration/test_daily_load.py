@@ -14,9 +14,9 @@ from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings
 from k2_etl.errors import ConfigError
 from k2_etl.ingest.landing import day_files, load_day
+from k2_etl.jobs.quality import check_day
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.schemas.registration import register_schemas
-from k2_etl.stream.quality import check_day
 from tests.integration.query_helpers import SAMPLE, land_everything, streaming_settings
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import pytest
 from k2_etl.config import load_settings
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.tables import ensure_tables
-from k2_etl.query.duckdb_conn import connect
+from k2_etl.wire.duckdb_conn import connect
 from tests.helpers import a_trade
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ def test_iceberg_scan_of_a_k2_table(tmp_path: Path) -> None:
     trades = catalog.load_table((settings.namespace, "trades"))
     trades.append(pa.Table.from_pylist([a_trade()], schema=trades.schema().as_arrow()))
     trades = catalog.load_table((settings.namespace, "trades"))
-    conn = connect()
+    conn = connect(extensions=True)
     rows = conn.execute(
         "SELECT symbol, price, size, conditions FROM iceberg_scan(?) WHERE symbol = ?",
         [trades.metadata_location, "BHP"],

@@ -9,10 +9,10 @@ import pytest
 from pyiceberg.types import NestedField
 
 from k2_etl.config import Settings
-from k2_etl.kafka import cluster_metadata
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.tables import TABLES, TableDef, ensure_table
 from k2_etl.schemas import RECORD_TYPES, TRADE, RecordType
+from k2_etl.wire.kafka import cluster_metadata
 from tests.helpers import env_of, run_k2
 
 pytestmark = pytest.mark.integration

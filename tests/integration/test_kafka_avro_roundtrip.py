@@ -15,8 +15,8 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2_etl.config import Settings
-from k2_etl.kafka import admin_client, client_config
 from k2_etl.schemas import TRADE
+from k2_etl.wire.kafka import admin_client, client_config
 from tests.helpers import poll
 
 pytestmark = pytest.mark.integration

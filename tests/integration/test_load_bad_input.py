@@ -15,10 +15,10 @@ from confluent_kafka import Consumer, TopicPartition
 
 from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings
-from k2_etl.kafka import client_config
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.manifest import Manifest
 from k2_etl.schemas.registration import register_schemas
+from k2_etl.wire.kafka import client_config
 from tests.helpers import env_of, free_port, poll, run_k2
 from tests.integration.ingest_helpers import file_result, load, messages_of, read_offsets
 

@@ -22,7 +22,8 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings, load_settings
 from k2_etl.schemas import TOPIC_RECORD_TYPES, TRADE
-from k2_etl.schemas.registration import register_schemas, registry_client
+from k2_etl.schemas.registration import register_schemas
+from k2_etl.wire.registry import registry_client
 from tests.helpers import REPO, env_of, free_port, poll, processes_of, run_k2
 from tests.integration.conftest import RegistryProcess, running_registry
 from tests.integration.ingest_helpers import load

@@ -22,6 +22,8 @@ from k2_etl.config import Settings
 from k2_etl.errors import ConfigError
 from k2_etl.ingest.generate import generate
 from k2_etl.ingest.landing import day_files, load_day
+from k2_etl.jobs.replay import replay
+from k2_etl.jobs.rollback import rollback
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import committed_offsets
 from k2_etl.lake.maintenance import MAINTENANCE_PROPERTY
@@ -30,7 +32,6 @@ from k2_etl.lake.replace import Checksum, ReplaceError, range_checksum
 from k2_etl.lake.tables import TABLES_BY_NAME
 from k2_etl.schemas.registration import register_schemas
 from k2_etl.stream.consumer import StreamConsumer
-from k2_etl.stream.replay import replay, rollback
 from tests.helpers import env_of, poll, run_k2
 from tests.integration.airflow_helpers import airflow, airflow_env
 from tests.integration.query_helpers import land_everything, streaming_settings

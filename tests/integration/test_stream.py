@@ -26,10 +26,10 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from k2_etl.config import Settings
-from k2_etl.kafka import client_config
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import committed_offsets
 from k2_etl.schemas import TRADE
+from k2_etl.wire.kafka import client_config
 from tests.helpers import REPO, a_trade, env_of, free_port, poll, run_k2
 from tests.integration.ingest_helpers import load, messages_of
 from tests.integration.stream_helpers import ConsumerProcess, landed_counts, ready_settings, table

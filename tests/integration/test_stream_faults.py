@@ -16,11 +16,11 @@ import httpx
 import pytest
 
 from k2_etl.config import Settings, load_settings
-from k2_etl.kafka import topic_ids
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import append_with_offsets
 from k2_etl.lake.progress import CLOCK_SKEW, landed_offsets, pending_offsets, wanted_offsets
 from k2_etl.schemas import TRADE
+from k2_etl.wire.kafka import topic_ids
 from tests.faults import TcpProxy
 from tests.helpers import env_of, free_port, local_platform_env, poll, run_k2
 from tests.integration.conftest import needs_postgres

@@ -12,9 +12,9 @@ import fastavro
 import pyarrow as pa
 import pytest
 
-from k2_etl.ingest.avro_frame import confluent_prefix, encode_table, varint
 from k2_etl.lake.tables import iceberg_schema
 from k2_etl.schemas import QUOTE, REFERENCE_DATA, TRADE, RecordType
+from k2_etl.wire.avro_encode import confluent_prefix, encode_table, varint
 
 
 def fastavro_bytes(schema: dict[str, Any], record: dict[str, Any]) -> bytes:

@@ -9,9 +9,10 @@ whose id was landed before by another load is found too.
 * ``every record landed``: every produced trade, quote and reference record is in its table
   by ``event_id``, every rejected row in ``rejects`` by ``reject_id``;
 * ``no duplicate ids``: the trades and quotes of the days the load touched hold each id once;
-* ``prices and sizes sane``: the load's trades have positive prices and sizes, its quotes
-  positive prices and sizes where present (crossed quotes are counted, not failed: they do
-  happen in fast markets);
+* ``prices and sizes sane``: the load's trades and quotes follow the record rules the loader
+  and the consumer apply (``k2_etl.records``: positive prices, trade sizes and sequence numbers,
+  quote sizes not negative, ...). Crossed quotes are counted, not failed: they do happen in
+  fast markets;
 * ``sequence events`` (information): the anomalies the consumer recorded for the day, by kind.
 """
 
@@ -24,16 +25,19 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+import pyarrow as pa
+import pyarrow.compute as pc
+from confluent_kafka import TopicPartition
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, GreaterThanOrEqual, LessThan
 
 from k2_etl.config import Settings
 from k2_etl.errors import UnavailableError
-from k2_etl.kafka import client_config
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.tables import tables_by_topic
-from k2_etl.schemas.registration import registry_client
-from k2_etl.stream.decode import Decoder
+from k2_etl.records import NOT_EMPTY, NOT_NEGATIVE, POSITIVE, by_field, problems
+from k2_etl.wire.avro_decode import Decoder
+from k2_etl.wire.kafka import make_consumer
+from k2_etl.wire.registry import registry_client
 
 READ_TIMEOUT_SECONDS = 120.0
 
@@ -87,8 +91,10 @@ def check_day(settings: Settings, day: date, files: Sequence[Mapping[str, Any]])
             end = datetime.combine(max(times).date() + timedelta(days=1), datetime.min.time(), max(times).tzinfo)
             row_filter = And(GreaterThanOrEqual(definition.day_column, start.isoformat()),  # type: ignore[call-arg,arg-type]
                              LessThan(definition.day_column, end.isoformat()))  # type: ignore[call-arg,arg-type]  # fmt: skip
-        columns = [c for c in (id_column, "price", "size", "bid_price", "bid_size", "ask_price", "ask_size")
-                   if c in table.schema().column_names]  # fmt: skip
+        record_type = definition.record.name
+        checked = {id_column, *NOT_EMPTY, *POSITIVE.get(record_type, ()), *NOT_NEGATIVE.get(record_type, ()),
+                   "event_time", "bid_price", "ask_price"}  # fmt: skip
+        columns = [c for c in table.schema().column_names if c in checked]
         scan = table.scan(row_filter=row_filter, selected_fields=tuple(columns))
         rows = scan.to_arrow()
         held = rows.column(id_column).to_pylist()
@@ -99,14 +105,13 @@ def check_day(settings: Settings, day: date, files: Sequence[Mapping[str, Any]])
             repeated = [i for i, n in Counter(held).items() if n > 1]
             if repeated:
                 duplicates.append(f"{definition.name}: {len(repeated):,} ids (e.g. {sorted(repeated)[0]})")
-            mine = [r for r in rows.to_pylist() if r[id_column] in ids]
-            bad, crossing = _sanity(definition.name, mine)
-            insane.extend(bad)
-            crossed += crossing
+            mine = rows.filter(pc.is_in(rows.column(id_column), pa.array(sorted(ids), rows.column(id_column).type)))
+            insane.extend(_insane(definition.name, mine, record_type))
+            crossed += _crossed(mine)
     landed_detail = "; ".join(missing) or f"all {sum(len(r) for r in produced.values()):,} records found by id"
     quality.checks.append(Check("every record landed", not missing, landed_detail))
     quality.checks.append(Check("no duplicate ids", not duplicates, "; ".join(duplicates) or "each id once"))
-    sane = f"all positive{f'; {crossed:,} crossed quotes (bid > ask)' if crossed else ''}"
+    sane = f"every record follows the record rules{f'; {crossed:,} crossed quotes (bid > ask)' if crossed else ''}"
     quality.checks.append(Check("prices and sizes sane", not insane, "; ".join(insane) or sane))
     events = catalog.load_table((settings.namespace, "sequence_events"))
     on_day = EqualTo("trading_date", day.isoformat())  # type: ignore[call-arg,arg-type]
@@ -128,18 +133,18 @@ def _reconciles(files: Sequence[Mapping[str, Any]]) -> Check:
     return Check("counts reconcile", not wrong, detail)
 
 
-def _sanity(table: str, rows: Iterable[Mapping[str, Any]]) -> tuple[list[str], int]:
-    """Rows with a non-positive price or size, and the number of crossed quotes."""
-    bad: Counter[str] = Counter()
-    crossed = 0
-    for r in rows:
-        for column in ("price", "size", "bid_price", "bid_size", "ask_price", "ask_size"):
-            value = r.get(column)
-            if value is not None and value <= 0:
-                bad[column] += 1
-        if r.get("bid_price") is not None and r.get("ask_price") is not None and r["bid_price"] > r["ask_price"]:
-            crossed += 1
-    return [f"{table}: {n:,} rows with {column} <= 0" for column, n in sorted(bad.items())], crossed
+def _insane(table: str, rows: pa.Table, record_type: str) -> list[str]:
+    """What breaks the record rules (k2_etl.records: the rules the loader and the consumer apply),
+    per field: a row that landed anyway was written past them."""
+    failing = by_field(problems(rows, record_type))
+    return [f"{table}: {len(found):,} rows failing {field} (e.g. {found[0]})" for field, found in failing.items()]
+
+
+def _crossed(rows: pa.Table) -> int:
+    """Quotes whose bid is above their ask (counted, not failed: they happen in fast markets)."""
+    if "bid_price" not in rows.column_names or "ask_price" not in rows.column_names:
+        return 0
+    return pc.sum(pc.fill_null(pc.greater(rows.column("bid_price"), rows.column("ask_price")), False)).as_py() or 0
 
 
 def read_back(settings: Settings, files: Iterable[Mapping[str, Mapping[str, list[int]]]]) -> dict[str, list[dict]]:
@@ -155,8 +160,7 @@ def read_back(settings: Settings, files: Iterable[Mapping[str, Mapping[str, list
     produced: dict[str, list[dict]] = {}
     if not ranges:
         return produced
-    consumer = Consumer(client_config(settings, **{"group.id": "k2-quality", "enable.auto.commit": False,
-                                                   "enable.partition.eof": False}))  # fmt: skip
+    consumer = make_consumer(settings, "k2-quality", **{"enable.partition.eof": False})
     consumer.assign([TopicPartition(t, p, first) for (t, p), (first, _) in ranges.items()])
     remaining = {key: last - first + 1 for key, (first, last) in ranges.items()}
     decoder = Decoder(registry_client(settings))

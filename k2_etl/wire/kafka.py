@@ -1,4 +1,4 @@
-"""Kafka clients configured from settings, and the topics K2 owns.
+"""Kafka clients configured from settings (admin, producer, consumer), topic ids and creation.
 
 Everything here speaks plain Kafka protocol through confluent-kafka, so it is
 the same against the local broker and Apache Kafka. Extra librdkafka
@@ -11,12 +11,11 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from k2_etl.config import Settings
 from k2_etl.errors import ConfigError, K2Error, UnavailableError
-from k2_etl.schemas import TOPIC_RECORD_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +33,16 @@ def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
 _QUIET = {"logger": log, "error_cb": lambda err: log.debug("kafka: %s", err)}
 
 
+def _invalid(exc: KafkaException) -> ConfigError:
+    return ConfigError(f"invalid setting K2_KAFKA_CONFIG: {exc.args[0].str() if exc.args else exc}")
+
+
 def admin_client(settings: Settings) -> AdminClient:
     """An admin client, or :class:`ConfigError` when ``K2_KAFKA_CONFIG`` holds a property librdkafka rejects."""
     try:
         return AdminClient(client_config(settings, **_QUIET))
     except KafkaException as exc:
-        raise ConfigError(f"invalid setting K2_KAFKA_CONFIG: {exc.args[0].str() if exc.args else exc}") from None
+        raise _invalid(exc) from None
 
 
 def cluster_metadata(settings: Settings, timeout: float = 5.0) -> ClusterMetadata:
@@ -53,6 +56,36 @@ def cluster_metadata(settings: Settings, timeout: float = 5.0) -> ClusterMetadat
             f"({exc.args[0].str() if exc.args else exc}); is it running? (k2 up / k2 status)",
             "broker",
         ) from None
+
+
+# Idempotent (no duplicates from retries), acks=all, lz4, large batches.
+PRODUCER_SETTINGS: dict[str, Any] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "compression.type": "lz4",
+    "linger.ms": 20,
+    "batch.size": 1_000_000,
+    # Bounded: a full queue blocks the load (back-pressure) instead of growing memory.
+    "queue.buffering.max.messages": 100_000,
+    "queue.buffering.max.kbytes": 32_768,
+}
+
+
+def make_producer(settings: Settings) -> Producer:
+    """The producer of loads and dead letters; :class:`ConfigError` for a property librdkafka rejects."""
+    try:
+        return Producer(client_config(settings, **PRODUCER_SETTINGS, logger=log))
+    except KafkaException as exc:
+        raise _invalid(exc) from None
+
+
+def make_consumer(settings: Settings, group: str, **extra: Any) -> Consumer:
+    """A consumer in ``group`` that never commits offsets to Kafka (K2 keeps them in the tables, or
+    reads ranges it was given); :class:`ConfigError` for a property librdkafka rejects."""
+    try:
+        return Consumer(client_config(settings, **{"group.id": group, "enable.auto.commit": False, **extra}))
+    except KafkaException as exc:
+        raise _invalid(exc) from None
 
 
 #: How librdkafka prints an unknown topic id (Kafka before 2.8 has none).
@@ -90,14 +123,9 @@ def topic_ids(settings: Settings, topics: Iterable[str], admin: AdminClient | No
     return ids
 
 
-def topic_names(settings: Settings) -> list[str]:
-    return [record.topic_name(settings) for record in TOPIC_RECORD_TYPES]
-
-
-def ensure_topics(settings: Settings, timeout: float = 15.0) -> dict[str, bool]:
-    """Create K2's topics that do not exist yet. Returns ``{topic: created}``; idempotent."""
+def ensure_topics(settings: Settings, wanted: list[str], timeout: float = 15.0) -> dict[str, bool]:
+    """Create the topics of ``wanted`` that do not exist yet. Returns ``{topic: created}``; idempotent."""
     existing = set(cluster_metadata(settings).topics)
-    wanted = topic_names(settings)
     missing = [
         NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=settings.topic_replication_factor)
         for name in wanted

@@ -22,7 +22,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from k2_etl.errors import K2Error, UnavailableError
-from k2_etl.ingest.avro_frame import varint
+from k2_etl.wire.avro_encode import varint
 
 
 class Undecodable(K2Error):
@@ -161,9 +161,9 @@ class BatchDecoder:
     """Decodes many bodies of one writer schema at once, with DuckDB's Avro reader."""
 
     def __init__(self, scratch: Path) -> None:
-        from k2_etl.query.duckdb_conn import connect  # the pinned, offline Avro extension
+        from k2_etl.wire.duckdb_conn import connect  # the pinned, offline Avro extension
 
-        self._con = connect()
+        self._con = connect(extensions=True)
         # DuckDB caches the files it reads; every batch is a new file, so the cache only grows.
         self._con.execute("SET enable_external_file_cache = false")
         self._scratch = scratch

@@ -1,4 +1,4 @@
-"""Record checks in the consumer: each failing row named with its field, value and rule."""
+"""The record rules (k2_etl.records): each failing row named with its field, value and rule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pyarrow as pa
 
-from k2_etl.stream.validate import problems
+from k2_etl.records import problems
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 
@@ -39,7 +39,7 @@ def test_each_rule_names_field_value_and_why() -> None:
         ),
         "trade",
     )
-    assert found == {
+    assert {row: str(p) for row, p in found.items()} == {
         0: "field price: 0.00000000 is not positive",
         1: 'field symbol: "" is empty',
         2: "field event_time: 1970-01-02T00:00:00+00:00 is outside 1990-01-01 .. now + 1 day",

@@ -1,10 +1,11 @@
-"""DuckDB connections that read Iceberg with no network access.
+"""The one way K2 opens a DuckDB connection: UTC, offline, and able to read the warehouse.
 
-DuckDB normally downloads extensions on first use; K2 pins
-``duckdb-extension-avro`` and ``duckdb-extension-iceberg``, which ship the
-extension binaries inside their packages, and loads those files directly
-(avro first: iceberg needs it). Autoinstall stays off, so a missing file is
-an error here rather than a download attempt in production.
+Every connection is in UTC: the date of an instant is its UTC date whatever the host's zone
+(and the SQL that needs another zone names it). DuckDB normally downloads extensions on first
+use; K2 pins ``duckdb-extension-avro`` and ``duckdb-extension-iceberg``, which ship the
+extension binaries inside their packages, and loads those files directly (avro first: iceberg
+needs it). Autoinstall and autoload stay off, so a missing file is an error here rather than a
+download attempt in production (icu, json and parquet are built into DuckDB's wheels).
 """
 
 from __future__ import annotations
@@ -35,15 +36,25 @@ def extension_path(name: str) -> Path:
     return path
 
 
-def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the Iceberg extension loaded from the pinned packages
-    (``threads``: DuckDB's threads for this connection; default, one per core)."""
+def connect(
+    *, threads: int | None = None, extensions: bool = False, settings: Settings | None = None
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection in UTC.
+
+    ``threads``: DuckDB's threads for it (default, one per core); ``extensions``: with the pinned
+    Avro and Iceberg extensions loaded (reading Avro bodies, Iceberg delete files);
+    ``settings``: able to read the warehouse they name (:func:`configure_storage`).
+    """
     config: dict[str, Any] = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
     if threads is not None:
         config["threads"] = threads
     conn = duckdb.connect(config=config)
-    for name in EXTENSIONS:
-        conn.execute(f"LOAD '{extension_path(name)}'")  # a path from our own install, not user input
+    conn.execute("SET TimeZone = 'UTC'")
+    if extensions:
+        for name in EXTENSIONS:
+            conn.execute(f"LOAD '{extension_path(name)}'")  # a path from our own install, not user input
+    if settings is not None:
+        configure_storage(conn, settings)
     return conn
 
 
