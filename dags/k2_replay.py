@@ -14,7 +14,7 @@ The log shows the range's checksum (row count and a digest of every value but `i
 before and after: identical when the source holds what the table held. Rows outside the range
 stay; the consumers' offsets do not move. A replay never removes a row the table holds: when the
 source lacks one (Kafka's retention, a moved file) the run fails, naming it, and changes nothing.
-The same runs by hand as `k2 replay`. To undo a batch load instead, see `k2 rollback` (README).
+The same runs by hand as `k2 replay`. To undo a batch load instead, see `k2 rollback` (docs/operations.md).
 """
 
 from __future__ import annotations
