@@ -230,10 +230,13 @@ class Recorder(QueryEngine):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings, budget_seconds=60)
         self.ran: list[tuple[str, dict[str, Any]]] = []
+        run = self.runner.run  # every statement of every query goes through it
 
-    def _run(self, statement: str, params: dict[str, Any], deadline: float | None = None) -> Any:
-        self.ran.append((statement, params))
-        return super()._run(statement, params, deadline)
+        def recording(statement: str, params: dict[str, Any], deadline: float | None = None) -> Any:
+            self.ran.append((statement, params))
+            return run(statement, params, deadline)
+
+        self.runner.run = recording  # type: ignore[method-assign]
 
 
 def statements(settings: Settings, paths: list[str]) -> list[list[tuple[str, dict[str, Any]]]]:
