@@ -230,14 +230,14 @@ class SlowClock:
 def slow_engine(settings: Settings) -> QueryEngine:
     clock = SlowClock()
     engine = QueryEngine(settings, clock=clock, budget_seconds=5)
-    run = engine._run
+    run = engine.runner.run
 
     def run_slowly(*args: Any, **kwargs: Any) -> Any:
         result = run(*args, **kwargs)
         clock.now += 60  # this query "took" a minute
         return result
 
-    engine._run = run_slowly  # type: ignore[method-assign]
+    engine.runner.run = run_slowly  # type: ignore[method-assign]
     return engine
 
 
@@ -276,7 +276,7 @@ def test_a_cursor_from_a_newer_snapshot_reads_on_a_process_with_older_metadata(
     first = QueryEngine(landed).page("trades", limit=10, **span)
     assert first.cursor is not None
     for name, table in old_tables.items():  # B's cache still holds the metadata from before the load
-        stale._tables[name] = (time.monotonic(), table)
+        stale.tables._tables[name] = (time.monotonic(), table)
     rest = stale.page("trades", limit=50_000, cursor=first.cursor, **span)
     expected = [r["event_id"] for r in trades_of(landed, symbol) if span["start"] <= r["event_time"] < span["end"]]
     assert first.rows.column("event_id").to_pylist() + rest.rows.column("event_id").to_pylist() == expected
