@@ -95,8 +95,8 @@ class ReplayReport:
     files: list[str] = field(default_factory=list)  # landing files read
     replaced: RangeReport | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "replaced": self.replaced.as_dict() if self.replaced else None}
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "replaced": self.replaced.to_dict() if self.replaced else None}
 
 
 @dataclass
