@@ -10,16 +10,14 @@ offsets (those are committed too, after each append, so lag shows in the
 usual tools), and only in the life of the topic they were recorded for: a
 topic created again (new topic id) is read from the beginning.
 
-Bodies are decoded at commit time, all of a writer schema at once, by
-DuckDB's Avro reader (:mod:`k2_etl.wire.avro_decode`). Records whose id the
-table already holds are dropped at the append
-(:mod:`k2_etl.stream.dedup`): re-sent loads never show twice.
-
-A message that cannot be decoded goes to the dead-letter topic with its
-bytes, headers, position and the reason (flushed before the append that
-moves past it) and lands in the ``rejects`` table from there; an
-undecodable message on the dead-letter topic itself becomes a reject row
-directly. SIGTERM or SIGINT: the batch in hand is committed, then exit 0.
+Bodies are decoded at commit time, all of a writer schema at once
+(:mod:`~k2_etl.stream.batch`); records whose id the table already holds are
+dropped at the append (:mod:`~k2_etl.stream.dedup`): re-sent loads never
+show twice. A message that cannot be decoded or breaks a record rule goes to
+the dead-letter topic (:mod:`~k2_etl.stream.dead_letters`), durable before
+the append that moves past it (:mod:`~k2_etl.stream.checkpoint` owns that
+order), and lands in the ``rejects`` table from there. SIGTERM or SIGINT: the
+batch in hand is committed, then exit 0.
 
 Never crash on a dependency: the poll loop itself touches nothing but
 Kafka's client. Everything that needs the catalog, its storage, the
@@ -31,13 +29,9 @@ answers 503 naming the dependency. Rebalance callbacks record what changed;
 the only dependency one touches is a single try to land the batch in hand
 before its partitions are revoked, skipped while landing is failing.
 
-The parts, one job each: :mod:`~k2_etl.stream.batch` takes messages and decodes them,
-:mod:`~k2_etl.stream.checkpoint` lands a batch in the order that makes it exactly once
-(dead letters, sequence events, data with its offsets, Kafka's offsets),
-:mod:`~k2_etl.stream.dead_letters` produces rejects, :mod:`~k2_etl.stream.placement` reads
-where the tables stand, :mod:`~k2_etl.stream.steps` retries what needs a dependency. This
-module is the poll loop that turns them, the rebalance callbacks, and the health, lag and
-progress checks.
+This module is the poll loop, the rebalance callbacks, and the health, lag
+and progress checks; partitions are placed by :mod:`~k2_etl.stream.placement`,
+and steps back off as :mod:`~k2_etl.stream.steps` says.
 """
 
 from __future__ import annotations
