@@ -19,8 +19,6 @@ import sqlalchemy as sa
 
 from tests.helpers import REPO, free_port, local_platform_env, poll, processes_of, run_k2
 
-pytestmark = pytest.mark.integration
-
 DAGS = {p.stem for p in (REPO / "dags").glob("*.py")}
 
 

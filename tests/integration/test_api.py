@@ -42,7 +42,6 @@ from tests.helpers import env_of, free_port, poll, run_k2
 from tests.integration.query_helpers import a_symbol, land, land_sample, rows_of, trades_of
 from tests.integration.test_query_engine import SlowClock, slow_engine
 
-pytestmark = pytest.mark.integration
 START, END = "2026-11-01T00:00:00Z", "2026-11-04T00:00:00Z"
 FORMATS = ("json", "csv", "parquet", "arrow")
 #: Every answer as the OpenAPI document declares it: status, media type, headers, JSON body; never a 5xx.

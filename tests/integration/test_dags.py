@@ -38,8 +38,6 @@ from tests.integration.airflow_helpers import airflow, airflow_env, python
 from tests.integration.lake_helpers import batch, data_files, land_batches, trades_table
 from tests.integration.query_helpers import SAMPLE, streaming_settings
 
-pytestmark = pytest.mark.integration
-
 DAG_FILES = sorted(p.stem for p in (REPO / "dags").glob("*.py"))
 
 INSPECT = """

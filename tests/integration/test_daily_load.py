@@ -19,7 +19,6 @@ from k2_etl.lake.catalog import open_catalog
 from k2_etl.schemas.registration import register_schemas
 from tests.integration.query_helpers import SAMPLE, land_everything, streaming_settings
 
-pytestmark = pytest.mark.integration
 DAY = date(2026, 11, 2)
 
 

@@ -19,7 +19,6 @@ from k2_etl.schemas.registration import register_schemas
 from tests.helpers import REPO
 from tests.integration.ingest_helpers import file_result, load, messages_of
 
-pytestmark = pytest.mark.integration
 SAMPLE = REPO / "data" / "sample"
 
 

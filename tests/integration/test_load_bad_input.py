@@ -22,7 +22,6 @@ from k2_etl.wire.kafka import client_config
 from tests.helpers import env_of, free_port, poll, run_k2
 from tests.integration.ingest_helpers import file_result, load, messages_of, read_offsets
 
-pytestmark = pytest.mark.integration
 HEADER = "event_time,symbol,exchange,price,size,currency,sequence_number,conditions,venue\n"
 GOOD = "2026-11-02T00:00:0{i}Z,BHP,ASX,45.1{i},100,AUD,{i},,\n"
 

@@ -39,7 +39,7 @@ from tests.integration import ingest_helpers
 from tests.integration.conftest import needs_postgres
 from tests.integration.ingest_helpers import messages_of
 
-pytestmark = [pytest.mark.integration, needs_postgres]
+pytestmark = needs_postgres
 TRADES = REPO / "data" / "sample" / "k2" / "2026-11-02" / "trades_CXA.csv"
 
 

@@ -29,7 +29,6 @@ from tests.integration.iceberg_deletes import commit_deletes, position_deletes
 from tests.integration.ingest_helpers import load, messages_of
 from tests.integration.lake_helpers import GROUP, batch, data_files, land_batches, trades_table
 
-pytestmark = pytest.mark.integration
 TRADES = TABLES_BY_NAME["trades"]
 
 

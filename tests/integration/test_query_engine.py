@@ -28,7 +28,6 @@ from tests.integration.query_helpers import (
     walk,
 )
 
-pytestmark = pytest.mark.integration
 DAY_START = datetime(2026, 11, 1, tzinfo=UTC)
 DAY_END = datetime(2026, 11, 4, tzinfo=UTC)
 

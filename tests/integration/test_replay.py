@@ -36,7 +36,6 @@ from tests.helpers import env_of, poll, run_k2
 from tests.integration.airflow_helpers import airflow, airflow_env
 from tests.integration.query_helpers import land_everything, streaming_settings
 
-pytestmark = pytest.mark.integration
 DAYS = [date(2026, 11, 3), date(2026, 11, 4), date(2026, 11, 5)]
 START = datetime(2026, 11, 4, tzinfo=UTC)  # the replayed range: one UTC day in the middle
 END = START + timedelta(days=1)

@@ -34,7 +34,6 @@ from tests.helpers import REPO, a_trade, env_of, free_port, poll, run_k2
 from tests.integration.ingest_helpers import load, messages_of
 from tests.integration.stream_helpers import ConsumerProcess, landed_counts, ready_settings, table
 
-pytestmark = pytest.mark.integration
 SAMPLE = REPO / "data" / "sample" / "k2"
 TABLE_OF_TOPIC = {"trades": "trades", "quotes": "quotes", "reference_data": "reference_data"}
 
