@@ -23,20 +23,19 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from pyiceberg.table import Table
 
-from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings, load_settings
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import committed_offsets
 from k2_etl.lake.progress import landed_offsets, pending_offsets
 from k2_etl.lake.tables import TABLES_BY_NAME
 from k2_etl.schemas import TRADE
-from k2_etl.schemas.registration import check_schemas, register_schemas
+from k2_etl.schemas.registration import check_schemas
 from k2_etl.stream.consumer import Counts, StreamConsumer
 from k2_etl.wire.kafka import client_config
 from tests.helpers import REPO, a_trade, env_of, poll, run_k2
 from tests.integration.airflow_helpers import airflow, airflow_env, python
 from tests.integration.lake_helpers import batch, data_files, land_batches, trades_table
-from tests.integration.query_helpers import SAMPLE, streaming_settings
+from tests.integration.query_helpers import SAMPLE, streaming_platform
 
 DAG_FILES = sorted(p.stem for p in (REPO / "dags").glob("*.py"))
 
@@ -141,9 +140,7 @@ def test_k2_schema_registration_registers_and_fails_naming_an_incompatible_field
 def test_k2_daily_load_loads_a_day_once_fails_clearly_without_files_and_completes_when_cleared(
     platform_settings: Settings, tmp_path: Path, airflow_home: Path
 ) -> None:
-    settings = streaming_settings(platform_settings, tmp_path)
-    init_platform(settings)
-    register_schemas(settings)
+    settings = streaming_platform(platform_settings, tmp_path)
     day = tmp_path / "landing" / "k2" / "2026-11-02"
     shutil.copytree(SAMPLE / "2026-11-02", day)
     shutil.copy(SAMPLE / "reference_data.csv", day)
@@ -308,9 +305,7 @@ def test_k2_maintenance_while_a_stream_lands_loses_and_duplicates_nothing_and_bo
     second, the default pace). Afterwards the ids are those landed before and those sent during, once
     each; each partition's files at the start were compacted into fewer; the snapshots older than
     the retention are down to the newest few and the offsets lineage; the consumer's place is kept."""
-    settings = streaming_settings(platform_settings, tmp_path, stream_batch_seconds=1.0)
-    init_platform(settings)
-    register_schemas(settings)
+    settings = streaming_platform(platform_settings, tmp_path, stream_batch_seconds=1.0)
     table = open_catalog(settings).load_table((settings.namespace, "trades"))
     feed = TradeFeed(settings)
     request.addfinalizer(feed.close)
