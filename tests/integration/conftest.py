@@ -20,6 +20,8 @@ from k2_etl.config import Settings, load_settings
 from k2_etl.local.components import broker, registry
 from k2_etl.local.supervisor import start, stop
 from tests.helpers import free_ports, quiet
+from tests.integration.airflow_helpers import airflow, airflow_env
+from tests.integration.lake_helpers import trades_table
 from tests.integration.query_helpers import land_sample
 from tests.integration.stream_helpers import ready_settings
 
@@ -82,6 +84,19 @@ def landed(platform_settings: Settings, tmp_path_factory: pytest.TempPathFactory
     query engine and API tests read it. A test that lands more into it lands symbols of its own, which
     no other test reads, so the tests pass in any order."""
     return land_sample(platform_settings, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Airflow home with its metadata database migrated and K2's DAGs serialized, for `airflow dags
+    test` runs (each test runs DAGs of its own or on logical dates of its own)."""
+    home = tmp_path_factory.mktemp("airflow")
+    settings, _ = trades_table(tmp_path_factory.mktemp("k2"))
+    env = airflow_env(settings, home)
+    for step in (("db", "migrate"), ("dags", "reserialize")):
+        done = airflow(env, *step)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return home
 
 
 class RegistryProcess:

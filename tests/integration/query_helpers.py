@@ -23,11 +23,15 @@ from tests.integration.ingest_helpers import load, messages_of
 SAMPLE = REPO / "data" / "sample" / "k2"
 
 
-def land(settings: Settings, folder: Path, timeout: float = 120) -> int:
-    """Load ``folder`` and run a consumer in this process until every record it produced has landed
-    (or was a duplicate); fails after ``timeout`` seconds rather than hanging."""
-    report = load(settings, str(folder), "--format", "k2", expect_rc=None)  # 1 when a row is rejected
-    want = sum(len(messages_of(settings, report, t)) for t in ("trades", "quotes", "reference_data", "dead_letters"))
+def land(settings: Settings, *folders: Path, timeout: float = 120) -> int:
+    """Load each of ``folders`` and run a consumer in this process until every record they produced
+    has landed (or was a duplicate); fails after ``timeout`` seconds rather than hanging."""
+    want = 0
+    for folder in folders:
+        report = load(settings, str(folder), "--format", "k2", expect_rc=None)  # 1 when a row is rejected
+        want += sum(
+            len(messages_of(settings, report, t)) for t in ("trades", "quotes", "reference_data", "dead_letters")
+        )
     consumer = StreamConsumer(settings)
 
     def enough(counts: Counts) -> None:
@@ -65,14 +69,13 @@ def streaming_platform(platform_settings: Settings, folder: Path, **overrides: A
 def land_sample(platform_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings of a fresh catalog and topics holding the committed sample, landed, and one rejected row."""
     settings = streaming_platform(platform_settings, tmp_path_factory.mktemp("query"))
-    land(settings, SAMPLE)
     bad = tmp_path_factory.mktemp("bad") / "2026-11-02"
     bad.mkdir()
     (bad / "trades_XXX.csv").write_text(
         (SAMPLE / "2026-11-02" / "trades_ASX.csv").read_text().splitlines()[0]
         + "\n2026-11-02T01:00:00Z,BADP,ASX,not-a-price,10,AUD,1,,\n"
     )
-    land(settings, bad.parent)
+    land(settings, SAMPLE, bad.parent)  # one consumer for both: it joins its group once
     return settings
 
 

@@ -81,18 +81,6 @@ def test_every_dag_has_an_owner_tags_retries_docs_and_a_stated_catchup(dagbag: d
         assert dag["max_active_runs"] >= 1, dag_id
 
 
-@pytest.fixture(scope="module")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An Airflow home with its metadata database migrated and K2's DAGs serialized (for CLI runs)."""
-    home = tmp_path_factory.mktemp("airflow")
-    settings, _ = trades_table(tmp_path_factory.mktemp("k2"))
-    env = airflow_env(settings, home)
-    for step in (("db", "migrate"), ("dags", "reserialize")):
-        done = airflow(env, *step)
-        assert done.returncode == 0, done.stderr[-3000:]
-    return home
-
-
 def test_k2_maintenance_compacts_expires_and_cleans_every_table(tmp_path: Path, airflow_home: Path) -> None:
     settings, table = trades_table(tmp_path)
     land_batches(table, [batch(table, [f"m-{10 * b + i}" for i in range(10)]) for b in range(3)])
