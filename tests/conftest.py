@@ -1,4 +1,6 @@
-"""Fixtures every test gets: a clean K2 environment (no K2_* leaking in from the shell)."""
+"""Fixtures every test gets: a clean K2 environment (no K2_* leaking in from the shell); and the
+``integration`` marker on every test under tests/integration (`pytest -m "not integration"` runs the
+unit tests alone)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(INTEGRATION):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(autouse=True)

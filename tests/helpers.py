@@ -15,7 +15,9 @@ from typing import TypeVar
 
 import psutil
 
+from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings
+from k2_etl.schemas.registration import register_schemas
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
@@ -50,6 +52,17 @@ def free_ports(count: int) -> list[int]:
 def free_port() -> int:
     """One port nobody listens on now (see :func:`free_ports`)."""
     return free_ports(1)[0]
+
+
+def quiet(_: str) -> None:
+    """A supervisor's progress callback that prints nothing (tests read its outcome, not its lines)."""
+
+
+def initialized(settings: Settings) -> Settings:
+    """``settings``, with its topics and tables made (`k2 init`) and its schemas registered."""
+    init_platform(settings)
+    register_schemas(settings)
+    return settings
 
 
 def poll(probe: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:

@@ -15,6 +15,8 @@ from k2_etl.config import Settings
 from tests.helpers import REPO, env_of
 
 BIN = Path(sys.executable).parent
+#: K2's DAGs, each in the file of dags/ named after it: the tests fail when Airflow finds fewer (or none).
+K2_DAGS = ("k2_daily_load", "k2_maintenance", "k2_replay", "k2_schema_registration")
 
 
 def airflow_env(settings: Settings, home: Path) -> dict[str, str]:

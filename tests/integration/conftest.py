@@ -19,7 +19,11 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from k2_etl.config import Settings, load_settings
 from k2_etl.local.components import broker, registry
 from k2_etl.local.supervisor import start, stop
-from tests.helpers import free_ports
+from tests.helpers import free_ports, quiet
+from tests.integration.airflow_helpers import airflow, airflow_env
+from tests.integration.lake_helpers import trades_table
+from tests.integration.query_helpers import land_sample
+from tests.integration.stream_helpers import ready_settings
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL")
 needs_postgres = pytest.mark.skipif(
@@ -38,10 +42,6 @@ def make_settings(home: Path, **overrides: object) -> Settings:
     )
 
 
-def _quiet(_: str) -> None:
-    pass
-
-
 @pytest.fixture(scope="session")
 def platform_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Broker + registry shared by the whole session (tests use their own topics/subjects)."""
@@ -53,11 +53,11 @@ def platform_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sett
     components = [broker(settings), registry(settings)]
     try:
         for component in components:
-            start(settings, component, _quiet)
+            start(settings, component, quiet)
         yield settings
     finally:
         for component in reversed(components):
-            stop(settings, component, _quiet)
+            stop(settings, component, quiet)
 
 
 @pytest.fixture
@@ -69,6 +69,34 @@ def own_settings(platform_settings: Settings, tmp_path: Path) -> Settings:
         schema_registry_url=platform_settings.schema_registry_url,
         topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
     )
+
+
+@pytest.fixture
+def ready(own_settings: Settings) -> Settings:
+    """:func:`own_settings` with topics, tables and schemas made, and settings for a consumer of its
+    own (see :func:`ready_settings`)."""
+    return ready_settings(own_settings)
+
+
+@pytest.fixture(scope="session")
+def landed(platform_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The committed sample landed (a day, two exchanges) and one rejected row, once per session: the
+    query engine and API tests read it. A test that lands more into it lands symbols of its own, which
+    no other test reads, so the tests pass in any order."""
+    return land_sample(platform_settings, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Airflow home with its metadata database migrated and K2's DAGs serialized, for `airflow dags
+    test` runs (each test runs DAGs of its own or on logical dates of its own)."""
+    home = tmp_path_factory.mktemp("airflow")
+    settings, _ = trades_table(tmp_path_factory.mktemp("k2"))
+    env = airflow_env(settings, home)
+    for step in (("db", "migrate"), ("dags", "reserialize")):
+        done = airflow(env, *step)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return home
 
 
 class RegistryProcess:
@@ -91,10 +119,10 @@ class RegistryProcess:
         return client
 
     def start(self) -> None:
-        start(self.settings, self.component, _quiet)
+        start(self.settings, self.component, quiet)
 
     def stop(self) -> None:
-        stop(self.settings, self.component, _quiet)
+        stop(self.settings, self.component, quiet)
 
     def close_clients(self) -> None:
         for client in self._clients:

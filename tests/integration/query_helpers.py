@@ -12,24 +12,26 @@ from typing import Any
 
 import pytest
 
-from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings, load_settings
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.progress import landed_offsets, pending_offsets, wanted_offsets
-from k2_etl.query.engine import Result
-from k2_etl.schemas.registration import register_schemas
+from k2_etl.query.engine import QueryEngine, Result
 from k2_etl.stream.consumer import Counts, StreamConsumer
-from tests.helpers import REPO, poll
+from tests.helpers import REPO, initialized, poll
 from tests.integration.ingest_helpers import load, messages_of
 
 SAMPLE = REPO / "data" / "sample" / "k2"
 
 
-def land(settings: Settings, folder: Path, timeout: float = 120) -> int:
-    """Load ``folder`` and run a consumer in this process until every record it produced has landed
-    (or was a duplicate); fails after ``timeout`` seconds rather than hanging."""
-    report = load(settings, str(folder), "--format", "k2", expect_rc=None)  # 1 when a row is rejected
-    want = sum(len(messages_of(settings, report, t)) for t in ("trades", "quotes", "reference_data", "dead_letters"))
+def land(settings: Settings, *folders: Path, timeout: float = 120) -> int:
+    """Load each of ``folders`` and run a consumer in this process until every record they produced
+    has landed (or was a duplicate); fails after ``timeout`` seconds rather than hanging."""
+    want = 0
+    for folder in folders:
+        report = load(settings, str(folder), "--format", "k2", expect_rc=None)  # 1 when a row is rejected
+        want += sum(
+            len(messages_of(settings, report, t)) for t in ("trades", "quotes", "reference_data", "dead_letters")
+        )
     consumer = StreamConsumer(settings)
 
     def enough(counts: Counts) -> None:
@@ -46,10 +48,11 @@ def land(settings: Settings, folder: Path, timeout: float = 120) -> int:
     return want
 
 
-def streaming_settings(platform_settings: Settings, folder: Path, **overrides: Any) -> Settings:
+def streaming_platform(platform_settings: Settings, folder: Path, **overrides: Any) -> Settings:
     """Settings of a fresh catalog (``folder``/home), landing folder (``folder``/landing) and topics
-    on the shared broker and registry, with the short group timeouts the local broker needs."""
-    return load_settings(
+    on the shared broker and registry, with the short group timeouts the local broker needs; its
+    topics, tables and schemas made."""
+    settings = load_settings(
         home=folder / "home",
         landing=folder / "landing",
         kafka_bootstrap=platform_settings.kafka_bootstrap,
@@ -60,21 +63,19 @@ def streaming_settings(platform_settings: Settings, folder: Path, **overrides: A
         stream_metrics_port=0,
         **overrides,
     )
+    return initialized(settings)
 
 
 def land_sample(platform_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings of a fresh catalog and topics holding the committed sample, landed, and one rejected row."""
-    settings = streaming_settings(platform_settings, tmp_path_factory.mktemp("query"))
-    init_platform(settings)
-    register_schemas(settings)
-    land(settings, SAMPLE)
+    settings = streaming_platform(platform_settings, tmp_path_factory.mktemp("query"))
     bad = tmp_path_factory.mktemp("bad") / "2026-11-02"
     bad.mkdir()
     (bad / "trades_XXX.csv").write_text(
         (SAMPLE / "2026-11-02" / "trades_ASX.csv").read_text().splitlines()[0]
         + "\n2026-11-02T01:00:00Z,BADP,ASX,not-a-price,10,AUD,1,,\n"
     )
-    land(settings, bad.parent)
+    land(settings, SAMPLE, bad.parent)  # one consumer for both: it joins its group once
     return settings
 
 
@@ -139,7 +140,12 @@ def check_prevailing_quotes(
 
 def a_symbol(settings: Settings) -> str:
     """A symbol of the committed sample (the one its ASX trades file starts with)."""
-    return (SAMPLE / "2026-11-02" / "trades_ASX.csv").read_text().splitlines()[1].split(",")[1]
+    return first_symbol(SAMPLE / "2026-11-02")
+
+
+def first_symbol(day: Path) -> str:
+    """The symbol the ASX trades file of a day folder (k2 format) starts with."""
+    return (day / "trades_ASX.csv").read_text().splitlines()[1].split(",")[1]
 
 
 def rows_of(settings: Settings, name: str) -> list[dict[str, Any]]:
@@ -170,3 +176,28 @@ def land_everything(settings: Settings, files: list[dict]) -> None:
     finally:
         consumer.stop()
         runner.join(timeout=60)
+
+
+class SlowClock:
+    """The engine's budget clock, made to jump past any budget once a query has run: a slow query."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def slow_engine(settings: Settings) -> QueryEngine:
+    """An engine each of whose queries "takes" a minute of a 5 s budget."""
+    clock = SlowClock()
+    engine = QueryEngine(settings, clock=clock, budget_seconds=5)
+    run = engine.runner.run
+
+    def run_slowly(*args: Any, **kwargs: Any) -> Any:
+        result = run(*args, **kwargs)
+        clock.now += 60  # this query "took" a minute
+        return result
+
+    engine.runner.run = run_slowly  # type: ignore[method-assign]
+    return engine

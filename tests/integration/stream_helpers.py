@@ -11,11 +11,9 @@ from pathlib import Path
 import httpx
 import pyarrow as pa
 
-from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings
 from k2_etl.lake.catalog import open_catalog
-from k2_etl.schemas.registration import register_schemas
-from tests.helpers import env_of, free_port
+from tests.helpers import env_of, free_port, initialized
 
 
 def ready_settings(own_settings: Settings) -> Settings:
@@ -29,9 +27,7 @@ def ready_settings(own_settings: Settings) -> Settings:
             "stream_metrics_port": free_port(),
         }
     )
-    init_platform(settings)
-    register_schemas(settings)
-    return settings
+    return initialized(settings)
 
 
 class ConsumerProcess:

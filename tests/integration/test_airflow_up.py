@@ -17,11 +17,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.helpers import REPO, free_port, local_platform_env, poll, processes_of, run_k2
-
-pytestmark = pytest.mark.integration
-
-DAGS = {p.stem for p in (REPO / "dags").glob("*.py")}
+from tests.helpers import free_port, local_platform_env, poll, processes_of, run_k2
+from tests.integration.airflow_helpers import K2_DAGS
 
 
 @pytest.fixture
@@ -94,10 +91,10 @@ def test_up_runs_airflow_and_demo_runs_the_sample_day_green(
 
     def parsed() -> dict[str, Any] | None:
         dags = {d["dag_id"]: d for d in airflow.get("/api/v2/dags")["dags"]}
-        return dags if dags.keys() >= DAGS else None
+        return dags if dags.keys() >= set(K2_DAGS) else None
 
     dags = poll(parsed, timeout=120, what="the DAG processor to parse K2's DAGs")
-    assert not any(dags[dag_id]["is_paused"] for dag_id in DAGS)  # unpaused at creation
+    assert not any(dags[dag_id]["is_paused"] for dag_id in K2_DAGS)  # unpaused at creation
     assert airflow.send("PATCH", "/api/v2/dags/k2_daily_load", json={"is_paused": True})["is_paused"]  # (demo unpauses)
 
     assert run_k2(env, "schemas", "register").returncode == 0

@@ -25,7 +25,6 @@ from tests.helpers import a_trade, poll
 from tests.integration.conftest import needs_postgres
 from tests.integration.test_api import Api
 
-pytestmark = pytest.mark.integration
 DAY = {"symbol": "BHP", "start": "2026-11-25", "end": "2026-11-26"}  # a_trade()'s symbol and day
 NEEDING_THE_CATALOG = [
     ("/v1/trades", DAY),

@@ -36,8 +36,6 @@ from k2_etl.wire.kafka import make_consumer
 from k2_etl.wire.registry import registry_client
 from tests.helpers import a_trade, poll
 
-pytestmark = pytest.mark.integration
-
 GROUP = "k2-checkpoint-test"
 SYMBOLS = ("BHP", "CBA", "NAB")  # by partition (the key of a message is its symbol)
 

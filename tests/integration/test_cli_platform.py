@@ -18,8 +18,6 @@ from k2_etl.local.components import broker, port_holder
 from k2_etl.local.supervisor import start, status, stop
 from tests.helpers import free_port, local_platform_env, poll, processes_of, run_k2
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[dict[str, str]]:

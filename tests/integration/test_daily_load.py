@@ -10,16 +10,13 @@ from pathlib import Path
 import pytest
 from pyiceberg.expressions import EqualTo
 
-from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings
 from k2_etl.errors import ConfigError
 from k2_etl.ingest.landing import day_files, load_day
 from k2_etl.jobs.quality import check_day
 from k2_etl.lake.catalog import open_catalog
-from k2_etl.schemas.registration import register_schemas
-from tests.integration.query_helpers import SAMPLE, land_everything, streaming_settings
+from tests.integration.query_helpers import SAMPLE, land_everything, streaming_platform
 
-pytestmark = pytest.mark.integration
 DAY = date(2026, 11, 2)
 
 
@@ -27,9 +24,7 @@ DAY = date(2026, 11, 2)
 def landed_day(platform_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict]:
     """The sample day put in the landing folder, loaded by load_day and landed by the real consumer."""
     home = tmp_path_factory.mktemp("daily")
-    settings = streaming_settings(platform_settings, home)
-    init_platform(settings)
-    register_schemas(settings)
+    settings = streaming_platform(platform_settings, home)
     folder = home / "landing" / "k2" / DAY.isoformat()
     shutil.copytree(SAMPLE / DAY.isoformat(), folder)
     shutil.copy(SAMPLE / "reference_data.csv", folder)

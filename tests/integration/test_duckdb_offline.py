@@ -6,15 +6,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
-import pytest
 
 from k2_etl.config import load_settings
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.tables import ensure_tables
 from k2_etl.wire.duckdb_conn import connect
 from tests.helpers import a_trade
-
-pytestmark = pytest.mark.integration
 
 
 def test_iceberg_scan_of_a_k2_table(tmp_path: Path) -> None:

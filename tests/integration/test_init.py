@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import pytest
 from pyiceberg.types import NestedField
 
 from k2_etl.config import Settings
@@ -14,8 +13,6 @@ from k2_etl.lake.tables import TABLES, TableDef, ensure_table
 from k2_etl.schemas import RECORD_TYPES, TRADE, RecordType
 from k2_etl.wire.kafka import cluster_metadata
 from tests.helpers import env_of, run_k2
-
-pytestmark = pytest.mark.integration
 
 
 def expected_iceberg_type(avro_type: object) -> tuple[str, bool]:

@@ -19,8 +19,6 @@ from k2_etl.schemas import TRADE
 from k2_etl.wire.kafka import admin_client, client_config
 from tests.helpers import poll
 
-pytestmark = pytest.mark.integration
-
 
 def trade(i: int) -> dict[str, object]:
     t0 = datetime(2026, 11, 24, 23, 0, tzinfo=UTC)

@@ -27,8 +27,6 @@ from tests.helpers import env_of, poll, run_k2
 from tests.integration.conftest import needs_postgres
 from tests.integration.lake_helpers import batch, land_batches, trades_table
 
-pytestmark = pytest.mark.integration
-
 
 def unreferenced(table: Table) -> list[str]:
     """Every file under the table's location that no snapshot or metadata file references."""

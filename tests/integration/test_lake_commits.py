@@ -15,8 +15,6 @@ from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import Fenced, append_with_offsets, committed_offsets, recorded_topic_ids, unchanged_since
 from tests.helpers import a_trade
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def trades(own_settings: Settings) -> Table:

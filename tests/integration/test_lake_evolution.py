@@ -12,8 +12,6 @@ from pyiceberg.types import DecimalType, IntegerType, ListType, LongType, Nested
 
 from k2_etl.lake.tables import evolve_to_read, readable_as
 
-pytestmark = pytest.mark.integration
-
 TABLE = Schema(
     NestedField(1, "id", StringType(), required=True),
     NestedField(2, "qty", IntegerType(), required=False),

@@ -11,8 +11,6 @@ from k2_etl.lake.progress import landed_offsets, pending_offsets, wanted_offsets
 from k2_etl.schemas import QUOTE, TRADE
 from tests.integration.lake_helpers import batch, trades_table
 
-pytestmark = pytest.mark.integration
-
 
 def test_landed_offsets_come_from_the_table_of_each_topic(tmp_path: Path) -> None:
     settings, table = trades_table(tmp_path)

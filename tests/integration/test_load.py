@@ -9,26 +9,13 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
-import pytest
-
-from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.manifest import Manifest
-from k2_etl.schemas.registration import register_schemas
 from tests.helpers import REPO
 from tests.integration.ingest_helpers import file_result, load, messages_of
 
-pytestmark = pytest.mark.integration
 SAMPLE = REPO / "data" / "sample"
-
-
-@pytest.fixture
-def ready(own_settings: Settings) -> Settings:
-    """Topics, tables and registered schemas of this test's own."""
-    init_platform(own_settings)
-    register_schemas(own_settings)
-    return own_settings
 
 
 def csv_rows(path: Path) -> list[dict[str, str]]:

@@ -10,28 +10,17 @@ import textwrap
 from pathlib import Path
 
 import httpx
-import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.manifest import Manifest
-from k2_etl.schemas.registration import register_schemas
 from k2_etl.wire.kafka import client_config
 from tests.helpers import env_of, free_port, poll, run_k2
 from tests.integration.ingest_helpers import file_result, load, messages_of, read_offsets
 
-pytestmark = pytest.mark.integration
 HEADER = "event_time,symbol,exchange,price,size,currency,sequence_number,conditions,venue\n"
 GOOD = "2026-11-02T00:00:0{i}Z,BHP,ASX,45.1{i},100,AUD,{i},,\n"
-
-
-@pytest.fixture
-def ready(own_settings: Settings) -> Settings:
-    init_platform(own_settings)
-    register_schemas(own_settings)
-    return own_settings
 
 
 def good_rows(n: int) -> str:

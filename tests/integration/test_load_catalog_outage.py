@@ -34,12 +34,12 @@ from k2_etl.local.components import broker
 from k2_etl.local.supervisor import start, stop
 from k2_etl.schemas.registration import register_schemas
 from tests.faults import TcpProxy
-from tests.helpers import REPO, env_of, free_ports, poll, run_k2
+from tests.helpers import REPO, env_of, free_ports, poll, quiet, run_k2
 from tests.integration import ingest_helpers
 from tests.integration.conftest import needs_postgres
 from tests.integration.ingest_helpers import messages_of
 
-pytestmark = [pytest.mark.integration, needs_postgres]
+pytestmark = needs_postgres
 TRADES = REPO / "data" / "sample" / "k2" / "2026-11-02" / "trades_CXA.csv"
 
 
@@ -56,10 +56,6 @@ class Outage:
     lines: list[str] = field(default_factory=list)
 
 
-def _quiet(_: str) -> None:
-    pass
-
-
 @pytest.fixture
 def outage(platform_settings: Settings, postgres_database: str, tmp_path: Path) -> Iterator[Outage]:
     proxy, proxied = TcpProxy.for_url(postgres_database)
@@ -72,7 +68,7 @@ def outage(platform_settings: Settings, postgres_database: str, tmp_path: Path) 
     }
     settings = load_settings(**common, catalog_uri=proxied, ingest_metrics_port=metrics_port)
     component = broker(settings)
-    start(settings, component, _quiet)
+    start(settings, component, quiet)
     try:
         env = env_of(settings)
         initialized = run_k2(env, "init")
@@ -83,7 +79,7 @@ def outage(platform_settings: Settings, postgres_database: str, tmp_path: Path) 
         yield Outage(settings, direct, postgres_database, proxy, pid, metrics_port)
     finally:
         proxy.close()
-        stop(settings, component, _quiet)
+        stop(settings, component, quiet)
 
 
 class Load:

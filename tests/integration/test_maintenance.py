@@ -7,7 +7,6 @@ import json
 import os
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -15,21 +14,19 @@ from typing import Any
 
 import pytest
 
-from k2_etl.bootstrap import init_platform
-from k2_etl.config import Settings, load_settings
+from k2_etl.config import Settings
 from k2_etl.lake import maintenance
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import committed_offsets
 from k2_etl.lake.maintenance import MAINTENANCE_PROPERTY, compact, expire_snapshots, remove_orphan_files
 from k2_etl.lake.tables import TABLES_BY_NAME
-from k2_etl.schemas.registration import register_schemas
 from k2_etl.stream.consumer import Counts, StreamConsumer
 from tests.helpers import env_of, run_k2
 from tests.integration.iceberg_deletes import commit_deletes, position_deletes
 from tests.integration.ingest_helpers import load, messages_of
 from tests.integration.lake_helpers import GROUP, batch, data_files, land_batches, trades_table
+from tests.integration.query_helpers import streaming_platform
 
-pytestmark = pytest.mark.integration
 TRADES = TABLES_BY_NAME["trades"]
 
 
@@ -123,14 +120,9 @@ def test_compaction_beside_the_streaming_consumer_loses_and_duplicates_nothing(
 ) -> None:
     """The real consumer lands a load in many small commits while compaction runs again and again:
     afterwards the trades are exactly the ids produced, once each, in fewer files."""
-    settings = load_settings(
-        home=tmp_path / "home", kafka_bootstrap=platform_settings.kafka_bootstrap,
-        schema_registry_url=platform_settings.schema_registry_url, topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
-        stream_session_timeout_seconds=6, stream_max_poll_interval_seconds=7, stream_metrics_port=0,
-        stream_batch_rows=600, stream_batch_seconds=1.0,  # slower than 0.2 s commits: see compaction_commit_bench
-    )  # fmt: skip
-    init_platform(settings)
-    register_schemas(settings)
+    settings = streaming_platform(  # commits every 1 s, slower than 0.2 s: see compaction_commit_bench
+        platform_settings, tmp_path, stream_batch_rows=600, stream_batch_seconds=1.0
+    )
     data = tmp_path / "data"
     generated = run_k2(env_of(settings), "generate", "--out", str(data), "--symbols", "4", "--days", "2",
                        "--trades-per-day", "3000", "--quotes-per-trade", "0", "--seed", "5")  # fmt: skip

@@ -28,8 +28,6 @@ from k2_etl.schemas import TRADE
 from tests.helpers import a_trade, free_port, poll
 from tests.integration.conftest import RegistryProcess, needs_postgres
 
-pytestmark = pytest.mark.integration
-
 
 def init_and_round_trip(settings: Settings) -> None:
     """Create every table, append one trade, read it back exactly; a second init changes nothing."""

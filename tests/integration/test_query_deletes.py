@@ -20,7 +20,6 @@ from k2_etl.query.engine import QueryEngine
 from tests.integration.iceberg_deletes import commit_deletes, equality_deletes, position_deletes
 from tests.integration.query_helpers import a_symbol, bars_of, check_prevailing_quotes, land_sample, of_symbol, walk
 
-pytestmark = pytest.mark.integration
 DAY_START = datetime(2026, 11, 1, tzinfo=UTC)
 DAY_END = datetime(2026, 11, 4, tzinfo=UTC)
 

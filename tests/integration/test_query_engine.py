@@ -17,26 +17,21 @@ from k2_etl.lake.catalog import open_catalog
 from k2_etl.query.engine import QueryEngine
 from tests.helpers import env_of, run_k2
 from tests.integration.query_helpers import (
+    SlowClock,
     a_symbol,
     bars_of,
     check_prevailing_quotes,
+    first_symbol,
     land,
-    land_sample,
     of_symbol,
     rows_of,
+    slow_engine,
     trades_of,
     walk,
 )
 
-pytestmark = pytest.mark.integration
 DAY_START = datetime(2026, 11, 1, tzinfo=UTC)
 DAY_END = datetime(2026, 11, 4, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def landed(platform_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """The committed sample landed (a day, two exchanges), and one rejected row."""
-    return land_sample(platform_settings, tmp_path_factory)
 
 
 def test_walking_every_page_returns_every_row_once_in_order(landed: Settings) -> None:
@@ -85,10 +80,7 @@ def test_time_travel_reads_a_past_snapshot(landed: Settings, tmp_path: Path) -> 
                        "--start", "2026-11-03", "--trades-per-day", "200", "--seed", "9")  # fmt: skip
     assert generated.returncode == 0, generated.stderr
     land(landed, data)
-    latest = (
-        open_catalog(landed).load_table((landed.namespace, "trades")).scan(selected_fields=("symbol", "event_time"))
-    )
-    new_symbol = str(latest.to_arrow().sort_by([("event_time", "descending")]).column("symbol")[0])  # of the new day
+    new_symbol = first_symbol(data / "2026-11-03")  # not in the table before: `past` has none of its trades
     now = engine.page("trades", symbols=[new_symbol], start=DAY_START, end=DAY_END, limit=50_000)
     past = engine.page("trades", symbols=[new_symbol], start=DAY_START, end=DAY_END, limit=50_000,
                        snapshot_id=before.snapshot_id)  # fmt: skip
@@ -217,30 +209,6 @@ def test_intervals_must_divide_a_day(landed: Settings, interval: timedelta) -> N
     assert caught.value.parameter == "interval"
 
 
-class SlowClock:
-    """The engine's budget clock, made to jump past any budget once a query has run: a slow query."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def slow_engine(settings: Settings) -> QueryEngine:
-    clock = SlowClock()
-    engine = QueryEngine(settings, clock=clock, budget_seconds=5)
-    run = engine.runner.run
-
-    def run_slowly(*args: Any, **kwargs: Any) -> Any:
-        result = run(*args, **kwargs)
-        clock.now += 60  # this query "took" a minute
-        return result
-
-    engine.runner.run = run_slowly  # type: ignore[method-assign]
-    return engine
-
-
 def test_over_its_budget_a_query_returns_what_it_has_and_a_cursor_to_go_on(landed: Settings) -> None:
     symbol = a_symbol(landed)
     expected = [r["event_id"] for r in trades_of(landed, symbol)]
@@ -271,7 +239,7 @@ def test_a_cursor_from_a_newer_snapshot_reads_on_a_process_with_older_metadata(
                        "--start", "2026-11-10", "--trades-per-day", "200", "--seed", "21")  # fmt: skip
     assert generated.returncode == 0, generated.stderr
     land(landed, data)
-    symbol = (data / "2026-11-10" / "trades_ASX.csv").read_text().splitlines()[1].split(",")[1]
+    symbol = first_symbol(data / "2026-11-10")
     span = {"symbols": [symbol], "start": datetime(2026, 11, 9, tzinfo=UTC), "end": datetime(2026, 11, 11, tzinfo=UTC)}
     first = QueryEngine(landed).page("trades", limit=10, **span)
     assert first.cursor is not None

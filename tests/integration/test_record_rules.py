@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
@@ -28,7 +27,6 @@ from tests.helpers import a_trade, poll
 from tests.integration.ingest_helpers import load
 from tests.integration.stream_helpers import ConsumerProcess, landed_counts, ready_settings, table
 
-pytestmark = pytest.mark.integration
 DAY = date(2026, 11, 25)
 AT = datetime(2026, 11, 25, 0, 0, 1, tzinfo=UTC)
 

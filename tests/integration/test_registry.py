@@ -28,8 +28,6 @@ from tests.helpers import REPO, env_of, free_port, poll, processes_of, run_k2
 from tests.integration.conftest import RegistryProcess, running_registry
 from tests.integration.ingest_helpers import load
 
-pytestmark = pytest.mark.integration
-
 
 def record(*fields: dict[str, object], name: str = "T") -> Schema:
     return Schema(json.dumps({"type": "record", "name": name, "fields": list(fields)}), "AVRO")

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from pyiceberg.expressions import EqualTo, GreaterThanOrEqual
 
-from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings
 from k2_etl.errors import ConfigError
 from k2_etl.ingest.generate import generate
@@ -30,13 +29,11 @@ from k2_etl.lake.maintenance import MAINTENANCE_PROPERTY
 from k2_etl.lake.progress import landed_offsets, pending_offsets, wanted_offsets
 from k2_etl.lake.replace import Checksum, ReplaceError, range_checksum
 from k2_etl.lake.tables import TABLES_BY_NAME
-from k2_etl.schemas.registration import register_schemas
 from k2_etl.stream.consumer import StreamConsumer
 from tests.helpers import env_of, poll, run_k2
 from tests.integration.airflow_helpers import airflow, airflow_env
-from tests.integration.query_helpers import land_everything, streaming_settings
+from tests.integration.query_helpers import land_everything, streaming_platform
 
-pytestmark = pytest.mark.integration
 DAYS = [date(2026, 11, 3), date(2026, 11, 4), date(2026, 11, 5)]
 START = datetime(2026, 11, 4, tzinfo=UTC)  # the replayed range: one UTC day in the middle
 END = START + timedelta(days=1)
@@ -44,12 +41,10 @@ TRADES, QUOTES = TABLES_BY_NAME["trades"], TABLES_BY_NAME["quotes"]
 
 
 @pytest.fixture(scope="module")
-def landed(platform_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def landed_days(platform_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Three generated trading days in the landing folder, loaded day by day and landed."""
     home = tmp_path_factory.mktemp("replay")
-    settings = streaming_settings(platform_settings, home)
-    init_platform(settings)
-    register_schemas(settings)
+    settings = streaming_platform(platform_settings, home)
     generated = home / "generated"
     generate(generated, symbols=6, days=len(DAYS), start=DAYS[0], trades_per_day=400, seed=7)
     files = []
@@ -77,9 +72,9 @@ def _outside(settings: Settings, name: str) -> list[Checksum]:
 
 @pytest.mark.parametrize(("name", "source"), [("trades", "kafka"), ("quotes", "landing")])
 def test_a_replay_of_a_day_replaces_it_with_identical_rows_and_leaves_the_other_days(
-    landed: Settings, name: str, source: str
+    landed_days: Settings, name: str, source: str
 ) -> None:
-    settings = landed
+    settings = landed_days
     table = _table(settings, name)
     offsets = committed_offsets(table, settings.stream_group)
     outside = _outside(settings, name)
@@ -106,9 +101,9 @@ def test_a_replay_of_a_day_replaces_it_with_identical_rows_and_leaves_the_other_
 
 
 def test_a_replay_from_kafka_restores_rows_lost_from_the_table_and_a_dry_run_changes_nothing(
-    landed: Settings,
+    landed_days: Settings,
 ) -> None:
-    settings = landed
+    settings = landed_days
     table = _table(settings, "trades")
     original = range_checksum(table, TRADES, START, END)
     symbol = _a_symbol(table)
@@ -134,8 +129,8 @@ def test_a_replay_from_kafka_restores_rows_lost_from_the_table_and_a_dry_run_cha
     assert range_checksum(table, TRADES, START, END) == original
 
 
-def test_a_replay_that_would_remove_rows_fails_and_changes_nothing(landed: Settings, tmp_path: Path) -> None:
-    settings = landed
+def test_a_replay_that_would_remove_rows_fails_and_changes_nothing(landed_days: Settings, tmp_path: Path) -> None:
+    settings = landed_days
     table = _table(settings, "trades")
     before = table.current_snapshot()
     folder = settings.landing / "k2" / DAYS[1].isoformat()  # type: ignore[operator]
@@ -150,17 +145,17 @@ def test_a_replay_that_would_remove_rows_fails_and_changes_nothing(landed: Setti
     assert table.current_snapshot() == before
 
 
-def test_replay_refuses_tables_and_ranges_it_cannot_replay(landed: Settings) -> None:
+def test_replay_refuses_tables_and_ranges_it_cannot_replay(landed_days: Settings) -> None:
     with pytest.raises(ConfigError, match="choose from trades, quotes"):
-        replay(landed, "reference_data", START, END)
+        replay(landed_days, "reference_data", START, END)
     with pytest.raises(ConfigError, match="must be before"):
-        replay(landed, "trades", END, START)
+        replay(landed_days, "trades", END, START)
     with pytest.raises(ConfigError, match="source 'ftp'"):
-        replay(landed, "trades", START, END, source="ftp")  # type: ignore[arg-type]
+        replay(landed_days, "trades", START, END, source="ftp")  # type: ignore[arg-type]
 
 
-def test_k2_replay_cli_prints_the_checksums_as_json_and_names_bad_arguments(landed: Settings) -> None:
-    env = env_of(landed)
+def test_k2_replay_cli_prints_the_checksums_as_json_and_names_bad_arguments(landed_days: Settings) -> None:
+    env = env_of(landed_days)
     done = run_k2(env, "replay", "--table", "quotes", "--start", "2026-11-04", "--end", "2026-11-05", "--dry-run",
                   "--json")  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -173,8 +168,8 @@ def test_k2_replay_cli_prints_the_checksums_as_json_and_names_bad_arguments(land
 
 
 @pytest.fixture
-def streaming(landed: Settings) -> Iterator[StreamConsumer]:
-    consumer = StreamConsumer(landed)
+def streaming(landed_days: Settings) -> Iterator[StreamConsumer]:
+    consumer = StreamConsumer(landed_days)
     runner = threading.Thread(target=consumer.run)
     runner.start()
     yield consumer
@@ -212,9 +207,9 @@ def _ids(table) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def test_a_rolled_back_load_leaves_the_rest_stays_gone_and_can_be_loaded_again(
-    landed: Settings, streaming: StreamConsumer
+    landed_days: Settings, streaming: StreamConsumer
 ) -> None:
-    settings = landed
+    settings = landed_days
     trades = _table(settings, "trades")
     ids_before = set(_ids(trades))
     day = DAYS[1]
@@ -259,11 +254,11 @@ def test_a_rolled_back_load_leaves_the_rest_stays_gone_and_can_be_loaded_again(
 
 
 def test_rolling_back_a_bad_load_after_its_correction_keeps_the_corrected_rows(
-    landed: Settings, streaming: StreamConsumer
+    landed_days: Settings, streaming: StreamConsumer
 ) -> None:
     """The correction (same ids, other prices) was loaded first: the consumer dropped its records as
     duplicates of the bad load's. Rolling the bad load back puts the correction's rows in."""
-    settings = landed
+    settings = landed_days
     trades = _table(settings, "trades")
     ids_before = set(_ids(trades))
     day = DAYS[2]
@@ -297,22 +292,18 @@ def _load_id_of(settings: Settings, path: Path) -> str:
     return str(trades.scan(row_filter=of_file, limit=1).to_arrow().column("load_id")[0].as_py())
 
 
-def test_rollback_names_an_unknown_load(landed: Settings) -> None:
+def test_rollback_names_an_unknown_load(landed_days: Settings) -> None:
     with pytest.raises(ConfigError, match="no load 'nosuchload' in the load manifest"):
-        rollback(landed, "nosuchload")
+        rollback(landed_days, "nosuchload")
 
 
 def _a_symbol(table) -> str:  # type: ignore[no-untyped-def]
     return str(table.scan(selected_fields=("symbol",), limit=1).to_arrow().column("symbol")[0].as_py())
 
 
-def test_the_k2_replay_dag_logs_the_checksums_and_replaces_the_range(landed: Settings, tmp_path: Path) -> None:
-    settings = landed
-    home = tmp_path / "airflow"
-    env = airflow_env(settings, home)
-    for step in (("db", "migrate"), ("dags", "reserialize")):
-        done = airflow(env, *step)
-        assert done.returncode == 0, done.stderr[-3000:]
+def test_the_k2_replay_dag_logs_the_checksums_and_replaces_the_range(landed_days: Settings, airflow_home: Path) -> None:
+    settings = landed_days
+    env = airflow_env(settings, airflow_home)
     quotes = _table(settings, "quotes")
     before = range_checksum(quotes, QUOTES, START, END)
     snapshot = quotes.current_snapshot()

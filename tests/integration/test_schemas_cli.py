@@ -15,8 +15,6 @@ from k2_etl.schemas import QUOTE, TOPIC_RECORD_TYPES, TRADE, RecordType
 from k2_etl.schemas.registration import check_schemas, register_schemas
 from tests.helpers import env_of, free_port, k2_env, run_k2
 
-pytestmark = pytest.mark.integration
-
 
 @dataclass(frozen=True)
 class _ChangedTrade(RecordType):

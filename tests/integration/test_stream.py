@@ -19,7 +19,6 @@ from typing import Any
 
 import fastavro
 import httpx
-import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
@@ -32,16 +31,10 @@ from k2_etl.schemas import TRADE
 from k2_etl.wire.kafka import client_config
 from tests.helpers import REPO, a_trade, env_of, free_port, poll, run_k2
 from tests.integration.ingest_helpers import load, messages_of
-from tests.integration.stream_helpers import ConsumerProcess, landed_counts, ready_settings, table
+from tests.integration.stream_helpers import ConsumerProcess, landed_counts, table
 
-pytestmark = pytest.mark.integration
 SAMPLE = REPO / "data" / "sample" / "k2"
 TABLE_OF_TOPIC = {"trades": "trades", "quotes": "quotes", "reference_data": "reference_data"}
-
-
-@pytest.fixture
-def ready(own_settings: Settings) -> Settings:
-    return ready_settings(own_settings)
 
 
 def consumed_all(settings: Settings, report: dict[str, Any]) -> bool | None:

@@ -27,8 +27,6 @@ from tests.integration.conftest import needs_postgres
 from tests.integration.ingest_helpers import load
 from tests.integration.stream_helpers import ConsumerProcess, ready_settings, table
 
-pytestmark = pytest.mark.integration
-
 
 def generate(env: dict[str, str], out: Path, day: str, seed: int) -> Path:
     result = run_k2(env, "generate", "--out", str(out), "--symbols", "4", "--trades-per-day", "60",

@@ -1,9 +1,11 @@
-"""The vectorized Avro encoder against fastavro: same bytes, every supported type, nulls and constants."""
+"""The vectorized Avro encoder against fastavro: same bytes, every supported type, nulls and constants;
+and the fast paths taken where the data calls for them."""
 
 from __future__ import annotations
 
 import io
 import random
+from collections import Counter
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -14,13 +16,20 @@ import pytest
 
 from k2_etl.lake.tables import iceberg_schema
 from k2_etl.schemas import QUOTE, REFERENCE_DATA, TRADE, RecordType
-from k2_etl.wire.avro_encode import confluent_prefix, encode_table, varint
+from k2_etl.wire.avro_encode import FAST_PATHS, confluent_prefix, encode_table, varint
 
 
 def fastavro_bytes(schema: dict[str, Any], record: dict[str, Any]) -> bytes:
     out = io.BytesIO()
     fastavro.schemaless_writer(out, fastavro.parse_schema(schema), record)
     return out.getvalue()
+
+
+def encoded_and_paths(table: pa.Table, schema: dict[str, Any], schema_id: int) -> tuple[list[bytes], Counter[str]]:
+    """The messages of ``table``, and how many columns each fast path encoded on the way."""
+    before = Counter(FAST_PATHS)
+    messages = encode_table(table, schema, schema_id).to_pylist()
+    return messages, FAST_PATHS - before
 
 
 def random_value(avro_type: Any, rng: random.Random) -> Any:
@@ -69,8 +78,12 @@ def test_constant_and_all_null_columns() -> None:
         row.update(source="same/file.csv", load_id=None, exchange="ASX", venue=None)
         rows.append(row)
     table = pa.Table.from_pylist(rows, schema=iceberg_schema(TRADE).as_arrow())
-    for row, message in zip(rows, encode_table(table, schema, 1).to_pylist(), strict=True):
+    messages, paths = encoded_and_paths(table, schema, 1)
+    for row, message in zip(rows, messages, strict=True):
         assert message == confluent_prefix(1) + fastavro_bytes(schema, row)
+    constant = [f["name"] for f in schema["fields"] if len({repr(row[f["name"]]) for row in rows}) == 1]
+    assert sorted(constant) == ["exchange", "load_id", "source", "venue"]
+    assert paths["constant"] == len(constant)  # each encoded once, not per row
 
 
 def test_varint_edges() -> None:
@@ -89,8 +102,10 @@ def test_repetitive_columns_take_the_dictionary_path() -> None:
         row.update(symbol=rng.choice(["BHP", "CBA", "WBC"]), exchange="ASX" if i % 2 else "CXA", conditions=[])
         rows.append(row)
     table = pa.Table.from_pylist(rows, schema=iceberg_schema(QUOTE).as_arrow())
-    for row, message in zip(rows, encode_table(table, schema, 9).to_pylist(), strict=True):
+    messages, paths = encoded_and_paths(table, schema, 9)
+    for row, message in zip(rows, messages, strict=True):
         assert message == confluent_prefix(9) + fastavro_bytes(schema, row)
+    assert paths["dictionary"] >= 2  # symbol and exchange (and the flags' items, four values)
 
 
 def test_fixed_width_strings_and_sliced_columns() -> None:
@@ -105,5 +120,6 @@ def test_fixed_width_strings_and_sliced_columns() -> None:
     table = pa.Table.from_pylist(rows, schema=iceberg_schema(TRADE).as_arrow())
     for start, length in [(0, 3000), (1234, 1500)]:
         sliced = rows[start : start + length]
-        encoded = encode_table(table.slice(start, length), schema, 5).to_pylist()
+        encoded, paths = encoded_and_paths(table.slice(start, length), schema, 5)
         assert encoded == [confluent_prefix(5) + fastavro_bytes(schema, row) for row in sliced]
+        assert paths["fixed_width"] >= 2  # event_id and symbol (500 symbols: too many for a dictionary)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from pyiceberg.table.snapshots import Operation, Summary
 
 from k2_etl.stream.dedup import IdIndex, keys
+from tests.unit.fakes import FakeTable
 
 
 def md5(text: str) -> str:
@@ -28,23 +28,9 @@ def test_md5_ids_become_their_16_bytes_and_others_their_text() -> None:
     assert mixed.tolist()[1] == packed.tolist()[0]
 
 
-class FakeScan:
-    def __init__(self, ids: list[str]) -> None:
-        self.ids = ids
-
-    def to_arrow(self) -> pa.Table:
-        return pa.table({"event_id": self.ids})
-
-
-class FakeTable:
-    """Stands in for an Iceberg table: records which scopes were loaded."""
-
-    def __init__(self, ids: list[str]) -> None:
-        self.ids, self.scans = ids, 0
-
-    def scan(self, **_: Any) -> FakeScan:
-        self.scans += 1
-        return FakeScan(self.ids)
+def id_rows(ids: list[str]) -> pa.Table:
+    """A table's event ids (what the index scans for)."""
+    return pa.table({"event_id": pa.array(ids, pa.string())})
 
 
 def rows(*ids: str, day: int = 1) -> pa.Table:
@@ -62,7 +48,7 @@ def fresh_ids(index: IdIndex, batch: pa.Table) -> list[str]:
 
 def test_fresh_drops_ids_the_table_or_the_batch_already_has() -> None:
     held = [md5(f"old{i}") for i in range(1000)]
-    table = FakeTable(held)
+    table = FakeTable(id_rows(held))
     index = IdIndex(table, "event_id", "event_time")  # type: ignore[arg-type]
     batch = rows(held[5], md5("new1"), md5("new1"), md5("new2"), held[999])
     assert fresh_ids(index, batch) == [md5("new1"), md5("new2")]
@@ -87,7 +73,7 @@ class FakeHistory(FakeTable):
     """A table whose snapshots are appended to by the test."""
 
     def __init__(self, ids: list[str]) -> None:
-        super().__init__(ids)
+        super().__init__(id_rows(ids))
         self.snapshots: dict[int, FakeSnapshot] = {}
         self.current: FakeSnapshot | None = None
 
@@ -115,7 +101,7 @@ def test_sync_keeps_the_ids_across_appends_and_forgets_them_after_anything_else(
     assert fresh_ids(index, rows(md5("a"))) == [] and table.scans == 1  # appends: the ids held stay
     table.commit(Operation.OVERWRITE)  # a rollback removed "a"
     table.commit(Operation.APPEND)
-    table.ids = []
+    table.rows = id_rows([])
     index.sync()
     assert fresh_ids(index, rows(md5("a"))) == [md5("a")] and table.scans == 2  # reloaded: "a" lands again
     index.sync()

@@ -10,34 +10,10 @@ import numpy as np
 import pyarrow as pa
 
 from k2_etl.stream.sequences import KeyState, SequenceTracker
+from tests.unit.fakes import FakeTable
 
 DAY = date(2026, 11, 2)
 OPEN = datetime(2026, 11, 2, 0, 0, tzinfo=UTC)
-
-
-class FakeScan:
-    def __init__(self, table: pa.Table) -> None:
-        self.table = table
-
-    def to_arrow(self) -> pa.Table:
-        return self.table
-
-
-class FakeTable:
-    """A table whose scans return fixed rows (the tracker filters what it needs itself)."""
-
-    def __init__(self, rows: pa.Table, columns: list[str]) -> None:
-        self.rows, self.columns, self.scans = rows, columns, 0
-
-    def scan(self, **kwargs: Any) -> FakeScan:
-        self.scans += 1
-        return FakeScan(self.rows.select(list(kwargs["selected_fields"])))
-
-    def schema(self) -> Any:
-        class S:
-            column_names = self.columns
-
-        return S()
 
 
 def steps(numbers: list[int]) -> list[tuple[str, int, int | None]]:
@@ -105,7 +81,7 @@ def observe(tracker: SequenceTracker, batch: pa.Table, first_offset: int = 0) ->
 
 def test_a_batch_reports_only_anomalies_with_their_positions() -> None:
     empty = trades([])
-    tracker = SequenceTracker(FakeTable(empty, empty.column_names), no_events(), "trade")  # type: ignore[arg-type]
+    tracker = SequenceTracker(FakeTable(empty), no_events(), "trade")  # type: ignore[arg-type]
     events = observe(tracker, trades([1, 2, 3, 5, 4, 6, 6, 1, 2]), first_offset=100)
     assert [(e["kind"], e["received_sequence"], e["gap_size"], e["kafka_offset"]) for e in events] == [
         ("gap", 5, 1, 103),
@@ -120,7 +96,7 @@ def test_a_batch_reports_only_anomalies_with_their_positions() -> None:
 
 def test_events_before_the_events_tables_offset_are_not_returned_again() -> None:
     empty = trades([])
-    tracker = SequenceTracker(FakeTable(empty, empty.column_names), no_events(), "trade")  # type: ignore[arg-type]
+    tracker = SequenceTracker(FakeTable(empty), no_events(), "trade")  # type: ignore[arg-type]
     batch = trades([1, 3, 5])
     events, counts = tracker.observe(
         batch, np.zeros(3, np.int64), np.array([0, 1, 2]), topic="t", landed={}, events_from={0: 2}
@@ -139,7 +115,7 @@ def test_state_rebuilt_from_the_table_equals_the_state_kept_in_memory() -> None:
         for n in numbers:
             live.step(n)
         landed = trades(numbers)
-        tracker = SequenceTracker(FakeTable(landed, landed.column_names), no_events(), "trade")  # type: ignore[arg-type]
+        tracker = SequenceTracker(FakeTable(landed), no_events(), "trade")  # type: ignore[arg-type]
         rebuilt = tracker._day(DAY, {})[("ASX", "BHP")]
         if "reset" in [k for k, _, _ in steps(numbers)]:
             continue  # a reset's place comes from the events table (next test)
@@ -159,7 +135,7 @@ def test_a_reset_in_the_events_table_starts_the_rebuilt_state_at_its_record() ->
         }
     )
     tracker = SequenceTracker(
-        FakeTable(landed, landed.column_names),  # type: ignore[arg-type]
+        FakeTable(landed),  # type: ignore[arg-type]
         FakeTable(resets, []),  # type: ignore[arg-type]
         "trade",
     )
@@ -172,7 +148,7 @@ def test_a_reset_in_the_events_table_starts_the_rebuilt_state_at_its_record() ->
 
 def test_a_batch_spanning_many_days_loads_each_day_once() -> None:
     empty = trades([])
-    table = FakeTable(empty, empty.column_names)
+    table = FakeTable(empty)
     tracker = SequenceTracker(table, no_events(), "trade")  # type: ignore[arg-type]
     days = [DAY + timedelta(days=d) for d in range(6)]
     n = 60  # 10 symbols x 6 days, interleaved
