@@ -7,6 +7,10 @@ over the file; unknown keys in the file are errors. Defaults describe the
 embedded local platform; pointing the same settings at Apache Kafka, a
 Confluent Schema Registry, a Postgres or REST catalog and an S3 warehouse
 needs no code change.
+
+Longer than K2's other modules on purpose: one model holds every setting with
+its default, limits and description (docs/settings.md is generated from it),
+so that no fact about a setting lives anywhere else.
 """
 
 from __future__ import annotations
