@@ -5,7 +5,8 @@ Re-processes a time range of **trades** or **quotes** and replaces exactly that 
 table, in one Iceberg snapshot. Trigger it with params:
 
 * `table`: `trades` or `quotes`;
-* `start`, `end`: the range, end exclusive (`YYYY-MM-DD` is midnight UTC; ISO 8601 times too);
+* `start`, `end`: the range, end exclusive (`YYYY-MM-DD` is midnight UTC; ISO 8601 times and
+  epoch numbers too: k2_etl.instants, the parser of every entry point);
 * `source`: `kafka` (the topic, from the first record at or after `start`) or `landing` (the
   vendor files in `K2_LANDING/<format>/<trading date>/` for the range's days and one either side);
 * `dry_run`: re-process and compare, change nothing.
@@ -41,7 +42,12 @@ from k2_airflow.operators import ReplayOperator
     },
     params={
         "table": Param("trades", enum=["trades", "quotes"], description="The table to replay."),
-        "start": Param("2026-11-02", type="string", minLength=10, description="From (YYYY-MM-DD or ISO 8601, UTC)."),
+        "start": Param(
+            "2026-11-02",
+            type="string",
+            minLength=10,
+            description="From (YYYY-MM-DD, ISO 8601 or epoch; UTC).",
+        ),
         "end": Param("2026-11-03", type="string", minLength=10, description="To, exclusive."),
         "source": Param("kafka", enum=["kafka", "landing"], description="Where to re-read the records."),
         "dry_run": Param(False, type="boolean", description="Compare only; change nothing."),

@@ -18,8 +18,8 @@ app = typer.Typer()
 @app.command("replay")
 def replay_range(
     table: Annotated[str, typer.Option("--table", "-t", help="trades or quotes.")],
-    start: Annotated[str, typer.Option("--start", help="From (YYYY-MM-DD or ISO 8601; UTC unless it says).")],
-    end: Annotated[str, typer.Option("--end", help="To, exclusive (YYYY-MM-DD or ISO 8601).")],
+    start: Annotated[str, typer.Option("--start", help="From (YYYY-MM-DD, ISO 8601 or epoch; UTC unless it says).")],
+    end: Annotated[str, typer.Option("--end", help="To, exclusive (the same forms).")],
     source: Annotated[str, typer.Option("--source", help="kafka (the topic) or landing (the vendor files).")] = "kafka",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Re-process and compare; change nothing.")] = False,
     json_output: JsonFlag = False,

@@ -44,7 +44,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from k2_etl.config import Settings
 from k2_etl.errors import ConfigError, K2Error, UnavailableError
 from k2_etl.formats import load_format
-from k2_etl.ingest import (
+from k2_etl.ingest.public import (
     LoadIds,
     Preparer,
     Source,
