@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-k2
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast bench down status lock clean
+.PHONY: help install run test test-fast docs bench down status lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,9 +28,9 @@ run: install  ## start the local platform and Airflow, register the schemas, run
 	$(BIN)/k2 demo
 
 test: install  ## lint, then the whole test suite (unit + integration against real processes)
-	$(BIN)/ruff check k2_etl api dags plugins tests bench
-	$(BIN)/ruff format --check k2_etl api dags plugins tests bench
-	$(BIN)/mypy k2_etl api
+	$(BIN)/ruff check k2_etl api dags plugins tests bench docs
+	$(BIN)/ruff format --check k2_etl api dags plugins tests bench docs
+	$(BIN)/mypy k2_etl api docs/generate.py
 	MYPYPATH=plugins $(BIN)/mypy plugins/k2_airflow dags
 	$(BIN)/lint-imports
 	$(BIN)/pytest
@@ -38,7 +38,10 @@ test: install  ## lint, then the whole test suite (unit + integration against re
 test-fast: install  ## unit tests only (seconds)
 	$(BIN)/pytest -m "not integration"
 
-bench: install  ## run the benchmarks (results in bench/results/)
+docs: install  ## regenerate the generated pages of docs/ (settings from config.py, benchmarks from bench/results/)
+	$(BIN)/python docs/generate.py
+
+bench: install  ## run the benchmarks (results in bench/results/ and docs/benchmarks.md)
 	$(BIN)/python bench/registry_bench.py
 	$(BIN)/python bench/ingest_bench.py
 	$(BIN)/python bench/stream_bench.py
@@ -47,6 +50,7 @@ bench: install  ## run the benchmarks (results in bench/results/)
 	$(BIN)/python bench/maintenance_bench.py
 	$(BIN)/python bench/compaction_commit_bench.py
 	$(BIN)/python bench/airflow_bench.py
+	$(BIN)/python docs/generate.py  # docs/benchmarks.md shows the new results
 
 down: install  ## stop the local platform
 	$(BIN)/k2 down

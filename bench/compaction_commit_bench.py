@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,8 @@ def main() -> None:
     base = runs[0]["first_commit_seconds"]
     for run in runs:
         run["ratio_to_smallest"] = round(run["first_commit_seconds"] / base, 1)
-    save_result("compaction_commit", {"what": __doc__.splitlines()[0], "runs": runs})
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    save_result("compaction_commit", {"what": __doc__.splitlines()[0], "when": when, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ Re-processes a time range of **trades** or **quotes** and replaces exactly that 
 table, in one Iceberg snapshot. Trigger it with params:
 
 * `table`: `trades` or `quotes`;
-* `start`, `end`: the range, end exclusive (`YYYY-MM-DD` is midnight UTC; ISO 8601 times too);
+* `start`, `end`: the range, end exclusive (`YYYY-MM-DD` is midnight UTC; ISO 8601 times and
+  epoch numbers too: k2_etl.instants, the parser of every entry point);
 * `source`: `kafka` (the topic, from the first record at or after `start`) or `landing` (the
   vendor files in `K2_LANDING/<format>/<trading date>/` for the range's days and one either side);
 * `dry_run`: re-process and compare, change nothing.
@@ -14,7 +15,7 @@ The log shows the range's checksum (row count and a digest of every value but `i
 before and after: identical when the source holds what the table held. Rows outside the range
 stay; the consumers' offsets do not move. A replay never removes a row the table holds: when the
 source lacks one (Kafka's retention, a moved file) the run fails, naming it, and changes nothing.
-The same runs by hand as `k2 replay`. To undo a batch load instead, see `k2 rollback` (README).
+The same runs by hand as `k2 replay`. To undo a batch load instead, see `k2 rollback` (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ from k2_airflow.operators import ReplayOperator
     },
     params={
         "table": Param("trades", enum=["trades", "quotes"], description="The table to replay."),
-        "start": Param("2026-11-02", type="string", minLength=10, description="From (YYYY-MM-DD or ISO 8601, UTC)."),
+        "start": Param(
+            "2026-11-02",
+            type="string",
+            minLength=10,
+            description="From (YYYY-MM-DD, ISO 8601 or epoch; UTC).",
+        ),
         "end": Param("2026-11-03", type="string", minLength=10, description="To, exclusive."),
         "source": Param("kafka", enum=["kafka", "landing"], description="Where to re-read the records."),
         "dry_run": Param(False, type="boolean", description="Compare only; change nothing."),

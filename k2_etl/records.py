@@ -13,9 +13,9 @@ The rules:
 * Trades: ``price`` and ``size`` are positive.
 * Quotes: ``bid_price`` and ``ask_price`` are positive where present (a quote has no price on
   an empty side; vendor CSV files spell an empty side as a price of 0, which the loader stores
-  as no price). ``bid_size`` and ``ask_size`` are not negative: exchange quote files carry a
-  size of 0 beside an empty side, and venues publish price levels of zero size (implied or
-  indicative quotes). A negative size is never right.
+  as no price), and a quote has at least one of them. ``bid_size`` and ``ask_size`` are not
+  negative: exchange quote files carry a size of 0 beside an empty side, and venues publish
+  price levels of zero size (implied or indicative quotes). A negative size is never right.
 * ``sequence_number`` is positive: exchange feeds number messages from 1, and the loader
   numbers from 1 the files that carry no sequence numbers.
 * ``event_time`` lies between 1990-01-01 and a day after now (no market data is older; a
@@ -50,6 +50,7 @@ POSITIVE: dict[str, tuple[str, ...]] = {
     "quote": ("bid_price", "ask_price", "sequence_number"),
 }
 NOT_NEGATIVE: dict[str, tuple[str, ...]] = {"quote": ("bid_size", "ask_size")}
+ONE_OF: dict[str, tuple[str, str]] = {"quote": ("bid_price", "ask_price")}  # at least one present
 EMPTY_SIDE_PRICES: dict[str, tuple[str, ...]] = {"quote": ("bid_price", "ask_price")}  # 0 in a CSV: no side
 #: What the consumer says of a record's sequence number, per exchange, symbol and trading day
 #: (the ``kind`` of a sequence_events row).
@@ -118,6 +119,10 @@ def problems(batch: pa.Table, record_type: str) -> dict[int, Problem]:
     for column in NOT_NEGATIVE.get(record_type, ()):
         if column in columns:
             flag(pc.less(batch.column(column), 0), column, "is negative")
+    if record_type in ONE_OF and set(ONE_OF[record_type]) <= columns:
+        first, second = ONE_OF[record_type]
+        neither = pc.and_(pc.is_null(batch.column(first)), pc.is_null(batch.column(second)))
+        flag(neither, first, f"is empty, and so is {second} (a {record_type} needs one of them)")
     if "event_time" in columns:
         times = batch.column("event_time")
         latest = latest_event_time()

@@ -1,7 +1,7 @@
 """Vendor file formats: declarative TOML files, not code.
 
 Built-in formats live in ``builtin/``; a user adds one by writing a TOML file
-into ``K2_FORMATS_DIR`` (or passing its path to ``--format``). See the README
+into ``K2_FORMATS_DIR`` (or passing its path to ``--format``). See docs/ingestion.md
 for the keys; :mod:`k2_etl.formats.model` validates them.
 """
 

@@ -1,22 +1,6 @@
 """CSV → validated records → Avro → Kafka: `k2 load`, the daily load, and the load manifest's rows.
 
-What other rooms may use (replay parses vendor files again exactly as a load does, without
-producing them); everything else in here is the loader's own.
+What other rooms may use of it is in :mod:`k2_etl.ingest.public` (replay parses vendor files
+again exactly as a load does, without producing them). It is not imported here: the light
+modules (the landing folder, the generator) must not pay for the loader's imports.
 """
-
-from k2_etl.ingest.landing import day_files, landing_folder
-from k2_etl.ingest.lines import file_checksum
-from k2_etl.ingest.loader import LoadIds, expand, prepared_blocks, registered_schema_ids
-from k2_etl.ingest.prepare import Preparer, Source
-
-__all__ = [
-    "LoadIds",
-    "Preparer",
-    "Source",
-    "day_files",
-    "expand",
-    "file_checksum",
-    "landing_folder",
-    "prepared_blocks",
-    "registered_schema_ids",
-]

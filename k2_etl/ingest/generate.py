@@ -13,9 +13,10 @@ Everything is numpy-vectorized, so millions of rows take seconds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -60,6 +61,9 @@ class GenerateReport:
     files: list[str]
     trades: int
     quotes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _symbols(count: int, rng: np.random.Generator) -> list[str]:

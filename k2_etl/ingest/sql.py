@@ -297,11 +297,13 @@ def build(
                 f"{label} || ' ' || to_json(c_sequence_number) || ' must be positive'",
                 spec.fields["sequence_number"],
             )
-    if rtype == "quote":
+    if rtype == "quote":  # the record rule ONE_OF; a price of 0 is an empty side here (csv_sign)
+        first, second = records.ONE_OF[rtype]
         b.check(
-            "coalesce(bid_price, 0) = 0 AND coalesce(ask_price, 0) = 0",
+            f"coalesce({first}, 0) = 0 AND coalesce({second}, 0) = 0",
             "empty_quote",
             "'quote has neither a bid nor an ask'",
+            spec.fields.get(first),
         )
     date_values = {}
     for name in sorted(DATE_FIELDS & set(spec.fields)):

@@ -33,8 +33,9 @@ from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, G
 from k2_etl.config import Settings
 from k2_etl.errors import UnavailableError
 from k2_etl.lake.catalog import open_catalog
-from k2_etl.lake.tables import tables_by_topic
+from k2_etl.lake.tables import TABLES_BY_RECORD, tables_by_topic
 from k2_etl.records import NOT_EMPTY, NOT_NEGATIVE, POSITIVE, by_field, problems
+from k2_etl.schemas import SEQUENCE_EVENT
 from k2_etl.wire.avro_decode import Decoder
 from k2_etl.wire.kafka import make_consumer
 from k2_etl.wire.registry import registry_client
@@ -113,7 +114,7 @@ def check_day(settings: Settings, day: date, files: Sequence[Mapping[str, Any]])
     quality.checks.append(Check("no duplicate ids", not duplicates, "; ".join(duplicates) or "each id once"))
     sane = f"every record follows the record rules{f'; {crossed:,} crossed quotes (bid > ask)' if crossed else ''}"
     quality.checks.append(Check("prices and sizes sane", not insane, "; ".join(insane) or sane))
-    events = catalog.load_table((settings.namespace, "sequence_events"))
+    events = catalog.load_table((settings.namespace, TABLES_BY_RECORD[SEQUENCE_EVENT.name].name))
     on_day = EqualTo("trading_date", day.isoformat())  # type: ignore[call-arg,arg-type]
     kinds = events.scan(row_filter=on_day, selected_fields=("kind",)).to_arrow()
     quality.sequence_events = dict(sorted(Counter(kinds.column("kind").to_pylist()).items()))

@@ -44,7 +44,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from k2_etl.config import Settings
 from k2_etl.errors import ConfigError, K2Error, UnavailableError
 from k2_etl.formats import load_format
-from k2_etl.ingest import (
+from k2_etl.ingest.public import (
     LoadIds,
     Preparer,
     Source,
@@ -95,8 +95,8 @@ class ReplayReport:
     files: list[str] = field(default_factory=list)  # landing files read
     replaced: RangeReport | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "replaced": self.replaced.as_dict() if self.replaced else None}
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "replaced": self.replaced.to_dict() if self.replaced else None}
 
 
 @dataclass

@@ -99,7 +99,7 @@ class CompactionReport:
     leftovers_removed: int = 0  # files of earlier compactions that were killed (see remove_orphan_files)
     seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "partitions": [{**asdict(p), "duplicates_removed": p.duplicates_removed}
                                                for p in self.partitions]}  # fmt: skip
 
@@ -112,6 +112,9 @@ class ExpiryReport:
     expired: list[int]
     seconds: float
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 @dataclass
 class OrphanReport:
@@ -123,6 +126,9 @@ class OrphanReport:
     removed: list[str]
     dry_run: bool
     seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ class RangeReport:
     def identical(self) -> bool:
         return self.before == self.after
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "identical": self.identical}
 
 
@@ -116,7 +116,7 @@ class RollbackReport:
     snapshot_after: int | None = None
     seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -99,7 +99,7 @@ def broker(settings: Settings) -> Component:
         return f"{len(meta.brokers)} broker(s), {len(meta.topics)} topic(s)"
 
     def command() -> list[str]:
-        # Memory storage: a restart loses topics and offsets (see README); `k2 up` re-creates topics.
+        # Memory storage: a restart loses topics and offsets (docs/operations.md); `k2 up` re-creates topics.
         listener = f"tcp://{format_host_port(host, port)}"
         return [
             _broker_binary(),

@@ -24,7 +24,7 @@ from typing import Any
 
 from k2_etl.config import Settings
 from k2_etl.errors import ComponentError, ConfigError
-from k2_etl.ingest import landing_folder
+from k2_etl.ingest.landing import landing_folder
 from k2_etl.local.airflow import REPO, AirflowApi
 
 SAMPLE = REPO / "data" / "sample"

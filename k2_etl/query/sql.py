@@ -18,6 +18,8 @@ against row-group statistics; ``IN (SELECT unnest($list))`` is a join it is not)
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 def symbol_placeholders(count: int) -> str:
     """``$symbol_0, ..., $symbol_<count-1>`` for an ``IN ({symbols})``; values from :func:`symbol_values`."""
@@ -26,6 +28,11 @@ def symbol_placeholders(count: int) -> str:
 
 def symbol_values(symbols: list[str]) -> dict[str, str]:
     return {f"symbol_{i}": symbol for i, symbol in enumerate(symbols)}
+
+
+def column_list(columns: Iterable[str]) -> str:
+    """``"a", "b"`` for a ``SELECT {columns}``: names come from the table's schema, quoted anyway."""
+    return ", ".join('"' + column.replace('"', '""') + '"' for column in columns)
 
 
 def relation(scan: bool, prefix: str = "") -> str:

@@ -8,8 +8,8 @@ nothing is registered when one is incompatible, with the offending field named.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import avro.schema
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
@@ -38,6 +38,9 @@ class SchemaCheck:
     version: int | None = None
     problems: tuple[str, ...] = ()
     changed: bool = False  # registered by this call (a new subject or a new version)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _compatibility_level(client: SchemaRegistryClient, subject: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -12,6 +11,16 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from k2_airflow.hooks import K2Hook
 from k2_etl.errors import ConfigError, QueryError, SchemaError
 from k2_etl.lake.tables import TABLES_BY_NAME
+from k2_etl.reports import (
+    compaction_line,
+    expiry_line,
+    file_line,
+    orphans_line,
+    partition_line,
+    quality_lines,
+    replay_lines,
+    schema_check_lines,
+)
 
 # k2_etl's heavier modules (pyiceberg IO, numpy, confluent-kafka) are imported in execute():
 # every scheduler parse of a DAG file imports this module.
@@ -44,25 +53,25 @@ class TableMaintenanceOperator(BaseOperator):
         settings = hook.settings
         table = hook.table(self.table)
         now = datetime.now(UTC)
-        report: dict[str, Any]
         if self.operation == "compact":
 
             def done(p: Any) -> None:
-                self.log.info("%s %s: %s, %d -> %d files", self.table, p.partition, p.outcome, p.files_before,
-                              p.files_after)  # fmt: skip
+                self.log.info("%s", partition_line(self.table, p))
 
             threshold = int(self.min_files or settings.maintenance_min_files)
-            report = compact(table, TABLES_BY_NAME[self.table], min_files=threshold, on_partition=done).as_dict()
-        elif self.operation == "expire":
+            compacted = compact(table, TABLES_BY_NAME[self.table], min_files=threshold, on_partition=done)
+            self.log.info("compact %s", compaction_line(compacted))
+            return compacted.to_dict()
+        if self.operation == "expire":
             retention = timedelta(hours=settings.maintenance_snapshot_retention_hours)
-            report = asdict(expire_snapshots(table, older_than=now - retention,
-                                             retain_last=settings.maintenance_retain_snapshots))  # fmt: skip
-        else:
-            window = timedelta(hours=settings.maintenance_orphan_age_hours)
-            report = asdict(remove_orphan_files(table, older_than=now - window))
-            report["removed"] = len(report["removed"])  # the count in XCom; the paths in the log
-        self.log.info("%s %s: %s", self.operation, self.table, {k: v for k, v in report.items() if k != "partitions"})
-        return report
+            expired = expire_snapshots(table, older_than=now - retention,
+                                       retain_last=settings.maintenance_retain_snapshots)  # fmt: skip
+            self.log.info("expire %s", expiry_line(expired))
+            return expired.to_dict()
+        window = timedelta(hours=settings.maintenance_orphan_age_hours)
+        orphans = remove_orphan_files(table, older_than=now - window)
+        self.log.info("clean_orphans %s", orphans_line(orphans))
+        return {**orphans.to_dict(), "removed": len(orphans.removed)}  # the count: the paths can be many
 
 
 class RegisterSchemasOperator(BaseOperator):
@@ -80,11 +89,9 @@ class RegisterSchemasOperator(BaseOperator):
             checks = register_schemas(K2Hook().settings)
         except SchemaError as exc:
             raise AirflowFailException(str(exc)) from exc
-        for check in checks:
-            self.log.info("%s (%s.avsc): %s, version %s, id %s", check.subject, check.record_type,
-                          "registered" if check.changed else "already registered", check.version,
-                          check.schema_id)  # fmt: skip
-        return [asdict(check) for check in checks]
+        for line in schema_check_lines(checks):
+            self.log.info("%s", line)
+        return [check.to_dict() for check in checks]
 
 
 # --- the daily load ---------------------------------------------------------------------------
@@ -165,9 +172,7 @@ class LoadDayOperator(_DayOperator):
             K2Hook().settings, day, {name: [Path(p) for p in paths] for name, paths in self.files.items()}
         )
         for f in loaded.files:
-            note = f" ({f['message']})" if f.get("message") else ""
-            self.log.info("%s: %s, %d read, %d produced, %d rejected%s", f["file"], f["status"], f["rows_read"],
-                          f["rows_produced"], f["rows_rejected"], note)  # fmt: skip
+            self.log.info("%s", file_line(f))
         failed = [f"{f['file']}: {f.get('message')}" for f in loaded.files if f["status"] == "failed"]
         if failed:
             raise AirflowFailException(f"{len(failed)} files failed to load: " + "; ".join(failed))
@@ -183,9 +188,8 @@ class DayQualityOperator(_DayOperator):
         from k2_etl.jobs.quality import check_day
 
         quality = check_day(K2Hook().settings, date.fromisoformat(str(self.day)), self.files)
-        for check in quality.checks:
-            self.log.info("%s %s: %s", "ok  " if check.ok else "FAIL", check.name, check.detail)
-        self.log.info("sequence events on %s: %s", self.day, quality.sequence_events or "none")
+        for line in quality_lines(quality):
+            self.log.info("%s", line)
         if not quality.ok:
             raise AirflowFailException(f"data quality of {self.day}: {quality.failures()}")
         return quality.to_dict()
@@ -220,20 +224,9 @@ class ReplayOperator(BaseOperator):
                             dry_run=_flag(self.compare_only))  # fmt: skip
         except (ConfigError, QueryError, ReplaceError) as exc:
             raise AirflowFailException(str(exc)) from exc
-        replaced = report.replaced
-        assert replaced is not None
-        self.log.info("%s [%s, %s) from %s: %d records read, %d in the range, %d rejected, %d repeated ids, "
-                      "%d of rolled-back loads left out", report.table, replaced.start, replaced.end, report.source,
-                      report.records_read, report.records_in_range, report.rejected, report.duplicates,
-                      report.rolled_back)  # fmt: skip
-        self.log.info("checksum before: %s", replaced.before)
-        self.log.info("checksum %s: %s (%s)", "would be" if replaced.dry_run else "after", replaced.after,
-                      "identical" if replaced.identical else
-                      f"{replaced.ids_added} ids added, {replaced.ids_changed} changed")  # fmt: skip
-        if not replaced.dry_run:
-            self.log.info("%d files replaced by %d; snapshot %s -> %s", replaced.files_replaced,
-                          replaced.files_written, replaced.snapshot_before, replaced.snapshot_after)  # fmt: skip
-        return report.as_dict()
+        for line in replay_lines(report):
+            self.log.info("%s", line)
+        return report.to_dict()
 
 
 def _flag(value: Any) -> bool:

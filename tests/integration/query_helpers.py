@@ -205,12 +205,12 @@ def slow_engine(settings: Settings) -> QueryEngine:
     """An engine each of whose queries "takes" a minute of a 5 s budget."""
     clock = SlowClock()
     engine = QueryEngine(settings, clock=clock, budget_seconds=5)
-    run = engine._run
+    run = engine.runner.run
 
     def run_slowly(*args: Any, **kwargs: Any) -> Any:
         result = run(*args, **kwargs)
         clock.now += 60  # this query "took" a minute
         return result
 
-    engine._run = run_slowly  # type: ignore[method-assign]
+    engine.runner.run = run_slowly  # type: ignore[method-assign]
     return engine

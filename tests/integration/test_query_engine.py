@@ -244,7 +244,7 @@ def test_a_cursor_from_a_newer_snapshot_reads_on_a_process_with_older_metadata(
     first = QueryEngine(landed).page("trades", limit=10, **span)
     assert first.cursor is not None
     for name, table in old_tables.items():  # B's cache still holds the metadata from before the load
-        stale._tables[name] = (time.monotonic(), table)
+        stale.tables._tables[name] = (time.monotonic(), table)
     rest = stale.page("trades", limit=50_000, cursor=first.cursor, **span)
     expected = [r["event_id"] for r in trades_of(landed, symbol) if span["start"] <= r["event_time"] < span["end"]]
     assert first.rows.column("event_id").to_pylist() + rest.rows.column("event_id").to_pylist() == expected

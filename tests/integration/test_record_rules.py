@@ -55,6 +55,7 @@ QUOTE_CASES = [
     Case("a zero size beside a bid price", {"bid_size": "0"}, None),
     Case("a negative ask size", {"ask_size": "-1"}, "ask_size"),
     Case("a negative bid price", {"bid_price": "-0.5"}, "bid_price"),
+    Case("neither a bid nor an ask", {"bid_price": "", "bid_size": "", "ask_price": "", "ask_size": ""}, "bid_price"),
 ]
 TRADE_CSV = {"event_time": "2026-11-25T00:00:01Z", "symbol": "BHP", "exchange": "ASX", "price": "45.5",
              "size": "100", "currency": "AUD", "sequence_number": "1", "conditions": "", "venue": ""}  # fmt: skip

@@ -85,7 +85,7 @@ def test_a_replay_of_a_day_replaces_it_with_identical_rows_and_leaves_the_other_
 
     replaced = report.replaced
     assert replaced is not None and not replaced.dry_run
-    assert replaced.before == before and replaced.identical, replaced.as_dict()
+    assert replaced.before == before and replaced.identical, replaced.to_dict()
     assert (replaced.ids_added, replaced.ids_changed) == (0, 0)
     assert replaced.files_replaced >= 1 and replaced.snapshot_after != replaced.snapshot_before
     table.refresh()

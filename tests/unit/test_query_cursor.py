@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from k2_etl.errors import QueryError
-from k2_etl.query.engine import Cursor, Position, decode_cursor, encode_cursor
+from k2_etl.query.cursor import Cursor, Position, decode_cursor, encode_cursor
 
 
 def test_a_cursor_round_trips_its_snapshots_and_position() -> None:

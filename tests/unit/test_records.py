@@ -26,6 +26,14 @@ def trades(**columns: list[object]) -> pa.Table:
     return pa.table({k: pa.array(v, types.get(k, pa.string())) for k, v in base.items()})
 
 
+def test_a_quote_needs_a_bid_or_an_ask() -> None:
+    sides = {"bid_price": [Decimal("1"), None, None], "ask_price": [None, Decimal("2"), None]}
+    quotes = pa.table({k: pa.array(v, pa.decimal128(18, 8)) for k, v in sides.items()})
+    assert {row: str(p) for row, p in problems(quotes, "quote").items()} == {
+        2: "field bid_price: null is empty, and so is ask_price (a quote needs one of them)"
+    }
+
+
 def test_a_clean_batch_has_no_problems() -> None:
     assert problems(trades(), "trade") == {}
 
