@@ -79,6 +79,19 @@ def land_sample(platform_settings: Settings, tmp_path_factory: pytest.TempPathFa
     return settings
 
 
+def tables_copied(settings: Settings, home: Path) -> Settings:
+    """Settings of a catalog of its own (in ``home``) whose tables start where ``settings``' tables
+    are now: each registered from its current metadata file, the data files shared. A commit to a
+    copy writes new files and moves only the copy's pointer (Iceberg never changes a file it wrote),
+    so a test may change its copy (delete rows, say) and the shared tables stay as they were."""
+    copy = load_settings(home=home, namespace=settings.namespace)
+    source, target = open_catalog(settings), open_catalog(copy)
+    target.create_namespace(copy.namespace)
+    for _, name in source.list_tables(settings.namespace):
+        target.register_table((copy.namespace, name), source.load_table((settings.namespace, name)).metadata_location)
+    return copy
+
+
 def trades_of(settings: Settings, symbol: str, snapshot_id: int | None = None) -> list[dict[str, Any]]:
     """The symbol's trades as pyiceberg reads them, in the stable order, by plain Python."""
     return of_symbol(settings, "trades", symbol, snapshot_id)

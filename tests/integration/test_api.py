@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -40,6 +37,7 @@ from k2_etl.config import Settings, load_settings
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.query.engine import QueryEngine
 from tests.helpers import env_of, free_port, poll, run_k2
+from tests.integration.api_helpers import Api
 from tests.integration.query_helpers import SlowClock, a_symbol, first_symbol, land, rows_of, slow_engine, trades_of
 
 START, END = "2026-11-01T00:00:00Z", "2026-11-04T00:00:00Z"
@@ -48,37 +46,6 @@ FORMATS = ("json", "csv", "parquet", "arrow")
 CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
                response_schema_conformance]  # fmt: skip
 EXAMPLES_PER_OPERATION = 25  # generated requests per operation, the same every run (its time grows with it)
-
-
-class Api:
-    """`k2 api` as a user starts it, on a free port; stopped with SIGTERM."""
-
-    def __init__(self, settings: Settings, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.environment = {**env_of(settings), "K2_API_PORT": str(self.port), "K2_STREAM_METRICS_PORT": "0",
-                            "K2_API_WORKERS": "2", "K2_API_RATE_LIMIT": "1000/second", **env}  # fmt: skip
-        self.home = Path(self.environment["K2_HOME"])
-        with (self.home / f"api-{self.port}.log").open("wb") as log:  # the child keeps its own descriptor
-            self.process = subprocess.Popen(
-                [str(Path(sys.executable).with_name("k2")), "api"], env=self.environment, stdout=log, stderr=log
-            )
-        poll(lambda: self._up(), timeout=60, what=f"k2 api on {self.url}")
-
-    def _up(self) -> bool:
-        assert self.process.poll() is None, (self.home / f"api-{self.port}.log").read_text()
-        try:
-            return httpx.get(f"{self.url}/health", timeout=2).status_code in (200, 503)
-        except httpx.TransportError:
-            return False
-
-    def get(self, path: str, **params: Any) -> httpx.Response:
-        headers = params.pop("headers", None)
-        return httpx.get(f"{self.url}{path}", params=params, headers=headers, timeout=30)
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

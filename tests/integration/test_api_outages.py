@@ -22,8 +22,8 @@ from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.tables import ensure_tables
 from tests.faults import TcpProxy
 from tests.helpers import a_trade, poll
+from tests.integration.api_helpers import Api
 from tests.integration.conftest import needs_postgres
-from tests.integration.test_api import Api
 
 DAY = {"symbol": "BHP", "start": "2026-11-25", "end": "2026-11-26"}  # a_trade()'s symbol and day
 NEEDING_THE_CATALOG = [

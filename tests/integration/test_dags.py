@@ -163,7 +163,7 @@ def test_k2_daily_load_loads_a_day_once_fails_clearly_without_files_and_complete
                        "--start", "2026-11-04", "--trades-per-day", "300", "--seed", "4")  # fmt: skip
     assert generated.returncode == 0, generated.stderr
     shutil.copytree(later / "2026-11-04", tmp_path / "landing" / "k2" / "2026-11-04")
-    env["K2_DAILY_LOAD_WAIT_SECONDS"] = "8"
+    env["K2_DAILY_LOAD_WAIT_SECONDS"] = "3"  # a few pokes (one a second), then the wait runs out
     rc, log = daily_load("2026-11-11T06:00:00+00:00", "2026-11-04")  # no consumer: the wait runs out
     assert rc != 0 and "not landed yet" in log, log[-3000:]
     with running_consumer(settings):

@@ -18,7 +18,7 @@ from k2_etl.config import Settings
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.query.engine import QueryEngine
 from tests.integration.iceberg_deletes import commit_deletes, equality_deletes, position_deletes
-from tests.integration.query_helpers import a_symbol, bars_of, check_prevailing_quotes, land_sample, of_symbol, walk
+from tests.integration.query_helpers import a_symbol, bars_of, check_prevailing_quotes, of_symbol, tables_copied, walk
 
 DAY_START = datetime(2026, 11, 1, tzinfo=UTC)
 DAY_END = datetime(2026, 11, 4, tzinfo=UTC)
@@ -49,11 +49,11 @@ def _busiest_file(table: Table, symbol: str) -> tuple[DataFile, list[dict[str, A
 
 
 @pytest.fixture(scope="module")
-def deleted(platform_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Deleted:
-    """The sample landed; then, as another engine would, every third of one symbol's trades in its
-    busiest file deleted by position, five more of its trades by equality on event_id, and every
-    other of its quotes in their busiest file by position."""
-    settings = land_sample(platform_settings, tmp_path_factory)
+def deleted(landed: Settings, tmp_path_factory: pytest.TempPathFactory) -> Deleted:
+    """The sample landed (a copy of the shared tables); then, as another engine would, every third of
+    one symbol's trades in its busiest file deleted by position, five more of its trades by equality
+    on event_id, and every other of its quotes in their busiest file by position."""
+    settings = tables_copied(landed, tmp_path_factory.mktemp("deletes"))
     symbol = a_symbol(settings)
     catalog = open_catalog(settings)
     trades = catalog.load_table((settings.namespace, "trades"))

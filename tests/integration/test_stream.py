@@ -8,6 +8,7 @@ import io
 import json
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -342,12 +343,16 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(ready: Settings, 
     def snapshots() -> int:
         return sum(len(catalog.load_table((settings.namespace, n)).snapshots()) for n in ("trades", "quotes"))
 
-    for i in range(10):
-        data = tmp_path / f"day{i}"
-        generated = run_k2(env, "generate", "--out", str(data), "--symbols", "4", "--days", "1",
-                           "--start", f"2026-09-{i + 1:02d}", "--trades-per-day", "1500", "--seed", str(i),
-                           "--anomalies")  # fmt: skip
-        assert generated.returncode == 0, generated.stderr
+    days = tmp_path / "days"
+    generated = run_k2(env, "generate", "--out", str(days), "--symbols", "4", "--days", "10", "--start",
+                       "2026-09-01", "--trades-per-day", "1500", "--seed", "7", "--anomalies")  # fmt: skip
+    assert generated.returncode == 0, generated.stderr
+    day_folders = sorted(p for p in days.iterdir() if p.is_dir())
+    assert len(day_folders) == 10  # ten consumers killed, one per day loaded
+    for i, day in enumerate(day_folders):
+        data = tmp_path / f"day{i}"  # a day and the reference data: one load per consumer killed
+        shutil.copytree(day, data / day.name)
+        shutil.copy(days / "reference_data.csv", data)
         sequence_events += injected_sequence_events(data)
         k2 = Path(sys.executable).with_name("k2")
         loader = subprocess.Popen([str(k2), "load", str(data), "--format", "k2", "--json"],
