@@ -25,6 +25,7 @@ The rules:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 import json
@@ -214,7 +215,10 @@ def _reject_id(position: str) -> str:
     return hashlib.md5(position.encode(), usedforsecurity=False).hexdigest()
 
 
-_REJECT_SCHEMA = fastavro.parse_schema(REJECT.schema)
+@functools.cache
+def _reject_schema() -> Any:
+    """Parsed at the first reject, not at import: the API imports this module for its constants."""
+    return fastavro.parse_schema(REJECT.schema)
 
 
 def encode_reject(prefix: bytes, reject: dict[str, Any]) -> bytes:
@@ -222,5 +226,5 @@ def encode_reject(prefix: bytes, reject: dict[str, Any]) -> bytes:
     and the record in Avro (keys starting with ``_`` are not part of it)."""
     buffer = io.BytesIO()
     buffer.write(prefix)
-    fastavro.schemaless_writer(buffer, _REJECT_SCHEMA, reject)
+    fastavro.schemaless_writer(buffer, _reject_schema(), reject)
     return buffer.getvalue()
