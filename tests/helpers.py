@@ -28,19 +28,25 @@ REPO = Path(__file__).resolve().parents[1]
 #: port twice before either is used (a CI run gave the broker and the API one port).
 _handed_out: set[int] = set()
 
+#: pytest-xdist runs the suite in several processes at once (`make test`: `-n 2`). Each takes only
+#: the ports of its own residue class (port % workers == its index), so two processes never hand
+#: out one port, however their picks interleave. Without xdist: one class, every port.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports nobody listens on now, all held bound while they are chosen, and
-    never handed out before in this process."""
+    """``count`` distinct ports nobody listens on now, all held bound while they are chosen, never
+    handed out before in this process, and never handed out by another worker of this run."""
     held: list[socket.socket] = []
     chosen: list[int] = []
     try:
         while len(chosen) < count:
             sock = socket.socket()
-            held.append(sock)  # one handed out before stays bound until the end: the OS offers another
+            held.append(sock)  # one not taken stays bound until the end: the OS offers another
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-            if port not in _handed_out:
+            if port not in _handed_out and port % _WORKERS == _INDEX:
                 chosen.append(port)
         _handed_out.update(chosen)
         return chosen
