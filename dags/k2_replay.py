@@ -25,6 +25,8 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag
 from k2_airflow.operators import ReplayOperator
 
+from k2_etl.jobs import REPLAY_SOURCES, REPLAYABLE
+
 
 @dag(
     schedule=None,  # on demand: a replay is a repair
@@ -41,7 +43,7 @@ from k2_airflow.operators import ReplayOperator
         "execution_timeout": timedelta(hours=2),
     },
     params={
-        "table": Param("trades", enum=["trades", "quotes"], description="The table to replay."),
+        "table": Param("trades", enum=list(REPLAYABLE), description="The table to replay."),
         "start": Param(
             "2026-11-02",
             type="string",
@@ -49,7 +51,7 @@ from k2_airflow.operators import ReplayOperator
             description="From (YYYY-MM-DD, ISO 8601 or epoch; UTC).",
         ),
         "end": Param("2026-11-03", type="string", minLength=10, description="To, exclusive."),
-        "source": Param("kafka", enum=["kafka", "landing"], description="Where to re-read the records."),
+        "source": Param("kafka", enum=list(REPLAY_SOURCES), description="Where to re-read the records."),
         "dry_run": Param(False, type="boolean", description="Compare only; change nothing."),
     },
 )

@@ -36,6 +36,8 @@ def parse_time(parameter: str, text: str) -> datetime:
 
 
 def parse_day(parameter: str, text: str) -> date:
+    """A trading date, ``YYYY-MM-DD`` only: a day is a calendar date in the exchange's zone, so an
+    instant or an epoch number (which would need a zone to become a date) is refused."""
     try:
         day = date.fromisoformat(text.strip())
     except ValueError:

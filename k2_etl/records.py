@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import fastavro
 import numpy as np
@@ -54,8 +54,9 @@ NOT_NEGATIVE: dict[str, tuple[str, ...]] = {"quote": ("bid_size", "ask_size")}
 ONE_OF: dict[str, tuple[str, str]] = {"quote": ("bid_price", "ask_price")}  # at least one present
 EMPTY_SIDE_PRICES: dict[str, tuple[str, ...]] = {"quote": ("bid_price", "ask_price")}  # 0 in a CSV: no side
 #: What the consumer says of a record's sequence number, per exchange, symbol and trading day
-#: (the ``kind`` of a sequence_events row).
-SEQUENCE_KINDS = ("in_order", "gap", "out_of_order", "reset", "duplicate")
+#: (the ``kind`` of a sequence_events row). The type lets mypy check every literal kind in the code.
+SequenceKind = Literal["in_order", "gap", "out_of_order", "reset", "duplicate"]
+SEQUENCE_KINDS: tuple[SequenceKind, ...] = get_args(SequenceKind)
 MAX_RAW_LINE = 10_000  # characters of a rejected CSV line kept in its reject record
 
 Sign = Literal["positive", "not_negative"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -35,6 +36,20 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 _INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 
 
+def _below_ephemeral() -> range:
+    """Ports under the kernel's ephemeral range: the kernel never gives one of them to a client's
+    connect() (or a bind to port 0), so a port chosen here stays free until its server binds it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    return range(10_000, max(low, 20_000))
+
+
+_POOL = _below_ephemeral()
+_pick = random.Random()  # its own generator: tests that seed `random` must not make picks repeat
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct ports nobody listens on now, all held bound while they are chosen, never
     handed out before in this process, and never handed out by another worker of this run."""
@@ -42,12 +57,17 @@ def free_ports(count: int) -> list[int]:
     chosen: list[int] = []
     try:
         while len(chosen) < count:
+            port = _pick.choice(_POOL)
+            if port in _handed_out or port in chosen or port % _WORKERS != _INDEX:
+                continue
             sock = socket.socket()
-            held.append(sock)  # one not taken stays bound until the end: the OS offers another
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-            if port not in _handed_out and port % _WORKERS == _INDEX:
-                chosen.append(port)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # someone listens there (or just closed it): another
+                sock.close()
+                continue
+            held.append(sock)
+            chosen.append(port)
         _handed_out.update(chosen)
         return chosen
     finally:

@@ -50,10 +50,8 @@ def load(
     paths: Annotated[list[Path], typer.Argument(help="CSV files (plain or .gz) or folders (searched recursively).")],
     format_name: Annotated[str, typer.Option("--format", "-f", help="Format name (see `k2 formats`) or a .toml path.")],
     load_date: Annotated[
-        datetime | None,
-        typer.Option(
-            "--date", formats=["%Y-%m-%d"], help="Trading date of the files: rows of other days are rejected."
-        ),
+        str | None,
+        typer.Option("--date", help="Trading date of the files, YYYY-MM-DD: rows of other days are rejected."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Load files again even if already loaded.")] = False,
     json_output: JsonFlag = False,
@@ -68,8 +66,10 @@ def load(
 
     from k2_etl.formats import load_format
     from k2_etl.ingest.loader import Loader, ManifestNotRecorded
+    from k2_etl.instants import parse_day
 
     settings = load_settings()
+    day = parse_day("--date", load_date) if load_date else None
     fmt = load_format(format_name, settings.formats_dir)
     _serve_metrics(settings.ingest_metrics_port)
     from k2_etl.allocator import bound_allocator_memory
@@ -97,8 +97,7 @@ def load(
         print(f"k2: warning: {problem}; retrying for up to {settings.ingest_manifest_retry_seconds:g} s "
               "(K2_INGEST_MANIFEST_RETRY_SECONDS)", file=sys.stderr, flush=True)  # fmt: skip
 
-    loader = Loader(settings, fmt, load_date=load_date.date() if load_date else None, force=force, on_rows=on_rows,
-                    on_retry=on_retry)  # fmt: skip
+    loader = Loader(settings, fmt, load_date=day, force=force, on_rows=on_rows, on_retry=on_retry)
     unrecorded: ManifestNotRecorded | None = None
     try:
         with progress:

@@ -9,7 +9,7 @@ whose id was landed before by another load is found too.
 * ``every record landed``: every produced trade, quote and reference record is in its table
   by ``event_id``, every rejected row in ``rejects`` by ``reject_id``;
 * ``no duplicate ids``: the trades and quotes of the days the load touched hold each id once;
-* ``prices and sizes sane``: the load's trades and quotes follow the record rules the loader
+* ``records follow the rules``: the load's trades and quotes follow the record rules the loader
   and the consumer apply (``k2_etl.records``: positive prices, trade sizes and sequence numbers,
   quote sizes not negative, ...). Crossed quotes are counted, not failed: they do happen in
   fast markets;
@@ -78,7 +78,7 @@ def check_day(settings: Settings, day: date, files: Sequence[Mapping[str, Any]])
     table_of = tables_by_topic(settings)
     missing: list[str] = []
     duplicates: list[str] = []
-    insane: list[str] = []
+    broken: list[str] = []
     crossed = 0
     for topic, records in sorted(produced.items()):
         definition = table_of[topic]
@@ -107,13 +107,13 @@ def check_day(settings: Settings, day: date, files: Sequence[Mapping[str, Any]])
             if repeated:
                 duplicates.append(f"{definition.name}: {len(repeated):,} ids (e.g. {sorted(repeated)[0]})")
             mine = rows.filter(pc.is_in(rows.column(id_column), pa.array(sorted(ids), rows.column(id_column).type)))
-            insane.extend(_insane(definition.name, mine, record_type))
+            broken.extend(_broken_rules(definition.name, mine, record_type))
             crossed += _crossed(mine)
     landed_detail = "; ".join(missing) or f"all {sum(len(r) for r in produced.values()):,} records found by id"
     quality.checks.append(Check("every record landed", not missing, landed_detail))
     quality.checks.append(Check("no duplicate ids", not duplicates, "; ".join(duplicates) or "each id once"))
     sane = f"every record follows the record rules{f'; {crossed:,} crossed quotes (bid > ask)' if crossed else ''}"
-    quality.checks.append(Check("prices and sizes sane", not insane, "; ".join(insane) or sane))
+    quality.checks.append(Check("records follow the rules", not broken, "; ".join(broken) or sane))
     events = catalog.load_table((settings.namespace, TABLES_BY_RECORD[SEQUENCE_EVENT.name].name))
     on_day = EqualTo("trading_date", day.isoformat())  # type: ignore[call-arg,arg-type]
     kinds = events.scan(row_filter=on_day, selected_fields=("kind",)).to_arrow()
@@ -134,7 +134,7 @@ def _reconciles(files: Sequence[Mapping[str, Any]]) -> Check:
     return Check("counts reconcile", not wrong, detail)
 
 
-def _insane(table: str, rows: pa.Table, record_type: str) -> list[str]:
+def _broken_rules(table: str, rows: pa.Table, record_type: str) -> list[str]:
     """What breaks the record rules (k2_etl.records: the rules the loader and the consumer apply),
     per field: a row that landed anyway was written past them."""
     failing = by_field(problems(rows, record_type))

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -39,7 +39,6 @@ from confluent_kafka import (
     TopicPartition,
 )
 from pyiceberg.table import Table
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from k2_etl.config import Settings
 from k2_etl.errors import ConfigError, K2Error, UnavailableError
@@ -54,6 +53,7 @@ from k2_etl.ingest.public import (
     prepared_blocks,
     registered_schema_ids,
 )
+from k2_etl.jobs import REPLAY_SOURCES, REPLAYABLE, ReplaySource
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.commits import committed_offsets
 from k2_etl.lake.maintenance import first_of_each_id
@@ -66,6 +66,7 @@ from k2_etl.lake.replace import (
     SourceBound,
     in_range,
     replace_range,
+    while_range_changes,
 )
 from k2_etl.lake.tables import TABLES_BY_NAME, TableDef
 from k2_etl.records import problems
@@ -74,9 +75,6 @@ from k2_etl.wire.duckdb_conn import connect
 from k2_etl.wire.kafka import make_consumer, topic_ids
 from k2_etl.wire.registry import registry_client
 
-ReplaySource = Literal["kafka", "landing"]
-SOURCES: tuple[ReplaySource, ...] = ("kafka", "landing")
-REPLAYABLE = ("trades", "quotes")
 CHUNK = 50_000  # messages decoded at once
 READ_TIMEOUT_SECONDS = 300.0  # with no message at all for this long, the broker is taken to be gone
 
@@ -130,8 +128,8 @@ def replay(
     added), the source is read again: up to :data:`ATTEMPTS` times in all.
     """
     definition = replayable(table_name)
-    if source not in SOURCES:
-        raise ConfigError(f"source {source!r}: choose from {', '.join(SOURCES)}")
+    if source not in REPLAY_SOURCES:
+        raise ConfigError(f"source {source!r}: choose from {', '.join(REPLAY_SOURCES)}")
     if not start < end:
         raise ConfigError(f"start {start.isoformat()} must be before end {end.isoformat()}")
     catalog = open_catalog(settings)
@@ -139,8 +137,7 @@ def replay(
     rolled_back = Manifest(catalog, settings.namespace).rolled_back()
     progress = on_records or (lambda _n: None)
     try:
-        for attempt in Retrying(retry=retry_if_exception_type(RangeChanged), stop=stop_after_attempt(ATTEMPTS),
-                                wait=wait_random_exponential(multiplier=0.5, max=5), reraise=True):  # fmt: skip
+        for attempt in while_range_changes():
             with attempt:
                 return _replay_once(settings, table, definition, start, end, source, dry_run, rolled_back, progress)
     except RangeChanged as exc:

@@ -255,6 +255,13 @@ def replace_range(
     return report
 
 
+def while_range_changes() -> Retrying:
+    """The one policy for a replace that meets a concurrent change (:class:`RangeChanged`): start
+    over from reading the files, up to :data:`ATTEMPTS` times in all, then raise the last change."""
+    return Retrying(retry=retry_if_exception_type(RangeChanged), stop=stop_after_attempt(ATTEMPTS),
+                    wait=wait_random_exponential(multiplier=0.5, max=5), reraise=True)  # fmt: skip
+
+
 # --- rolling back a load ------------------------------------------------------------------------
 def remove_load(
     table: Table,
@@ -273,8 +280,7 @@ def remove_load(
     id_column, name = _id_column(definition), table.name()[-1]
     ofload = EqualTo("load_id", load_id)  # type: ignore[call-arg,arg-type]
     report = RollbackReport(name, load_id, dry_run, before.snapshot_id if before else None, 0)
-    for attempt in Retrying(retry=retry_if_exception_type(RangeChanged), stop=stop_after_attempt(ATTEMPTS),
-                            wait=wait_random_exponential(multiplier=0.2, max=3), reraise=True):  # fmt: skip
+    for attempt in while_range_changes():
         with attempt:
             table.refresh()
             target = table.schema().as_arrow()

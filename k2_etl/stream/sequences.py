@@ -49,6 +49,7 @@ import pyarrow.compute as pc
 from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
 from pyiceberg.table import Table
 
+from k2_etl.records import SequenceKind
 from k2_etl.wire.duckdb_conn import connect
 
 MAX_DAYS = 4  # trading days per table whose state stays in memory
@@ -78,7 +79,7 @@ class KeyState:
     high: int = 0
     missing: list[list[int]] = field(default_factory=list)
 
-    def step(self, received: int) -> tuple[str, int, int | None]:
+    def step(self, received: int) -> tuple[SequenceKind, int, int | None]:
         """Classify ``received`` and update the state: (kind, expected number, gap size)."""
         expected = self.high + 1
         if received == expected:
@@ -99,7 +100,9 @@ class KeyState:
         return "duplicate", expected, None
 
 
-def event_id(record_type: str, exchange: str, symbol: str, day: date, kind: str, received: int, where: str) -> str:
+def event_id(
+    record_type: str, exchange: str, symbol: str, day: date, kind: SequenceKind, received: int, where: str
+) -> str:
     """Deterministic: the same Kafka record (``where``: topic, partition, offset) in the same state
     gives the same event, however often it is read."""
     text = f"{record_type}|{exchange}|{symbol}|{day.isoformat()}|{kind}|{received}|{where}"

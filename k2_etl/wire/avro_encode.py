@@ -30,7 +30,8 @@ _EMPTY = pa.scalar(b"", pa.binary())  # the separator when joining encoded piece
 #: Columns encoded by each fast path ("constant", "dictionary", "fixed_width") since the process
 #: started: a fast path's bytes are checked like any other's, and this says it was taken at all (a
 #: condition that never holds would leave the tests green and the encoder slow). One increment per
-#: column of a block: nothing beside the encoding itself.
+#: column of a block: nothing beside the encoding itself. Unlocked on purpose: a diagnostic, read by
+#: tests that encode in one thread; encoders in several threads may lose an increment, never a byte.
 FAST_PATHS: Counter[str] = Counter()
 
 

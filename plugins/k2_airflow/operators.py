@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
@@ -10,6 +10,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from k2_airflow.hooks import K2Hook
 from k2_etl.errors import ConfigError, QueryError, SchemaError
+from k2_etl.instants import parse_day
 from k2_etl.lake.tables import TABLES_BY_NAME
 from k2_etl.reports import (
     compaction_line,
@@ -118,7 +119,7 @@ class FindDayFilesOperator(BaseOperator):
         from k2_etl.ingest.landing import day_files, landing_folder
 
         settings = K2Hook().settings
-        day = date.fromisoformat(str(self.day))
+        day = parse_day("day", str(self.day))
         formats = list(self.formats) if self.formats else None
         files = day_files(settings, day, formats)
         if not files:
@@ -167,7 +168,7 @@ class LoadDayOperator(_DayOperator):
 
         from k2_etl.ingest.landing import load_day
 
-        day = date.fromisoformat(str(self.day))
+        day = parse_day("day", str(self.day))
         loaded = load_day(
             K2Hook().settings, day, {name: [Path(p) for p in paths] for name, paths in self.files.items()}
         )
@@ -187,7 +188,7 @@ class DayQualityOperator(_DayOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from k2_etl.jobs.quality import check_day
 
-        quality = check_day(K2Hook().settings, date.fromisoformat(str(self.day)), self.files)
+        quality = check_day(K2Hook().settings, parse_day("day", str(self.day)), self.files)
         for line in quality_lines(quality):
             self.log.info("%s", line)
         if not quality.ok:

@@ -54,7 +54,7 @@ def test_quality_checks_pass_and_loading_the_day_again_changes_nothing(landed_da
     quality = check_day(settings, DAY, [f for r in loaded["reports"].values() for f in r["files"]])
     assert quality.ok, quality.failures()
     assert [c.name for c in quality.checks] == ["counts reconcile", "every record landed", "no duplicate ids",
-                                               "prices and sizes sane"]  # fmt: skip
+                                               "records follow the rules"]  # fmt: skip
     assert quality.sequence_events  # the sample has gaps and resets to summarize
     trades = open_catalog(settings).load_table((settings.namespace, "trades"))
     before = trades.current_snapshot()

@@ -171,7 +171,7 @@ def test_load_consume_and_the_quality_check_give_each_record_the_same_verdict(
     files = [{"file": "produced directly", "status": "ok", "rows_read": len(offsets), "rows_produced": len(offsets),
               "rows_rejected": 0, "offsets": direct}]  # fmt: skip
     checked = check_day(settings, DAY, files)
-    sane = next(c for c in checked.checks if c.name == "prices and sizes sane")
+    sane = next(c for c in checked.checks if c.name == "records follow the rules")
     named = set()
     for entry in sane.detail.split("; "):  # "trades: 1 rows failing price (e.g. field price: ...)"
         table_name, said = entry.split(": ", 1)
@@ -179,4 +179,4 @@ def test_load_consume_and_the_quality_check_give_each_record_the_same_verdict(
     wanted = {(("trades" if t == "trade" else "quotes"), field) for t, e in expected.items() for field in e.values()
               if field is not None}  # fmt: skip
     assert not sane.ok and named == wanted, sane.detail
-    assert all(c.ok for c in checked.checks if c.name != "prices and sizes sane"), checked.failures()
+    assert all(c.ok for c in checked.checks if c.name != "records follow the rules"), checked.failures()

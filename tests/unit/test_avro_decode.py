@@ -14,7 +14,7 @@ import pytest
 from k2_etl.lake.tables import iceberg_schema
 from k2_etl.schemas import QUOTE, REFERENCE_DATA, REJECT, TRADE, RecordType
 from k2_etl.wire.avro_decode import BatchDecoder, Undecodable
-from tests.unit.test_avro_frame import random_value
+from tests.unit.test_avro_encode import random_value
 
 
 def body(schema: dict[str, object], record: dict[str, object]) -> bytes:
