@@ -33,7 +33,7 @@ test: install  ## lint, then the whole test suite (unit + integration against re
 	$(BIN)/mypy k2_etl api docs/generate.py
 	MYPYPATH=plugins $(BIN)/mypy plugins/k2_airflow dags
 	$(BIN)/lint-imports
-	$(BIN)/pytest -n 2 --dist loadfile  # two processes: most tests wait on real servers
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder  # two processes (docs/development.md)
 
 test-fast: install  ## unit tests only (seconds)
 	$(BIN)/pytest -m "not integration"

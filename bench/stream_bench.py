@@ -84,13 +84,14 @@ def k2_consumers(envs: list[dict[str, str]]) -> Iterator[list[subprocess.Popen[s
                 process.communicate(timeout=30)
 
 
-def k2_consume(settings, rows: int, processes: int = 1) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """``processes`` `k2 consume` in one group, landing ``rows`` trades into ``settings``' (fresh) tables."""
+def k2_consume(settings, rows: int, processes: int = 1, extra_env: dict[str, str] | None = None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """``processes`` `k2 consume` in one group, landing ``rows`` trades into ``settings``' (fresh) tables
+    (``extra_env``: more environment for them, e.g. another checkout's PYTHONPATH for an A/B)."""
     init_platform(settings)
     trades = open_catalog(settings).load_table((settings.namespace, "trades"))
     ports = [free_port() for _ in range(processes)]
     started = time.perf_counter()
-    envs = [{**env_of(settings), "K2_STREAM_METRICS_PORT": str(port)} for port in ports]
+    envs = [{**env_of(settings), **(extra_env or {}), "K2_STREAM_METRICS_PORT": str(port)} for port in ports]
     with k2_consumers(envs) as running:
         return _measure(settings, trades, ports, running, rows, started)
 

@@ -246,9 +246,7 @@ def build(
     else:
         symbol = "c_symbol"
         column = spec.fields["symbol"]
-        b.check(
-            "coalesce(c_symbol, '') = ''", "missing_value", f"{b.param('label_symbol', column)} || ' is empty'", column
-        )
+        b.require("c_symbol", column)  # records.NOT_EMPTY (the event id is built here, never empty)
         b.check(
             f"NOT regexp_full_match(c_symbol, {b.param('symbol_pattern', fmt.symbol_pattern.strip('^$'))})",
             "bad_symbol",
@@ -264,13 +262,7 @@ def build(
             )
     exchange = "c_exchange" if "exchange" in spec.fields else f"CAST({b.param('exchange', fmt.exchange)} AS VARCHAR)"
     if "exchange" in spec.fields:
-        column = spec.fields["exchange"]
-        b.check(
-            "coalesce(c_exchange, '') = ''",
-            "missing_value",
-            f"{b.param('label_exchange', column)} || ' is empty'",
-            column,
-        )
+        b.require("c_exchange", spec.fields["exchange"])  # records.NOT_EMPTY
     constant_currency = f"CAST({b.param('currency', fmt.currency)} AS VARCHAR)"
     currency = "nullif(c_currency, '')" if "currency" in spec.fields else constant_currency
 
