@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import stream_bench
 from bench.harness import bench_platform, save_result
 from tests.helpers import env_of, free_port, run_k2
+
+
+def _commit(path: Path) -> str:
+    """The commit a checkout is at (what the A/B compared), with "+changes" when its tree is dirty."""
+    where = path if path.is_dir() else path.parent
+    head = subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
+    dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    return head + ("+changes" if dirty else "")
 
 
 def main() -> None:
@@ -57,7 +68,8 @@ def main() -> None:
                    "cpu_seconds_per_1000_rows_median": statistics.median(r["cpu_seconds_per_1000_rows"] for r in rs)}
                for v, rs in runs.items()}  # fmt: skip
     result = {"benchmark": "stream_ab", "when": datetime.now(UTC).isoformat(timespec="seconds"),
-              "other": str(args.other), "trades": gen.trades, "processes": 2, "runs": runs, "summary": summary,
+              "other": str(args.other), "other_commit": _commit(args.other), "this_commit": _commit(Path(__file__)),
+              "trades": gen.trades, "processes": 2, "runs": runs, "summary": summary,
               "ratio_this_to_other": round(summary["this"]["rows_per_second_median"]
                                            / summary["other"]["rows_per_second_median"], 3)}  # fmt: skip
     print(summary, result["ratio_this_to_other"])

@@ -380,11 +380,31 @@ def _airflow(r: dict[str, Any]) -> Iterator[Row]:
     )
 
 
+def _stream_ab(r: dict[str, Any]) -> Iterator[Row]:
+    this, other = r["summary"]["this"], r["summary"]["other"]
+    rounds = len(r["runs"]["this"])
+    yield Row(
+        "stream_ab.py",
+        f"two `k2 consume` at {r['this_commit']} ÷ two at {r['other_commit']}, medians of {rounds} alternating runs",
+        _rate(this["rows_per_second_median"], "rows/s"),
+        baseline=_rate(other["rows_per_second_median"], "rows/s"),
+        ratio=_ratio(r["ratio_this_to_other"]),
+    )
+    yield Row(
+        "stream_ab.py",
+        "the same, CPU per 1,000 rows",
+        _ms(this["cpu_seconds_per_1000_rows_median"] * 1000),
+        baseline=_ms(other["cpu_seconds_per_1000_rows_median"] * 1000),
+        ratio=_ratio(round(this["cpu_seconds_per_1000_rows_median"] / other["cpu_seconds_per_1000_rows_median"], 3)),
+    )
+
+
 #: Rows per results file, in the page's order (the order `make bench` runs them).
 _BENCHMARKS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "registry": _registry,
     "ingest": _ingest,
     "stream": _stream,
+    "stream_ab": _stream_ab,
     "api": _api,
     "maintenance": _maintenance,
     "compaction_commit": _compaction_commit,
