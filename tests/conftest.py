@@ -16,7 +16,9 @@ INTEGRATION = Path(__file__).parent / "integration"
 #: The longest test files (minutes each, measured), started first: `make test` hands whole files to
 #: two processes as each finishes one, so a long file left for last would run alone at the end.
 #: (`--no-loadscope-reorder` keeps this order: xdist would otherwise start the files with most tests.)
-LONGEST_FIRST = ("test_stream.py", "test_cli_platform.py", "test_dags.py", "test_airflow_up.py", "test_api.py",
+#: The two Airflow-heavy files are 2nd and 4th, so each runs beside a file without Airflow (with
+#: both at once, a CI run's `k2 up` found Airflow too slow to answer its health check).
+LONGEST_FIRST = ("test_stream.py", "test_dags.py", "test_cli_platform.py", "test_airflow_up.py", "test_api.py",
                  "test_stream_faults.py", "test_replay.py", "test_query_engine.py", "test_registry.py")  # fmt: skip
 
 
