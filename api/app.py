@@ -67,10 +67,16 @@ def create_app(settings: Settings | None = None, engine: QueryEngine | None = No
         key_func=_client,
         app=app,
         default_limits=[settings.api_rate_limit],
-        storage_uri=settings.api_rate_limit_storage,
+        storage_uri=settings.api_rate_limit_storage_uri,
+        # Redis unreachable: count per worker (Flask-Limiter logs it) and go back to Redis once it
+        # answers, rather than answering 500 to every request while the limit's store is down.
+        in_memory_fallback_enabled=True,
         headers_enabled=True,  # X-RateLimit-* and Retry-After
         default_limits_exempt_when=lambda: request.path.startswith(OPEN_PATHS),
     )
+    # Flask-Limiter logs to a logger it silences (a NullHandler): K2's own, so a fallback to per-worker
+    # counting ("Rate limit storage unreachable") reaches the API's log like K2's other warnings.
+    limiter.logger = logging.getLogger("k2.api.rate_limit")
     app.extensions["k2.limiter"] = limiter
     app.register_api(market.blueprint)
     app.register_api(catalog.blueprint)

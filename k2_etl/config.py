@@ -238,9 +238,11 @@ class Settings(BaseSettings):
         description="Requests per client (API key, else address) in Flask-Limiter syntax; 429 with `Retry-After` "
         "beyond it. Checked at start-up.",
     )
-    api_rate_limit_storage: str = Field(
+    api_rate_limit_storage_uri: str = Field(
         "memory://",
-        description="Where rate-limit counters live: `memory://` counts per worker; `redis://host:6379` shares them.",
+        description="Where rate-limit counters live (a Flask-Limiter storage URI): `memory://` counts per worker; "
+        "`redis://host:6379/0` shares one count across workers and API instances (behind a load balancer). While "
+        "Redis is unreachable each worker counts on its own (logged) and goes back to Redis once it answers.",
     )
     api_keys: list[SecretStr] = Field(
         default_factory=list,
@@ -340,6 +342,17 @@ class Settings(BaseSettings):
         from limits import parse_many  # Flask-Limiter's own parser: the syntax is checked at startup
 
         parse_many(value)
+        return value
+
+    @field_validator("api_rate_limit_storage_uri")
+    @classmethod
+    def _rate_limit_storage(cls, value: str) -> str:
+        from limits.storage import SCHEMES  # the storages Flask-Limiter can use
+
+        scheme = urlsplit(value).scheme
+        if scheme not in SCHEMES or scheme.startswith("async+"):
+            known = ", ".join(sorted(s for s in SCHEMES if not s.startswith("async+")))
+            raise ValueError(f"expected a Flask-Limiter storage URI: {known}")
         return value
 
     @field_validator("kafka_bootstrap")
@@ -536,6 +549,8 @@ def load_settings(**overrides: Any) -> Settings:
                 continue
             name = env_name(field.split(".")[0])
             raw = err.get("input")
+            if isinstance(raw, str) and field.endswith(("_uri", "_url")):
+                raw = redact_url(raw)  # a URI's password never reaches a message (as in `k2 config`)
             shown = f"={raw!r}" if isinstance(raw, str | int | float) else ""
             problems.append(f"{name}{shown}: {message}")
         raise ConfigError("invalid setting " + "; ".join(problems)) from None

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -19,6 +21,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
+import redis
 import schemathesis
 from jsonschema import Draft202012Validator
 from schemathesis.checks import not_a_server_error
@@ -385,6 +388,61 @@ def test_rate_limit_answers_429_with_retry_after(landed: Settings) -> None:
         assert server.get("/health").status_code == 200  # operations are not limited
     finally:
         assert server.stop() == 0
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+class RedisServer:
+    """Debian's redis-server on a free port, no persistence (what `docker compose` runs as `redis`)."""
+
+    def __init__(self, folder: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("needs Debian's redis-server (apt-get install redis-server; .ci/run installs it)")
+        port = free_port()
+        self.url = f"redis://127.0.0.1:{port}/0"
+        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen([*command, "--dir", str(folder)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)  # fmt: skip
+        client = redis.Redis.from_url(self.url, socket_timeout=2)
+        poll(lambda: self._answers(client), timeout=30, what=f"redis-server on port {port}")
+        client.close()
+
+    def _answers(self, client: redis.Redis) -> bool:
+        assert self.process.poll() is None, "redis-server exited"
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+def test_two_api_instances_share_one_rate_limit_through_redis(landed: Settings, redis_server: RedisServer) -> None:
+    """Two `k2 api` (2 workers each) behind one address, as behind a load balancer: one count in
+    Redis, so the 7th request is refused whichever worker gets it. With Redis gone each worker
+    counts on its own: requests are answered, never failed because the store is down."""
+    servers = [Api(landed, K2_API_RATE_LIMIT="6/minute", K2_API_RATE_LIMIT_STORAGE_URI=redis_server.url)
+               for _ in range(2)]  # fmt: skip
+    try:
+        statuses = [servers[i % 2].get("/v1/symbols").status_code for i in range(8)]
+        assert statuses == [200] * 6 + [429] * 2  # per-worker counting would have let all 8 through
+        redis_server.stop()
+        after = [servers[i % 2].get("/v1/symbols").status_code for i in range(4)]
+        assert after == [200] * 4, after  # fresh per-worker counts (logged), not 500
+    finally:
+        for server in servers:
+            assert server.stop() == 0
+    logs = "".join((server.home / f"api-{server.port}.log").read_text() for server in servers)
+    assert "falling back to in-memory storage" in logs
 
 
 def test_api_keys_when_configured(landed: Settings) -> None:

@@ -75,6 +75,13 @@ def test_config_file_and_environment_precedence(monkeypatch: pytest.MonkeyPatch,
         ),
         ("K2_REGISTRY_DB_URL", "not a url", "K2_REGISTRY_DB_URL='not a url': expected a SQLAlchemy URL"),
         ("K2_START_TIMEOUT_SECONDS", "nan", "K2_START_TIMEOUT_SECONDS='nan'"),
+        ("K2_API_RATE_LIMIT_STORAGE_URI", "cache:6379", "K2_API_RATE_LIMIT_STORAGE_URI='cache:6379': expected a"),
+        (
+            "K2_API_RATE_LIMIT_STORAGE_URI",
+            "postgres://k2:s3cret@db/x",  # a password in a rejected URI is masked like everywhere else
+            "K2_API_RATE_LIMIT_STORAGE_URI='postgres://k2:***@db/x': expected a Flask-Limiter storage URI: memcached",
+        ),
+        ("K2_CATALOG_URI", "mongodb://u:pw@x/y", "K2_CATALOG_URI='mongodb://u:***@x/y': unknown scheme 'mongodb'"),
     ],
 )
 def test_malformed_settings_name_setting_and_value(
@@ -151,7 +158,7 @@ NON_DEFAULT: dict[str, object] = {
     "api_threads": 5,
     "api_query_budget_seconds": 1e-3,
     "api_rate_limit": "5/second",
-    "api_rate_limit_storage": "redis://cache:6379/0",
+    "api_rate_limit_storage_uri": "redis://cache:6379/0",
     "api_keys": ["k1", 'k,2 "quoted"', "[not json]"],
     "maintenance_min_files": 9,
     "maintenance_snapshot_retention_hours": 0.5,

