@@ -18,6 +18,7 @@ import boto3
 import httpx
 import pyarrow as pa
 import pytest
+import sqlalchemy as sa
 from confluent_kafka.schema_registry import Schema
 
 from k2_etl.config import Settings, load_settings
@@ -25,7 +26,7 @@ from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.tables import TABLES, ensure_tables
 from k2_etl.query.engine import QueryEngine
 from k2_etl.schemas import TRADE
-from tests.helpers import a_trade, free_port, poll
+from tests.helpers import REPO, a_trade, free_port, poll
 from tests.integration.conftest import RegistryProcess, needs_postgres
 
 
@@ -44,6 +45,42 @@ def init_and_round_trip(settings: Settings) -> None:
 @needs_postgres
 def test_catalog_on_postgres(postgres_database: str, tmp_path: Path) -> None:
     init_and_round_trip(load_settings(home=tmp_path, catalog_uri=postgres_database))
+
+
+#: The JDBC catalog layout Trino's Iceberg connector reads with `iceberg.jdbc-catalog.schema-version=V1`
+#: (Apache Iceberg's JdbcUtil): the tables pyiceberg's SQL catalog must have written.
+TRINO_JDBC_V1 = {
+    "iceberg_tables": {"catalog_name", "table_namespace", "table_name", "metadata_location",
+                       "previous_metadata_location", "iceberg_type"},
+    "iceberg_namespace_properties": {"catalog_name", "namespace", "property_key", "property_value"},
+}  # fmt: skip
+
+
+@needs_postgres
+def test_the_postgres_catalog_has_the_layout_trino_reads(postgres_database: str, tmp_path: Path) -> None:
+    """docker/trino/catalog/k2.properties names a catalog and a schema version: once K2's tables are
+    made on Postgres, the catalog's tables have that layout and list K2's tables under that name."""
+    lines = (REPO / "docker" / "trino" / "catalog" / "k2.properties").read_text().splitlines()
+    properties = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    assert properties["iceberg.jdbc-catalog.schema-version"] == "V1"
+    name = properties["iceberg.jdbc-catalog.catalog-name"]
+    settings = load_settings(home=tmp_path, catalog_uri=postgres_database, catalog_name=name)
+    ensure_tables(open_catalog(settings), settings.namespace)  # the tables `k2 init` makes
+    engine = sa.create_engine(postgres_database)
+    try:
+        with engine.connect() as conn:
+            for table, columns in TRINO_JDBC_V1.items():
+                columns_of = sa.text("SELECT column_name FROM information_schema.columns WHERE table_name = :t")
+                found = conn.execute(columns_of, {"t": table}).scalars().all()
+                assert set(found) == columns, (table, found)
+            rows = conn.execute(sa.text("SELECT catalog_name, table_namespace, table_name, iceberg_type, "
+                                        "metadata_location FROM iceberg_tables")).all()  # fmt: skip
+    finally:
+        engine.dispose()
+    assert sorted(row.table_name for row in rows) == sorted(t.name for t in TABLES)
+    for row in rows:
+        assert (row.catalog_name, row.table_namespace, row.iceberg_type) == (name, settings.namespace, "TABLE"), row
+        assert row.metadata_location.startswith(settings.warehouse), row  # under the warehouse Trino is given
 
 
 @needs_postgres
