@@ -15,6 +15,7 @@ import hmac
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Response, g, request
 from flask_limiter import Limiter
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, engine: QueryEngine | None = No
         # Redis unreachable: count per worker (Flask-Limiter logs it) and go back to Redis once it
         # answers, rather than answering 500 to every request while the limit's store is down.
         in_memory_fallback_enabled=True,
+        storage_options=_storage_options(settings.api_rate_limit_storage_uri),
         headers_enabled=True,  # X-RateLimit-* and Retry-After
         default_limits_exempt_when=lambda: request.path.startswith(OPEN_PATHS),
     )
@@ -179,6 +181,21 @@ def _http_error(error: HTTPException) -> Response:
         limit = getattr(error, "limit", None)
         response.headers["Retry-After"] = str(_retry_after(limit))
     return response
+
+
+#: A Redis that does not answer (host down, network cut) must cost a request this long at most, not
+#: the kernel's connect timeout, before the fallback takes over; redis-py waits forever by default.
+NETWORK_STORE_TIMEOUT_SECONDS = 0.5
+
+
+def _storage_options(uri: str) -> dict[str, float]:
+    """Flask-Limiter's options for the storage at ``uri``: timeouts for Redis (and Valkey)."""
+    if urlsplit(uri).scheme.split("+")[0] in ("redis", "rediss", "valkey", "valkeys"):
+        return {
+            "socket_connect_timeout": NETWORK_STORE_TIMEOUT_SECONDS,
+            "socket_timeout": NETWORK_STORE_TIMEOUT_SECONDS,
+        }
+    return {}
 
 
 def _retry_after(limit: Any) -> int:

@@ -366,7 +366,7 @@ class Settings(BaseSettings):
     def _registry_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an http(s):// URL, got {value!r}")
+            raise ValueError("expected an http(s):// URL")
         parts.port  # noqa: B018 - raises ValueError on a non-numeric port
         return value.rstrip("/")
 
@@ -517,7 +517,10 @@ def redact_url(url: str | None) -> str | None:
     """``url`` with any password replaced by ``***`` (for messages and `k2 config`)."""
     if not url:
         return url
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not even a URL (an unclosed [IPv6]): nothing in it is shown
+        return "***"
     if not parts.password:
         return url
     return url.replace(f":{parts.password}@", ":***@", 1)
@@ -528,12 +531,19 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+#: Settings renamed since a release used them: the old name is refused, naming the new one.
+RENAMED = {"K2_API_RATE_LIMIT_STORAGE": "K2_API_RATE_LIMIT_STORAGE_URI"}
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment and config file.
 
     Raises:
         ConfigError: one line naming the setting, its value and what is wrong.
     """
+    for old, new in RENAMED.items():
+        if old in os.environ:  # ignored like any unknown variable otherwise: a silent change of behaviour
+            raise ConfigError(f"{old} was renamed {new}; set that instead")
     try:
         return Settings(**overrides)
     except ValidationError as exc:

@@ -10,6 +10,7 @@ nanoseconds. Each function raises :class:`QueryError` naming the parameter, the 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
@@ -19,7 +20,8 @@ MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(2262, 1, 1, tzinfo=UTC)  # nanoseconds since the epoch overflow int64 after 2262
 _EPOCH_UNITS = ((10**11, 1), (10**14, 10**3), (10**17, 10**6), (10**20, 10**9))  # below -> per second
 TIME_HELP = "ISO-8601 (a time without a zone is UTC; a date is its midnight UTC) or epoch s/ms/us/ns"
-DEFAULT_SPAN = timedelta(days=1)  # a range with no start covers the day before its end
+DEFAULT_SPAN = timedelta(days=1)
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")  # a range with no start covers the day before its end
 
 
 def parse_time(parameter: str, text: str) -> datetime:
@@ -38,8 +40,11 @@ def parse_time(parameter: str, text: str) -> datetime:
 def parse_day(parameter: str, text: str) -> date:
     """A trading date, ``YYYY-MM-DD`` only: a day is a calendar date in the exchange's zone, so an
     instant or an epoch number (which would need a zone to become a date) is refused."""
+    value = text.strip()
     try:
-        day = date.fromisoformat(text.strip())
+        if not _DAY.fullmatch(value):  # fromisoformat alone also takes 20261102 and 2026-W45-1
+            raise ValueError(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise QueryError(parameter, text, "not a date; expected YYYY-MM-DD") from None
     if not MIN_TIME.date() < day < MAX_TIME.date():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
@@ -96,6 +96,15 @@ class RegisterSchemasOperator(BaseOperator):
 
 
 # --- the daily load ---------------------------------------------------------------------------
+def _trading_day(value: object) -> date:
+    """The operator's ``day`` (a rendered template): a bad one fails the task at once, since
+    retrying cannot mend it."""
+    try:
+        return parse_day("day", str(value))
+    except QueryError as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
 #: The trading date of a daily-load run: the ``trading_date`` param, else the date its data
 #: interval ends on (the DAG's timetable ends intervals on the trading day, after the close).
 TRADING_DATE = "{{ params.trading_date or data_interval_end.strftime('%Y-%m-%d') }}"
@@ -119,7 +128,7 @@ class FindDayFilesOperator(BaseOperator):
         from k2_etl.ingest.landing import day_files, landing_folder
 
         settings = K2Hook().settings
-        day = parse_day("day", str(self.day))
+        day = _trading_day(self.day)
         formats = list(self.formats) if self.formats else None
         files = day_files(settings, day, formats)
         if not files:
@@ -168,7 +177,7 @@ class LoadDayOperator(_DayOperator):
 
         from k2_etl.ingest.landing import load_day
 
-        day = parse_day("day", str(self.day))
+        day = _trading_day(self.day)
         loaded = load_day(
             K2Hook().settings, day, {name: [Path(p) for p in paths] for name, paths in self.files.items()}
         )
@@ -188,7 +197,7 @@ class DayQualityOperator(_DayOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from k2_etl.jobs.quality import check_day
 
-        quality = check_day(K2Hook().settings, parse_day("day", str(self.day)), self.files)
+        quality = check_day(K2Hook().settings, _trading_day(self.day), self.files)
         for line in quality_lines(quality):
             self.log.info("%s", line)
         if not quality.ok:

@@ -80,7 +80,7 @@ def test_the_postgres_catalog_has_the_layout_trino_reads(postgres_database: str,
     assert sorted(row.table_name for row in rows) == sorted(t.name for t in TABLES)
     for row in rows:
         assert (row.catalog_name, row.table_namespace, row.iceberg_type) == (name, settings.namespace, "TABLE"), row
-        assert row.metadata_location.startswith(settings.warehouse), row  # under the warehouse Trino is given
+        assert row.metadata_location.startswith(settings.warehouse), row  # under the catalog's warehouse
 
 
 @needs_postgres

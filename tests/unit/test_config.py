@@ -220,3 +220,19 @@ def test_a_stall_outlasts_two_batches() -> None:
     """The landed offset moves once a batch: a shorter stall window would call a healthy consumer stalled."""
     assert load_settings(stream_stall_seconds=2, stream_batch_seconds=1.5).stall_after_seconds == 3
     assert load_settings(stream_stall_seconds=120, stream_batch_seconds=1).stall_after_seconds == 120
+
+
+def test_a_renamed_setting_is_refused_naming_its_new_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unknown variables are ignored; a renamed one would silently stop applying (here: a shared
+    rate limit falling back to one count per worker)."""
+    monkeypatch.setenv("K2_API_RATE_LIMIT_STORAGE", "redis://cache:6379/0")
+    with pytest.raises(ConfigError, match="K2_API_RATE_LIMIT_STORAGE was renamed K2_API_RATE_LIMIT_STORAGE_URI"):
+        load_settings()
+
+
+@pytest.mark.parametrize("url", ["htps://user:s3cret@registry:8081", "http://user:s3cret@[::1"])
+def test_a_rejected_url_never_shows_its_password(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("K2_SCHEMA_REGISTRY_URL", url)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "s3cret" not in str(info.value) and "K2_SCHEMA_REGISTRY_URL" in str(info.value)

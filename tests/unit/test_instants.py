@@ -44,7 +44,7 @@ def test_a_bad_instant_names_the_parameter_the_value_and_why(text: str, why: str
 
 def test_a_trading_date_is_a_calendar_date_only() -> None:
     assert parse_day("date", " 2026-11-02 ") == date(2026, 11, 2)
-    for text in ("2026-11-02T00:00:00Z", str(EPOCH_S), "02/11/2026", "1970-01-01"):
+    for text in ("2026-11-02T00:00:00Z", str(EPOCH_S), "02/11/2026", "1970-01-01", "20261102", "2026-W45-1"):
         with pytest.raises(QueryError, match="date"):
             parse_day("date", text)
 
