@@ -188,8 +188,9 @@ def _http_error(error: HTTPException) -> Response:
 NETWORK_STORE_TIMEOUT_SECONDS = 0.5
 
 
-def _storage_options(uri: str) -> dict[str, float]:
-    """Flask-Limiter's options for the storage at ``uri``: timeouts for Redis (and Valkey)."""
+def _storage_options(uri: str) -> dict[str, Any]:
+    """Flask-Limiter's options for the storage at ``uri``: timeouts for Redis (and Valkey). (Any:
+    Flask-Limiter annotates them as str | int, but they go to redis-py, which takes float seconds.)"""
     if urlsplit(uri).scheme.split("+")[0] in ("redis", "rediss", "valkey", "valkeys"):
         return {
             "socket_connect_timeout": NETWORK_STORE_TIMEOUT_SECONDS,
