@@ -20,8 +20,8 @@ MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(2262, 1, 1, tzinfo=UTC)  # nanoseconds since the epoch overflow int64 after 2262
 _EPOCH_UNITS = ((10**11, 1), (10**14, 10**3), (10**17, 10**6), (10**20, 10**9))  # below -> per second
 TIME_HELP = "ISO-8601 (a time without a zone is UTC; a date is its midnight UTC) or epoch s/ms/us/ns"
-DEFAULT_SPAN = timedelta(days=1)
-_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")  # a range with no start covers the day before its end
+DEFAULT_SPAN = timedelta(days=1)  # a range with no start covers the day before its end
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")  # a trading date as parse_day takes it
 
 
 def parse_time(parameter: str, text: str) -> datetime:
