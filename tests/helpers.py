@@ -82,6 +82,13 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+def trino_catalog() -> dict[str, str]:
+    """docker/trino/catalog/k2.properties: what Trino is told of K2's catalog (key = value lines)."""
+    lines = (REPO / "docker" / "trino" / "catalog" / "k2.properties").read_text().splitlines()
+    pairs = (line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
 def quiet(_: str) -> None:
     """A supervisor's progress callback that prints nothing (tests read its outcome, not its lines)."""
 

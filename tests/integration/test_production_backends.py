@@ -26,7 +26,7 @@ from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.tables import TABLES, ensure_tables
 from k2_etl.query.engine import QueryEngine
 from k2_etl.schemas import TRADE
-from tests.helpers import REPO, a_trade, free_port, poll
+from tests.helpers import a_trade, free_port, poll, trino_catalog
 from tests.integration.conftest import RegistryProcess, needs_postgres
 
 
@@ -60,8 +60,7 @@ TRINO_JDBC_V1 = {
 def test_the_postgres_catalog_has_the_layout_trino_reads(postgres_database: str, tmp_path: Path) -> None:
     """docker/trino/catalog/k2.properties names a catalog and a schema version: once K2's tables are
     made on Postgres, the catalog's tables have that layout and list K2's tables under that name."""
-    lines = (REPO / "docker" / "trino" / "catalog" / "k2.properties").read_text().splitlines()
-    properties = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    properties = trino_catalog()
     assert properties["iceberg.jdbc-catalog.schema-version"] == "V1"
     name = properties["iceberg.jdbc-catalog.catalog-name"]
     settings = load_settings(home=tmp_path, catalog_uri=postgres_database, catalog_name=name)

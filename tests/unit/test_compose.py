@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from k2_etl.config import Settings, env_name
-from tests.helpers import REPO
+from tests.helpers import REPO, trino_catalog
 
 BIN = Path(sys.executable).parent
 COMPOSE = REPO / "docker-compose.yml"
@@ -159,7 +159,7 @@ def test_airflow_components_share_one_jwt_secret_and_the_metadata_database() -> 
 
 def test_the_trino_catalog_points_at_k2s_tables() -> None:
     """docker/trino/catalog/k2.properties against what the K2 services are given."""
-    properties = _properties(REPO / "docker" / "trino" / "catalog" / "k2.properties")
+    properties = trino_catalog()
     k2 = resolved()["services"]["k2-init"]["environment"]
     assert properties["connector.name"] == "iceberg" and properties["iceberg.catalog.type"] == "jdbc"
     assert properties["iceberg.jdbc-catalog.catalog-name"] == k2["K2_CATALOG_NAME"]
@@ -173,11 +173,6 @@ def test_the_trino_catalog_points_at_k2s_tables() -> None:
     trino = resolved()["services"]["trino"]["environment"]
     for reference in re.findall(r"\$\{ENV:(\w+)\}", "\n".join(properties.values())):
         assert reference in trino, reference  # each secret the file reads is given to Trino
-
-
-def _properties(path: Path) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
-    return {key.strip(): value.strip() for key, value in pairs}
 
 
 def _seconds(duration: str) -> float:
