@@ -19,7 +19,8 @@ INTEGRATION = Path(__file__).parent / "integration"
 #: The two Airflow-heavy files are 2nd and 4th, so each runs beside a file without Airflow (with
 #: both at once, a CI run's `k2 up` found Airflow too slow to answer its health check).
 LONGEST_FIRST = ("test_stream.py", "test_dags.py", "test_cli_platform.py", "test_airflow_up.py", "test_api.py",
-                 "test_stream_faults.py", "test_replay.py", "test_query_engine.py", "test_registry.py")  # fmt: skip
+                 "test_compose_services.py", "test_stream_faults.py", "test_replay.py", "test_query_engine.py",
+                 "test_registry.py")  # fmt: skip
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers

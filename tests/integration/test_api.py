@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -21,7 +19,6 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
-import redis
 import schemathesis
 from jsonschema import Draft202012Validator
 from schemathesis.checks import not_a_server_error
@@ -42,6 +39,7 @@ from k2_etl.query.engine import QueryEngine
 from tests.helpers import env_of, free_port, poll, run_k2
 from tests.integration.api_helpers import Api
 from tests.integration.query_helpers import SlowClock, a_symbol, first_symbol, land, rows_of, slow_engine, trades_of
+from tests.integration.stand_ins import RedisServer
 
 START, END = "2026-11-01T00:00:00Z", "2026-11-04T00:00:00Z"
 FORMATS = ("json", "csv", "parquet", "arrow")
@@ -395,35 +393,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path)
     yield server
     server.stop()
-
-
-class RedisServer:
-    """Debian's redis-server on a free port, no persistence (what `docker compose` runs as `redis`)."""
-
-    def __init__(self, folder: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("needs Debian's redis-server (apt-get install redis-server; .ci/run installs it)")
-        port = free_port()
-        self.url = f"redis://127.0.0.1:{port}/0"
-        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen([*command, "--dir", str(folder)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)  # fmt: skip
-        client = redis.Redis.from_url(self.url, socket_timeout=2)
-        poll(lambda: self._answers(client), timeout=30, what=f"redis-server on port {port}")
-        client.close()
-
-    def _answers(self, client: redis.Redis) -> bool:
-        assert self.process.poll() is None, "redis-server exited"
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
 
 
 def test_two_api_instances_share_one_rate_limit_through_redis(landed: Settings, redis_server: RedisServer) -> None:

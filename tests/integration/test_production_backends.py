@@ -8,14 +8,10 @@ databases in).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import boto3
-import httpx
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
@@ -26,8 +22,9 @@ from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.tables import TABLES, ensure_tables
 from k2_etl.query.engine import QueryEngine
 from k2_etl.schemas import TRADE
-from tests.helpers import a_trade, free_port, poll, trino_catalog
+from tests.helpers import a_trade, trino_catalog
 from tests.integration.conftest import RegistryProcess, needs_postgres
+from tests.integration.stand_ins import S3Server
 
 
 def init_and_round_trip(settings: Settings) -> None:
@@ -97,46 +94,27 @@ def test_registry_on_postgres_survives_restart(postgres_database: str, tmp_path:
 
 
 @pytest.fixture
-def s3_endpoint(tmp_path: Path) -> Iterator[str]:
-    """moto's S3-compatible server on a free port, with an empty bucket `k2-test`."""
-    port = free_port()
-    moto = Path(sys.executable).with_name("moto_server")
-    log = (tmp_path / "moto.log").open("wb")
-    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
+def s3_server(tmp_path: Path) -> Iterator[S3Server]:
+    """moto's S3-compatible server, with an empty bucket `k2-test`."""
+    server = S3Server(tmp_path)
     try:
-        poll(lambda: httpx.get(endpoint).status_code < 500, timeout=30, what="moto server")
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-        ).create_bucket(Bucket="k2-test")
-        yield endpoint
+        server.client().create_bucket(Bucket="k2-test")
+        yield server
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        log.close()
+        server.stop()
 
 
-def test_warehouse_on_s3(s3_endpoint: str, tmp_path: Path) -> None:
+def test_warehouse_on_s3(s3_server: S3Server, tmp_path: Path) -> None:
     settings = load_settings(
         home=tmp_path,
         warehouse="s3://k2-test/warehouse",
-        s3_endpoint=s3_endpoint,
+        s3_endpoint=s3_server.endpoint,
         s3_access_key_id="testing",
         s3_secret_access_key="testing",
         s3_region="us-east-1",
     )
     init_and_round_trip(settings)
-    objects = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    ).list_objects_v2(Bucket="k2-test", Prefix="warehouse/")
+    objects = s3_server.client().list_objects_v2(Bucket="k2-test", Prefix="warehouse/")
     keys = [o["Key"] for o in objects.get("Contents", [])]
     assert any(k.endswith(".parquet") for k in keys) and any(k.endswith(".metadata.json") for k in keys)
     assert not (tmp_path / "warehouse").exists()  # nothing went to local disk

