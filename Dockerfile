@@ -1,9 +1,11 @@
 # K2's image for its own services (k2-init, k2-consumer, k2-api in docker-compose.yml). Two stages:
-# the first installs requirements-runtime.lock (requirements.lock without the dev tools) and K2 into
-# a virtual environment, where anything that had to be built would be built; the second is a clean
-# slim Python with only that environment, run as an unprivileged user. The entrypoint is `k2`, so a
-# service's command is a k2 command (`consume`, `api`, `init`).
-FROM python:3.11-slim-bookworm AS build
+# the first installs requirements-runtime.lock (requirements.lock without the dev tools) and K2
+# into a virtual environment; the second is the same slim Python with only that environment (no
+# installer in it, nothing of the build stage), run as an unprivileged user. The entrypoint is
+# `k2`, so a service's command is a k2 command (`consume`, `api`, `init`).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -20,7 +22,8 @@ COPY api ./api
 RUN pip --python /opt/k2/bin/python install --no-deps . \
     && pip --python /opt/k2/bin/python check
 
-FROM python:3.11-slim-bookworm
+# The same base as the build stage: the environment's python links to this image's interpreter.
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -23,6 +23,7 @@ from flask_limiter.util import get_remote_address
 from flask_openapi3 import Info, OpenAPI
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import metrics
 from api.errors import UnknownSymbol, problem
@@ -59,6 +60,9 @@ def create_app(settings: Settings | None = None, engine: QueryEngine | None = No
         validation_error_callback=_validation_error,
     )
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    if settings.api_trusted_proxies:  # behind a load balancer: the client is who it says, not the balancer
+        hops = settings.api_trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.extensions["k2.settings"] = settings
     app.extensions["k2.engine"] = engine or QueryEngine(settings, budget_seconds=settings.api_query_budget_seconds)
     app.extensions["k2.keys"] = [key.get_secret_value().encode() for key in settings.api_keys]

@@ -244,6 +244,13 @@ class Settings(BaseSettings):
         "`redis://host:6379/0` shares one count across workers and API instances (behind a load balancer). While "
         "Redis is unreachable each worker counts on its own (logged) and goes back to Redis once it answers.",
     )
+    api_trusted_proxies: int = Field(
+        0, ge=0, le=8,
+        description="How many proxies in front of the API set `X-Forwarded-For`/`-Proto` (the compose stack's "
+        "load balancer: 1). The API then takes the client's address (for rate limits) from there. 0: the "
+        "connection's peer is the client, and the headers are ignored. Never more than there are, or a client "
+        "can choose its own address.",
+    )  # fmt: skip
     api_keys: list[SecretStr] = Field(
         default_factory=list,
         description='API keys (JSON list, e.g. `["k1","k2"]`); when set, `/v1` needs one in the `X-API-Key` header '

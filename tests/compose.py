@@ -70,10 +70,11 @@ def seconds(duration: str) -> float:
 
 @dataclass
 class Image:
-    """What the final stage of a Dockerfile gives its containers: ENTRYPOINT, ENV, WORKDIR, and the
-    files COPY puts in it (container path -> path in the repository)."""
+    """What the final stage of a Dockerfile gives its containers: ENTRYPOINT, CMD, ENV, WORKDIR, and
+    the files COPY puts in it (container path -> path in the repository)."""
 
     entrypoint: list[str] = field(default_factory=list)
+    cmd: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     workdir: str = "/"
     files: dict[str, Path] = field(default_factory=dict)
@@ -90,6 +91,8 @@ def image_of(dockerfile: Path) -> Image:
                 image = Image()  # a new stage: only the last one runs
             case "ENTRYPOINT":
                 image.entrypoint = json.loads(rest)
+            case "CMD":
+                image.cmd = json.loads(rest)
             case "ENV":
                 image.env.update(pair.split("=", 1) for pair in shlex.split(rest))
             case "WORKDIR":

@@ -17,10 +17,11 @@ INTEGRATION = Path(__file__).parent / "integration"
 #: two processes as each finishes one, so a long file left for last would run alone at the end.
 #: (`--no-loadscope-reorder` keeps this order: xdist would otherwise start the files with most tests.)
 #: The two Airflow-heavy files are 2nd and 4th, so each runs beside a file without Airflow (with
-#: both at once, a CI run's `k2 up` found Airflow too slow to answer its health check).
+#: both at once, a CI run's `k2 up` found Airflow too slow to answer its health check); the compose
+#: file's test, which runs Airflow too, starts after both.
 LONGEST_FIRST = ("test_stream.py", "test_dags.py", "test_cli_platform.py", "test_airflow_up.py", "test_api.py",
-                 "test_compose_services.py", "test_stream_faults.py", "test_replay.py", "test_query_engine.py",
-                 "test_registry.py")  # fmt: skip
+                 "test_stream_faults.py", "test_replay.py", "test_query_engine.py", "test_registry.py",
+                 "test_compose_services.py")  # fmt: skip
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers

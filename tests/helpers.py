@@ -100,8 +100,9 @@ def initialized(settings: Settings) -> Settings:
     return settings
 
 
-def poll(probe: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
-    """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+def poll(probe: Callable[[], T | None], timeout: float = 30.0, what: str = "condition", every: float = 0.05) -> T:
+    """Call ``probe`` every ``every`` seconds until it returns something truthy; fail after
+    ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -113,7 +114,7 @@ def poll(probe: Callable[[], T | None], timeout: float = 30.0, what: str = "cond
             raise  # a real failure, not "not ready yet"
         except Exception as exc:  # the thing polled may not be up yet
             last_error = exc
-        time.sleep(0.05)
+        time.sleep(every)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_error})")
 
 

@@ -1,7 +1,7 @@
-"""K2's image, as far as Python can see it: on PYTHONPATH, this makes importing a module of any
-installed distribution that requirements-runtime.lock does not pin fail, as it would in the image
-(which installs only that lock). The venv the tests run in also has the dev tools (pytest, moto,
-mypy, ...): a K2 module that needed one would pass every test here and fail in production.
+"""K2's image, as far as Python can see it: on PYTHONPATH, this hides every installed distribution
+that requirements-runtime.lock does not pin, as the image (which installs only that lock) has none
+of them. The venv the tests run in also has the dev tools (pytest, moto, mypy, ...): a K2 module
+that needed one would pass every test here and fail in production.
 
 Python imports ``sitecustomize`` at start-up, before any other code, so every process started with
 this folder on PYTHONPATH (a `k2` command, gunicorn's workers, a healthcheck's `python -c`) is covered.
@@ -13,8 +13,8 @@ import importlib.abc
 import importlib.machinery
 import re
 import sys
-from collections.abc import Sequence
-from importlib.metadata import packages_distributions
+from collections.abc import Iterator, Sequence
+from importlib.metadata import Distribution, DistributionFinder, packages_distributions
 from pathlib import Path
 from types import ModuleType
 
@@ -25,25 +25,36 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-class NotInTheImage(importlib.abc.MetaPathFinder):
-    """Refuses the top-level modules whose distributions are all missing from the runtime lock."""
+class InTheImage(importlib.abc.MetaPathFinder):
+    """Python's path finder, blind to the top-level modules whose distributions are all missing
+    from the runtime lock: importing one fails, and `importlib.util.find_spec` says it is not
+    there, as in the image."""
 
     def __init__(self) -> None:
         pinned = {_canonical(m[1]) for m in re.finditer(r"^([A-Za-z0-9._-]+)==", RUNTIME_LOCK.read_text(), re.M)}
         pinned.add("k2-etl")
-        self.refused = {module: sorted(dists) for module, dists in packages_distributions().items()
+        self.pinned = pinned
+        self.refused = {module for module, dists in packages_distributions().items()
                         if not any(_canonical(d) in pinned for d in dists)}  # fmt: skip
 
     def find_spec(
         self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        top = name.partition(".")[0]
-        if top in self.refused:
-            raise ModuleNotFoundError(
-                f"{name} is not in K2's image: {', '.join(self.refused[top])} is not in requirements-runtime.lock",
-                name=name,
-            )
-        return None
+        if name.partition(".")[0] in self.refused:
+            return None
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+
+    def find_distributions(
+        self,
+        context: DistributionFinder.Context = DistributionFinder.Context(),  # noqa: B008  # importlib's own default
+    ) -> Iterator[Distribution]:
+        """importlib.metadata's view: only the pinned distributions (and K2) are installed."""
+        for found in importlib.machinery.PathFinder.find_distributions(context):
+            if _canonical(found.metadata["Name"] or "") in self.pinned:
+                yield found
+
+    def invalidate_caches(self) -> None:
+        importlib.machinery.PathFinder.invalidate_caches()
 
 
-sys.meta_path.insert(0, NotInTheImage())
+sys.meta_path[:] = [InTheImage() if f is importlib.machinery.PathFinder else f for f in sys.meta_path]

@@ -2,20 +2,20 @@
 
 A container is emulated by what it would have of its own, and nothing else is changed:
 
-- **its filesystem**: a folder. A container path in its environment goes to the volume mounted
-  there (a bind mount's host folder; a named volume's folder, shared by the containers that mount
-  it), else under the folder. The files its Dockerfile COPYs in (Airflow's dags/ and plugins/) are
-  links to the repository. K2 and its Python packages are the test's venv, which stands for the
-  image's /opt/k2 (on PATH), limited to requirements-runtime.lock by tests/image_site.
-- **its network**: each port it listens on (what it publishes, and the ports its healthcheck asks on
-  127.0.0.1) becomes a free local port, and a listener on all of its interfaces (0.0.0.0) listens on
-  127.0.0.1 here. Another service's address (``kafka:9092``, ``http://schema-registry:8081``, ...)
-  becomes its local stand-in's.
+- **its filesystem**: a folder standing for its root. Its mounts are links in that folder (a bind
+  mount to the host path; a named volume to a folder the containers that mount it share), and so
+  are the files its Dockerfile COPYs in (Airflow's dags/ and plugins/, to the repository). A
+  container path in its environment is that path under the folder. K2 and its Python packages are
+  the test's venv, which stands for the image's /opt/k2 (first on PATH), limited to
+  requirements-runtime.lock by tests/image_site.
+- **its network**: each port it listens on (what it publishes, and the ports its healthcheck asks
+  on 127.0.0.1) becomes a free local port. Another service's address (``kafka:9092``,
+  ``http://schema-registry:8081``, ...) becomes its local stand-in's.
 - **its image's environment**: the Dockerfile's ENV, then the service's `environment`, as Compose
   interpolated them.
 
-Its command is the service's `entrypoint` (else the image's ENTRYPOINT) and `command`; its
-healthcheck is the service's `healthcheck.test`, translated the same way.
+Its command is the service's `entrypoint` (else the image's ENTRYPOINT) and `command` (else the
+image's CMD); its healthcheck is the service's `healthcheck.test`, translated the same way.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from tests.helpers import REPO, free_ports
 
 IMAGE_SITE = REPO / "tests" / "image_site"
 #: The apache/airflow base image, as far as its containers see it: its entrypoint runs `airflow
-#: <command>` (after `airflow db migrate` when _AIRFLOW_DB_MIGRATE is true: see :func:`migrate`),
-#: with AIRFLOW_HOME /opt/airflow.
+#: <command>` (after `airflow db migrate` when _AIRFLOW_DB_MIGRATE is true), AIRFLOW_HOME /opt/airflow.
 AIRFLOW_BASE = Image(entrypoint=["airflow"], env={"AIRFLOW_HOME": "/opt/airflow"}, workdir="/opt/airflow")
-#: A compose service's address as other containers write it: `name:port`, not inside a longer name.
-_SERVICE_ADDRESS = r"(?<![\w.-])({names}):\d+\b"
-#: The container's own address, as its healthcheck asks it.
-_OWN_ADDRESS = re.compile(r"\b(?:127\.0\.0\.1|localhost):(\d+)\b")
+#: An address as a container writes it: a host and a port, at the start of a value or after `//`,
+#: `@`, a space, `=` or `,`, and not before `@` (so neither a longer name nor a URL's
+#: `user:password@` is taken for one).
+_ADDRESS = r"(?:^|(?<=//)|(?<=@)|(?<=[\s=,]))(?P<host>{hosts}):(?P<port>\d+)\b(?!@)"
+_OWN_HOSTS = ("127.0.0.1", "localhost")
 
 
 @dataclass
@@ -62,12 +62,18 @@ class Container:
 
     def __post_init__(self) -> None:
         own = {int(p["target"]) for p in self.service.get("ports", [])}
-        own |= {
-            int(port) for port in _OWN_ADDRESS.findall(" ".join(self.service.get("healthcheck", {}).get("test", [])))
-        }
+        hosts = "|".join(re.escape(h) for h in _OWN_HOSTS)
+        for word in self.service.get("healthcheck", {}).get("test", []):
+            own |= {int(m["port"]) for m in re.finditer(_ADDRESS.format(hosts=hosts), word)}
         self.ports = dict(zip(sorted(own), free_ports(len(own)), strict=True))
         self.root.mkdir(parents=True, exist_ok=True)
-        for target, source in self.image.files.items():  # what the Dockerfile COPYs in
+        links = dict(self.image.files)  # what the Dockerfile COPYs in
+        for volume in self.service.get("volumes", []):
+            source = Path(volume["source"]) if volume["type"] == "bind" else self.volumes / volume["source"]
+            if volume["type"] == "volume":
+                source.mkdir(parents=True, exist_ok=True)
+            links[volume["target"]] = source
+        for target, source in links.items():
             link = self.path(target)
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(source)
@@ -76,24 +82,17 @@ class Container:
     def translate(self, text: str) -> str:
         """A command or value as this container's process sees it here."""
         text = text.replace("$$", "$")  # Compose's escape for a `$` the container's shell expands
-        if self.stand_ins:
-            names = "|".join(re.escape(name) for name in self.stand_ins)
-            text = re.sub(_SERVICE_ADDRESS.format(names=names), lambda m: self.stand_ins[m[1]], text)
-        return _OWN_ADDRESS.sub(lambda m: self._own(m), text)
+        hosts = "|".join(re.escape(h) for h in [*self.stand_ins, *_OWN_HOSTS])
+        return re.sub(_ADDRESS.format(hosts=hosts), self._address, text)
 
-    def _own(self, match: re.Match[str]) -> str:
-        port = int(match[1])
+    def _address(self, match: re.Match[str]) -> str:
+        host, port = match["host"], int(match["port"])
+        if host in self.stand_ins:
+            return self.stand_ins[host]
         return f"127.0.0.1:{self.ports[port]}" if port in self.ports else match[0]
 
     def path(self, container_path: str) -> Path:
-        """Where ``container_path`` is here: in a volume mounted at or above it, else in ``root``."""
-        for volume in sorted(self.service.get("volumes", []), key=lambda v: len(v["target"]), reverse=True):
-            target = volume["target"]
-            if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
-                source = Path(volume["source"]) if volume["type"] == "bind" else self.volumes / volume["source"]
-                if volume["type"] == "volume":
-                    source.mkdir(parents=True, exist_ok=True)
-                return source / container_path[len(target) :].lstrip("/")
+        """Where ``container_path`` is here (through the links of its mounts)."""
         return self.root / container_path.lstrip("/")
 
     def environment(self) -> dict[str, str]:
@@ -102,25 +101,26 @@ class Container:
         packages."""
         env = {
             "PATH": f"{BIN}{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin{os.pathsep}/bin",
-            "HOME": str(self.root / "home"),
+            "HOME": str(self.path("/home/k2")),
             "LANG": "C.UTF-8",
         }
         if self.runtime_lock_only:
             env["PYTHONPATH"] = str(IMAGE_SITE)
         given = {k: v for k, v in self.image.env.items() if k != "PATH"}  # PATH: the venv's, above
         for key, value in {**given, **self.service.get("environment", {})}.items():
+            if value is None:  # `KEY` without a value: Compose passes the host's, and K2's file has none
+                continue
             if value.startswith("/"):
                 value = str(self.path(value))
             elif key.endswith("_PORT") and value.isdigit() and int(value) in self.ports:
                 value = str(self.ports[int(value)])
-            elif key.endswith("_HOST") and value == "0.0.0.0":
-                value = "127.0.0.1"
             env[key] = self.translate(value)
         return {**env, **self.extra_env}
 
     def command(self) -> list[str]:
         entrypoint = self.service.get("entrypoint") or self.image.entrypoint
-        return [self.translate(word) for word in [*entrypoint, *(self.service.get("command") or [])]]
+        command = self.service.get("command") or self.image.cmd
+        return [self.translate(word) for word in [*entrypoint, *command]]
 
     # --- running -----------------------------------------------------------------------------------
     def run(self, argv: list[str] | None = None, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
@@ -128,15 +128,19 @@ class Container:
         return subprocess.run(argv or self.command(), env={**self.environment(), **env}, cwd=self._workdir(),
                               capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
 
-    def start(self) -> None:
-        """Start its command in the background, output to :attr:`log`."""
+    def start(self, argv: list[str] | None = None) -> None:
+        """Start its command (or ``argv``) in the background, output to :attr:`log`."""
         self._log = self.log.open("wb")
-        self.process = subprocess.Popen(self.command(), env=self.environment(), cwd=self._workdir(),
+        self.process = subprocess.Popen(argv or self.command(), env=self.environment(), cwd=self._workdir(),
                                         stdout=self._log, stderr=subprocess.STDOUT)  # fmt: skip
+
+    def mounted(self, container_path: str) -> str:
+        """The text of a file mounted into it, translated like its environment (a config file)."""
+        return self.translate(self.path(container_path).read_text())
 
     @property
     def log(self) -> Path:
-        return self.root / "container.log"
+        return self.root.parent / f"{self.name}.log"
 
     def _workdir(self) -> Path:
         folder = self.path(self.service.get("working_dir") or self.image.workdir)

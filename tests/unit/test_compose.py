@@ -82,12 +82,29 @@ def test_the_consumer_scales_stops_gracefully_and_is_checked_on_healthz() -> Non
 
 def test_the_api_shares_its_rate_limit_and_is_checked_on_health() -> None:
     api = resolved()["services"]["k2-api"]
-    assert "container_name" not in api
+    assert "container_name" not in api and "ports" not in api  # replicas: reached through k2-api-lb
     assert api["environment"]["K2_API_RATE_LIMIT_STORAGE_URI"] == "redis://redis:6379/0"
-    assert api["environment"]["K2_API_HOST"] == "0.0.0.0"  # reachable through its published port
+    assert api["environment"]["K2_API_HOST"] == "0.0.0.0"  # reachable by the balancer
+    assert api["environment"]["K2_STREAM_METRICS_PORT"] == "0"  # /health: no consumer in its container
+    assert api["environment"]["K2_API_RATE_LIMIT"] == Settings.model_fields["api_rate_limit"].default  # .env unset
     port = api["environment"]["K2_API_PORT"]
     assert f"http://127.0.0.1:{port}/health" in " ".join(api["healthcheck"]["test"])
-    assert all(published["host_ip"] == "127.0.0.1" for published in api["ports"])
+
+
+def test_the_balancer_sends_every_client_to_the_api_replicas_with_its_address() -> None:
+    """docker/nginx/k2-api.conf against the services: it proxies to k2-api's port, re-resolving the
+    name (so --scale is followed), and sets X-Forwarded-For, which k2-api trusts for one hop."""
+    services = resolved()["services"]
+    lb, api = services["k2-api-lb"], services["k2-api"]
+    [mount] = lb["volumes"]
+    conf = Path(mount["source"]).read_text()
+    [published] = lb["ports"]
+    assert published["host_ip"] == "127.0.0.1" and f"listen {published['target']};" in conf
+    assert f"set $k2_api k2-api:{api['environment']['K2_API_PORT']};" in conf and "proxy_pass http://$k2_api;" in conf
+    assert "resolver 127.0.0.11" in conf  # Docker's DNS: every replica's address
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in conf  # set, not appended: not the client's say
+    assert api["environment"]["K2_API_TRUSTED_PROXIES"] == "1"
+    assert lb["depends_on"]["k2-api"]["condition"] == "service_healthy"
 
 
 def test_every_published_port_binds_to_localhost() -> None:

@@ -158,6 +158,7 @@ NON_DEFAULT: dict[str, object] = {
     "api_threads": 5,
     "api_query_budget_seconds": 1e-3,
     "api_rate_limit": "5/second",
+    "api_trusted_proxies": 1,
     "api_rate_limit_storage_uri": "redis://cache:6379/0",
     "api_keys": ["k1", 'k,2 "quoted"', "[not json]"],
     "maintenance_min_files": 9,
