@@ -12,6 +12,7 @@ to that, and every answer to the document it publishes.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import time
 from typing import Any
@@ -61,8 +62,7 @@ def create_app(settings: Settings | None = None, engine: QueryEngine | None = No
     )
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     if settings.api_trusted_proxies:  # behind a load balancer: the client is who it says, not the balancer
-        hops = settings.api_trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+        app.wsgi_app = BehindProxies(app.wsgi_app, settings.api_trusted_proxies)  # type: ignore[method-assign]
     app.extensions["k2.settings"] = settings
     app.extensions["k2.engine"] = engine or QueryEngine(settings, budget_seconds=settings.api_query_budget_seconds)
     app.extensions["k2.keys"] = [key.get_secret_value().encode() for key in settings.api_keys]
@@ -99,6 +99,26 @@ def create_app(settings: Settings | None = None, engine: QueryEngine | None = No
     app.register_error_handler(K2Error, _k2_error)
     app.register_error_handler(Exception, _bug)
     return app
+
+
+class BehindProxies:
+    """werkzeug's ProxyFix (one hop: the address the proxy put last in X-Forwarded-For, and
+    X-Forwarded-Proto) for requests whose peer is in one of ``networks``; other requests as they
+    came. ProxyFix alone believes whoever connects, and a client that reaches the API around its
+    proxy could then choose the address its rate limit counts."""
+
+    def __init__(self, app: Any, networks: list[str]) -> None:
+        self.app = app
+        self.fixed = ProxyFix(app, x_for=1, x_proto=1)
+        self.networks = [ipaddress.ip_network(network) for network in networks]
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        try:
+            peer = ipaddress.ip_address(environ.get("REMOTE_ADDR", ""))
+        except ValueError:  # a Unix socket, or no address
+            return self.app(environ, start_response)
+        trusted = any(peer in network for network in self.networks)
+        return (self.fixed if trusted else self.app)(environ, start_response)
 
 
 def _client() -> str:

@@ -15,6 +15,7 @@ so that no fact about a setting lives anywhere else.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -235,8 +236,8 @@ class Settings(BaseSettings):
     )  # fmt: skip
     api_rate_limit: str = Field(
         "100/second;3000/minute",
-        description="Requests per client (API key, else address) in Flask-Limiter syntax; 429 with `Retry-After` "
-        "beyond it. Checked at start-up.",
+        description="Requests per client (API key, else address) and endpoint, in Flask-Limiter syntax; 429 with "
+        "`Retry-After` beyond it. Checked at start-up.",
     )
     api_rate_limit_storage_uri: str = Field(
         "memory://",
@@ -244,13 +245,14 @@ class Settings(BaseSettings):
         "`redis://host:6379/0` shares one count across workers and API instances (behind a load balancer). While "
         "Redis is unreachable each worker counts on its own (logged) and goes back to Redis once it answers.",
     )
-    api_trusted_proxies: int = Field(
-        0, ge=0, le=8,
-        description="How many proxies in front of the API set `X-Forwarded-For`/`-Proto` (the compose stack's "
-        "load balancer: 1). The API then takes the client's address (for rate limits) from there. 0: the "
-        "connection's peer is the client, and the headers are ignored. Never more than there are, or a client "
-        "can choose its own address.",
-    )  # fmt: skip
+    api_trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description='Networks of the proxies in front of the API (JSON list of CIDRs, e.g. `["172.30.250.0/24"]`; '
+        "the compose stack: its `api-edge` network, which only its load balancer shares with the API). A request "
+        "from one of them is counted (rate limits) by the last address in its `X-Forwarded-For`, and its scheme "
+        "taken from `X-Forwarded-Proto`; from anywhere else, by its peer, headers ignored. List only networks "
+        "nothing but your proxies can send from. Empty: no proxy is trusted.",
+    )
     api_keys: list[SecretStr] = Field(
         default_factory=list,
         description='API keys (JSON list, e.g. `["k1","k2"]`); when set, `/v1` needs one in the `X-API-Key` header '
@@ -361,6 +363,19 @@ class Settings(BaseSettings):
             known = ", ".join(sorted(s for s in SCHEMES if not s.startswith("async+")))
             raise ValueError(f"expected a Flask-Limiter storage URI: {known}")
         return value
+
+    @field_validator("api_trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        networks = []
+        for given in value:
+            try:
+                networks.append(str(ipaddress.ip_network(given)))
+            except ValueError:
+                raise ValueError(
+                    f"{given!r} is not a network (a CIDR such as 172.30.250.0/24, host bits zero)"
+                ) from None
+        return networks
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -34,7 +34,8 @@ from tests.helpers import REPO, free_ports
 IMAGE_SITE = REPO / "tests" / "image_site"
 #: The apache/airflow base image, as far as its containers see it: its entrypoint runs `airflow
 #: <command>` (after `airflow db migrate` when _AIRFLOW_DB_MIGRATE is true), AIRFLOW_HOME /opt/airflow.
-AIRFLOW_BASE = Image(entrypoint=["airflow"], env={"AIRFLOW_HOME": "/opt/airflow"}, workdir="/opt/airflow")
+AIRFLOW_BASE = Image(entrypoint=["airflow"], env={"AIRFLOW_HOME": "/opt/airflow", "HOME": "/home/airflow"},
+                     workdir="/opt/airflow")  # fmt: skip
 #: An address as a container writes it: a host and a port, at the start of a value or after `//`,
 #: `@`, a space, `=` or `,`, and not before `@` (so neither a longer name nor a URL's
 #: `user:password@` is taken for one).
@@ -80,8 +81,10 @@ class Container:
 
     # --- translation -------------------------------------------------------------------------------
     def translate(self, text: str) -> str:
-        """A command or value as this container's process sees it here."""
-        text = text.replace("$$", "$")  # Compose's escape for a `$` the container's shell expands
+        """A command or value of the compose file as this container's process sees it here."""
+        return self._addresses(text.replace("$$", "$"))  # Compose's escape for a `$` the container's shell expands
+
+    def _addresses(self, text: str) -> str:
         hosts = "|".join(re.escape(h) for h in [*self.stand_ins, *_OWN_HOSTS])
         return re.sub(_ADDRESS.format(hosts=hosts), self._address, text)
 
@@ -101,12 +104,12 @@ class Container:
         packages."""
         env = {
             "PATH": f"{BIN}{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin{os.pathsep}/bin",
-            "HOME": str(self.path("/home/k2")),
+            "HOME": str(self.path(self.image.env.get("HOME", self.image.workdir))),
             "LANG": "C.UTF-8",
         }
         if self.runtime_lock_only:
             env["PYTHONPATH"] = str(IMAGE_SITE)
-        given = {k: v for k, v in self.image.env.items() if k != "PATH"}  # PATH: the venv's, above
+        given = {k: v for k, v in self.image.env.items() if k not in env}  # PATH and HOME: above
         for key, value in {**given, **self.service.get("environment", {})}.items():
             if value is None:  # `KEY` without a value: Compose passes the host's, and K2's file has none
                 continue
@@ -136,7 +139,7 @@ class Container:
 
     def mounted(self, container_path: str) -> str:
         """The text of a file mounted into it, translated like its environment (a config file)."""
-        return self.translate(self.path(container_path).read_text())
+        return self._addresses(self.path(container_path).read_text())  # Compose reads no `$` in it
 
     @property
     def log(self) -> Path:

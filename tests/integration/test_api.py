@@ -388,20 +388,27 @@ def test_rate_limit_answers_429_with_retry_after(landed: Settings) -> None:
         assert server.stop() == 0
 
 
-@pytest.mark.parametrize("trusted", [0, 1])
-def test_behind_a_trusted_proxy_each_client_has_its_own_limit(landed: Settings, trusted: int) -> None:
-    """K2_API_TRUSTED_PROXIES=1 (behind the compose stack's balancer): the limit counts the address
-    in X-Forwarded-For. 0: that header is anyone's to write, so the connection's peer is counted."""
-    settings = landed.model_copy(update={"api_rate_limit": "2/day", "api_trusted_proxies": trusted})  # no window ends
+@pytest.mark.parametrize(
+    ("networks", "peer", "own_limit"),
+    [([], "10.9.9.9", False), (["10.9.9.0/24"], "10.9.9.9", True), (["10.9.9.0/24"], "10.8.8.8", False)],
+    ids=["no-proxy", "from-the-proxy", "around-the-proxy"],
+)
+def test_only_a_trusted_proxy_gives_each_client_its_own_limit(
+    landed: Settings, networks: list[str], peer: str, own_limit: bool
+) -> None:
+    """K2_API_TRUSTED_PROXIES (behind the compose stack's balancer): a request from a listed network
+    is counted by the address in X-Forwarded-For. Anyone else can write that header, so then the
+    connection's peer is counted, whatever the header says."""
+    settings = landed.model_copy(update={"api_rate_limit": "2/day", "api_trusted_proxies": networks})  # no window ends
     client = create_app(settings).test_client()
 
     def status(forwarded_for: str) -> int:
         answer = client.get("/v1/symbols", headers={"X-Forwarded-For": forwarded_for},
-                            environ_base={"REMOTE_ADDR": "10.9.9.9"})  # the balancer  # fmt: skip
+                            environ_base={"REMOTE_ADDR": peer})  # fmt: skip
         return answer.status_code
 
     assert [status("192.0.2.1"), status("192.0.2.1"), status("192.0.2.1")] == [200, 200, 429]
-    assert status("192.0.2.2") == (200 if trusted else 429)  # another client; untrusted: the same peer
+    assert status("192.0.2.2") == (200 if own_limit else 429)  # another client, or the same peer
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ the services run as the file writes them: tests/integration/test_compose_service
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -103,7 +104,12 @@ def test_the_balancer_sends_every_client_to_the_api_replicas_with_its_address() 
     assert f"set $k2_api k2-api:{api['environment']['K2_API_PORT']};" in conf and "proxy_pass http://$k2_api;" in conf
     assert "resolver 127.0.0.11" in conf  # Docker's DNS: every replica's address
     assert "proxy_set_header X-Forwarded-For $remote_addr;" in conf  # set, not appended: not the client's say
-    assert api["environment"]["K2_API_TRUSTED_PROXIES"] == "1"
+    # The API believes X-Forwarded-For from the api-edge network only, which it shares with the balancer alone.
+    [edge] = resolved()["networks"]["api-edge"]["ipam"]["config"]
+    assert json.loads(api["environment"]["K2_API_TRUSTED_PROXIES"]) == [edge["subnet"]]
+    assert set(lb["networks"]) == {"api-edge"} and set(api["networks"]) == {"default", "api-edge"}
+    on_edge = {name for name, service in services.items() if "api-edge" in service.get("networks", {})}
+    assert on_edge == {"k2-api", "k2-api-lb"}
     assert lb["depends_on"]["k2-api"]["condition"] == "service_healthy"
 
 

@@ -82,6 +82,8 @@ def test_config_file_and_environment_precedence(monkeypatch: pytest.MonkeyPatch,
             "K2_API_RATE_LIMIT_STORAGE_URI='postgres://k2:***@db/x': expected a Flask-Limiter storage URI: memcached",
         ),
         ("K2_CATALOG_URI", "mongodb://u:pw@x/y", "K2_CATALOG_URI='mongodb://u:***@x/y': unknown scheme 'mongodb'"),
+        ("K2_API_TRUSTED_PROXIES", '["172.30.250.1/24"]', "'172.30.250.1/24' is not a network (a CIDR such as"),
+        ("K2_API_TRUSTED_PROXIES", '["proxy"]', "'proxy' is not a network"),
     ],
 )
 def test_malformed_settings_name_setting_and_value(
@@ -158,7 +160,7 @@ NON_DEFAULT: dict[str, object] = {
     "api_threads": 5,
     "api_query_budget_seconds": 1e-3,
     "api_rate_limit": "5/second",
-    "api_trusted_proxies": 1,
+    "api_trusted_proxies": ["10.0.0.0/8", "fd00::/8"],
     "api_rate_limit_storage_uri": "redis://cache:6379/0",
     "api_keys": ["k1", 'k,2 "quoted"', "[not json]"],
     "maintenance_min_files": 9,
