@@ -80,11 +80,16 @@ class Image:
     files: dict[str, Path] = field(default_factory=dict)
 
 
+def instructions(dockerfile: Path) -> str:
+    """``dockerfile`` without its comments, continuation lines joined: one instruction a line."""
+    lines = [line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")]
+    return re.sub(r"\\\n\s*", " ", "\n".join(lines))
+
+
 def image_of(dockerfile: Path) -> Image:
     """Read ``dockerfile``'s final stage (only the instructions K2's Dockerfiles use)."""
-    text = re.sub(r"\\\n", " ", dockerfile.read_text())  # continuation lines joined
     image = Image()
-    for line in text.splitlines():
+    for line in instructions(dockerfile).splitlines():
         instruction, _, rest = line.strip().partition(" ")
         match instruction.upper():
             case "FROM":

@@ -18,11 +18,9 @@ from importlib.metadata import Distribution, DistributionFinder, packages_distri
 from pathlib import Path
 from types import ModuleType
 
+from packaging.utils import canonicalize_name  # in the runtime lock: the image has it too
+
 RUNTIME_LOCK = Path(__file__).resolve().parents[2] / "requirements-runtime.lock"
-
-
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 class InTheImage(importlib.abc.MetaPathFinder):
@@ -31,11 +29,11 @@ class InTheImage(importlib.abc.MetaPathFinder):
     there, as in the image."""
 
     def __init__(self) -> None:
-        pinned = {_canonical(m[1]) for m in re.finditer(r"^([A-Za-z0-9._-]+)==", RUNTIME_LOCK.read_text(), re.M)}
+        pinned = {canonicalize_name(m[1]) for m in re.finditer(r"^([A-Za-z0-9._-]+)==", RUNTIME_LOCK.read_text(), re.M)}
         pinned.add("k2-etl")
         self.pinned = pinned
         self.refused = {module for module, dists in packages_distributions().items()
-                        if not any(_canonical(d) in pinned for d in dists)}  # fmt: skip
+                        if not any(canonicalize_name(d) in pinned for d in dists)}  # fmt: skip
 
     def find_spec(
         self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
@@ -50,7 +48,7 @@ class InTheImage(importlib.abc.MetaPathFinder):
     ) -> Iterator[Distribution]:
         """importlib.metadata's view: only the pinned distributions (and K2) are installed."""
         for found in importlib.machinery.PathFinder.find_distributions(context):
-            if _canonical(found.metadata["Name"] or "") in self.pinned:
+            if canonicalize_name(found.metadata["Name"] or "") in self.pinned:
                 yield found
 
     def invalidate_caches(self) -> None:

@@ -94,28 +94,31 @@ class Stack:
         return {name: len(catalog.load_table((settings.namespace, name)).scan().to_arrow()) for name in TABLES}
 
 
+#: Each kind of object the init script makes, and the query of one's comment (no row: it does not exist).
+COMMENT_OF = {
+    "DATABASE": "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n",
+    "ROLE": "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = :n",
+}
+MADE = [*(("DATABASE", name) for name in DATABASES), *(("ROLE", name) for name in ROLES)]
+
+
 def _drop_ours(engine: sa.Engine, refuse_others: bool) -> None:
     """Drop the init script's databases and roles if this test made them (:data:`MARK`); with
     ``refuse_others``, fail on ones it did not make, which the init script cannot create again."""
-    described = {
-        "database": ("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n", DATABASES),
-        "role": ("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = :n", ROLES),
-    }
     with engine.connect() as conn:
-        for kind, (query, names) in described.items():
-            for name in names:
-                found = conn.execute(sa.text(query), {"n": name}).first()
-                if found is None:
-                    continue
-                if found[0] != MARK:
-                    assert not refuse_others, (
-                        f"TEST_POSTGRES_URL's server has a {kind} {name!r} this test did not make: it runs "
-                        "docker/postgres/init-databases.sh there, which creates it. Use a server without it (if a "
-                        f"run of this test died before marking it, drop it: DROP {kind.upper()} {name})"
-                    )
-                    continue
-                drop = f'DROP DATABASE "{name}" WITH (FORCE)' if kind == "database" else f'DROP ROLE "{name}"'
-                conn.execute(sa.text(drop))  # names are the constants above, never input
+        for kind, name in MADE:  # databases first: a role is dropped once it owns none
+            found = conn.execute(sa.text(COMMENT_OF[kind]), {"n": name}).first()
+            if found is None:
+                continue
+            if found[0] != MARK:
+                assert not refuse_others, (
+                    f"TEST_POSTGRES_URL's server has a {kind.lower()} {name!r} this test did not make: it runs "
+                    "docker/postgres/init-databases.sh there, which creates it. Use a server without it (if a run "
+                    f"of this test died before marking it, drop it: DROP {kind} {name})"
+                )
+                continue
+            force = " WITH (FORCE)" if kind == "DATABASE" else ""
+            conn.execute(sa.text(f'DROP {kind} "{name}"{force}'))  # names are the constants above, never input
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +172,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         made = postgres.run(["/bin/bash", str(postgres.path("/docker-entrypoint-initdb.d/10-k2-databases.sh"))],
                             **superuser)  # fmt: skip
         with admin.connect() as conn:  # marked at once, even when the script failed half-way
-            for kind, name in [*(("DATABASE", d) for d in DATABASES), *(("ROLE", r) for r in ROLES)]:
-                if _exists(conn, kind, name):
+            for kind, name in MADE:
+                if conn.execute(sa.text(COMMENT_OF[kind]), {"n": name}).first() is not None:
                     conn.execute(sa.text(f"COMMENT ON {kind} \"{name}\" IS '{MARK}'"))  # constants, not input
         assert made.returncode == 0, made.stderr
         # s3-init: the warehouse bucket, with K2's credentials
@@ -192,14 +195,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         lb.start(_nginx(lb))
         _wait_healthy(lb)
         yield Stack(config, consumers, api, lb, postgres, redis_server, s3, landing, make)
-
-
-def _exists(conn: sa.Connection, kind: str, name: str) -> bool:
-    query = {
-        "DATABASE": "SELECT 1 FROM pg_database WHERE datname = :n",
-        "ROLE": "SELECT 1 FROM pg_roles WHERE rolname = :n",
-    }
-    return conn.execute(sa.text(query[kind]), {"n": name}).first() is not None
 
 
 def _nginx(lb: Container) -> list[str]:

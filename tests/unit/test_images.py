@@ -17,7 +17,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.compose import BIN, image_of
+from tests.compose import BIN, image_of, instructions
 from tests.helpers import REPO
 
 DOCKERFILES = [REPO / "Dockerfile", REPO / "docker" / "airflow" / "Dockerfile"]
@@ -32,15 +32,9 @@ def test_hadolint_finds_nothing(dockerfile: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _instructions(dockerfile: Path) -> str:
-    """The Dockerfile without its comments, continuation lines joined."""
-    lines = [line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")]
-    return re.sub(r"\\\n\s*", " ", "\n".join(lines))
-
-
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: str(path.relative_to(REPO)))
 def test_both_images_install_the_runtime_lock_and_check_it(dockerfile: Path) -> None:
-    runs = [line for line in _instructions(dockerfile).splitlines() if line.startswith("RUN ")]
+    runs = [line for line in instructions(dockerfile).splitlines() if line.startswith("RUN ")]
     installs = [run for run in runs if re.search(r"\bpip\b.*\binstall\b", run)]
     assert re.search(r"-r \S*requirements-runtime\.lock", installs[0]), installs  # the lock, then K2
     assert not any("requirements.lock" in run for run in installs)  # never the one with the dev tools
@@ -49,7 +43,7 @@ def test_both_images_install_the_runtime_lock_and_check_it(dockerfile: Path) -> 
 
 
 def test_the_k2_image_runs_k2_as_an_unprivileged_user_from_a_clean_stage() -> None:
-    text = _instructions(REPO / "Dockerfile")
+    text = instructions(REPO / "Dockerfile")
     assert re.findall(r"^FROM (\S+)", text, re.M) == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]  # one base, twice
     final = text.rsplit("\nFROM ", 1)[1]
     assert "COPY --from=build /opt/k2 /opt/k2" in final
@@ -62,7 +56,7 @@ def test_the_k2_image_runs_k2_as_an_unprivileged_user_from_a_clean_stage() -> No
 def test_the_wheel_the_image_installs_carries_k2s_package_data(tmp_path: Path) -> None:
     """The image builds K2 from what its build stage COPYs and installs it as a wheel (the tests
     run it editable, from the checkout): the Avro schemas and the built-in formats must be in it."""
-    copied = re.findall(r"^COPY (?!--from)(.+) \./?\S*$", _instructions(REPO / "Dockerfile"), re.M)
+    copied = re.findall(r"^COPY (?!--from)(.+) \./?\S*$", instructions(REPO / "Dockerfile"), re.M)
     source = tmp_path / "src"
     source.mkdir()
     for name in (word for line in copied for word in line.split()):
