@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-k2
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast docs bench down status lock clean
+.PHONY: help install run test test-fast docs dashboards bench down status lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,6 +20,11 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@# `k2 up` starts Debian's Prometheus and Pushgateway (K2_PROMETHEUS_ENABLED=false, K2_PUSHGATEWAY_URL= for none)
+	@command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null \
+	  || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	       && apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus prometheus-pushgateway; } \
+	  || echo "note: install Debian's prometheus and prometheus-pushgateway for k2 up's monitoring (docs/monitoring.md)"
 	touch $(STAMP)
 
 run: install  ## start the local platform and Airflow, register the schemas, run k2_daily_load on the bundled sample
@@ -30,7 +35,7 @@ run: install  ## start the local platform and Airflow, register the schemas, run
 test: install  ## lint, then the whole test suite (unit + integration against real processes)
 	$(BIN)/ruff check k2_etl api dags plugins tests bench docs docker
 	$(BIN)/ruff format --check k2_etl api dags plugins tests bench docs docker
-	$(BIN)/mypy k2_etl api docs/generate.py docker/runtime_lock.py
+	$(BIN)/mypy k2_etl api docs/generate.py docker/runtime_lock.py docker/grafana/dashboards.py
 	MYPYPATH=plugins $(BIN)/mypy plugins/k2_airflow dags
 	$(BIN)/lint-imports
 	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder  # two processes (docs/development.md)
@@ -40,6 +45,9 @@ test-fast: install  ## unit tests only (seconds)
 
 docs: install  ## regenerate the generated pages of docs/ (settings from config.py, benchmarks from bench/results/)
 	$(BIN)/python docs/generate.py
+
+dashboards: install  ## regenerate the Grafana dashboards (docker/grafana/dashboards/*.json) from docker/grafana/dashboards.py
+	$(BIN)/python docker/grafana/dashboards.py
 
 bench: install  ## run the benchmarks (results in bench/results/ and docs/benchmarks.md)
 	$(BIN)/python bench/registry_bench.py

@@ -330,6 +330,38 @@ class Settings(BaseSettings):
         "Its password is never printed.",
     )
 
+    # --- Monitoring (`k2 monitor`, the Pushgateway, the local Prometheus) -----------------------
+    monitor_host: str = Field(
+        "127.0.0.1", description="Address `k2 monitor` serves `/healthz` and `/metrics` on (0.0.0.0 in a container)."
+    )
+    monitor_port: int = Field(
+        9104, ge=0, le=65535,
+        description="Port of `k2 monitor` (component health, table health, produced against landed offsets), "
+        "which Prometheus scrapes (0: not served, and `k2 up` starts no monitor).",
+    )  # fmt: skip
+    monitor_interval_seconds: float = Field(
+        15.0, ge=0.2, le=3600, allow_inf_nan=False,
+        description="How often `k2 monitor` checks the components and reads the tables' metadata.",
+    )  # fmt: skip
+    pushgateway_url: str = Field(
+        "http://127.0.0.1:9091",
+        description="Prometheus Pushgateway that batch work (`k2 load`, maintenance, replay, rollback, the daily "
+        "load's checks, from the CLI or Airflow) pushes its metrics to when it ends, grouped by job and what it "
+        "ran on. `k2 up` starts one there when it is on this machine. Empty: nothing is pushed.",
+    )
+    prometheus_enabled: bool = Field(
+        True,
+        description="`k2 up` starts a local Prometheus (Debian's `prometheus`) with K2's alert rules, scraping "
+        "the local platform; false: none.",
+    )
+    prometheus_port: int = Field(
+        9090, ge=1, le=65535, description="Port of the local Prometheus's UI and API on 127.0.0.1."
+    )
+    prometheus_scrape_seconds: float = Field(
+        15.0, ge=0.2, le=3600, allow_inf_nan=False,
+        description="Scrape and rule evaluation interval of the local Prometheus.",
+    )  # fmt: skip
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -376,6 +408,17 @@ class Settings(BaseSettings):
                     f"{given!r} is not a network (a CIDR such as 172.30.250.0/24, host bits zero)"
                 ) from None
         return networks
+
+    @field_validator("pushgateway_url", mode="before")
+    @classmethod
+    def _pushgateway(cls, value: object) -> object:
+        if value in ("", None):
+            return ""  # none (a string, not None: a child process is given the empty value, not the default)
+        parts = urlsplit(str(value))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http(s):// URL, or empty for none")
+        parts.port  # noqa: B018 - raises ValueError on a non-numeric port
+        return str(value).rstrip("/")
 
     @field_validator("kafka_bootstrap")
     @classmethod

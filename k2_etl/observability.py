@@ -7,7 +7,18 @@ name is never spelled twice.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from k2_etl.config import Settings
+
+log = logging.getLogger(__name__)
 
 REGISTRY_REQUESTS = Counter(
     "k2_registry_requests_total",
@@ -59,7 +70,8 @@ STREAM_BATCH_ROWS = Histogram(
 )
 STREAM_FRESHNESS_SECONDS = Histogram(
     "k2_stream_freshness_seconds",
-    "Commit time minus the Kafka timestamp of the batch's oldest record (batch loads stamp event time).",
+    "Commit time minus when the batch's oldest record was produced (a K2 load's k2-produced-ms header, else the "
+    "record's Kafka timestamp).",
     ["table"],
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86_400),
 )
@@ -104,6 +116,24 @@ STREAM_LAG = Gauge(
     ["topic", "partition"],
 )
 
+#: What the consumer's use of a dependency can fail on (k2_stream_dependency_up's label values).
+STREAM_DEPENDENCIES = ("catalog", "storage", "registry", "broker")
+
+
+def zero_stream_series(tables: Iterable[str], topics: Iterable[str]) -> None:
+    """Create the consumer's labelled series before their first event: a dashboard or alert then
+    sees 0 fenced batches or gaps, not no data (Prometheus's advice for labels known in advance).
+    The dependencies start up: nothing has failed yet."""
+    for table in tables:
+        for counter in (STREAM_CONSUMED, STREAM_LANDED, STREAM_REJECTED, STREAM_DEDUPLICATED, STREAM_FENCED,
+                        STREAM_COMMIT_FAILURES, STREAM_SEQUENCE_MISSING):  # fmt: skip
+            counter.labels(table)
+    for topic in topics:
+        STREAM_TOPIC_RESETS.labels(topic)
+    for dependency in STREAM_DEPENDENCIES:
+        STREAM_DEPENDENCY_UP.labels(dependency).set(1)
+
+
 # --- table maintenance (k2 compact / expire / clean-orphans, k2_maintenance) ---------------------
 MAINTENANCE_SECONDS = Histogram(
     "k2_maintenance_duration_seconds",
@@ -126,4 +156,153 @@ MAINTENANCE_CONFLICTS = Counter(
 MAINTENANCE_SNAPSHOTS_EXPIRED = Counter("k2_maintenance_snapshots_expired_total", "Snapshots expired.", ["table"])
 MAINTENANCE_ORPHANS_REMOVED = Counter(
     "k2_maintenance_orphan_files_removed_total", "Files no snapshot referenced, deleted.", ["table"]
+)
+
+# --- the platform as `k2 monitor` sees it (one process, whatever else runs or fails) ---------------
+COMPONENT_UP = Gauge(
+    "k2_platform_component_up",
+    "1 when the component passes the health check `k2 status` runs on it, 0 when it does not.",
+    ["component"],
+)
+COMPONENT_DEGRADED = Gauge(
+    "k2_platform_component_degraded_info",
+    "1 for each component that fails its health check, labelled with the reason `k2 status` gives (no series "
+    "while it is healthy).",
+    ["component", "reason"],
+)
+_TABLE = ["table"]
+LAKE_SNAPSHOTS = Gauge("k2_lake_snapshots", "Snapshots in the table's metadata (`k2 expire` bounds them).", _TABLE)
+LAKE_DATA_FILES = Gauge("k2_lake_data_files", "Data files in the current snapshot.", _TABLE)
+LAKE_ROWS = Gauge("k2_lake_rows", "Rows in the current snapshot's data files (before deletes).", _TABLE)
+LAKE_PARTITION_FILES_MAX = Gauge(
+    "k2_lake_partition_data_files_max",
+    "Data files of the table's worst partition (`k2 compact` rewrites a partition at K2_MAINTENANCE_MIN_FILES).",
+    _TABLE,
+)
+LAKE_FILE_SIZE_AVERAGE = Gauge(
+    "k2_lake_data_file_size_average_bytes", "Average size of the current snapshot's data files.", _TABLE
+)
+LAKE_SNAPSHOT_AGE = Gauge(
+    "k2_lake_newest_snapshot_age_seconds", "Since the table's newest commit (maintenance included).", _TABLE
+)
+LAKE_SNAPSHOT_ROWS = Gauge("k2_lake_newest_snapshot_added_rows", "Rows the table's newest commit added.", _TABLE)
+LAKE_FRESHNESS = Gauge(
+    "k2_lake_freshness_seconds",
+    "Since the table's newest commit that landed records (a consumer's append; maintenance lands nothing new).",
+    _TABLE,
+)
+_PARTITION = ["topic", "partition"]
+LAKE_PRODUCED_OFFSET = Gauge(
+    "k2_lake_produced_offset",
+    "Per the load manifest: the offset after the last record loads produced to the partition (7 days back).",
+    _PARTITION,
+)
+LAKE_LANDED_OFFSET = Gauge(
+    "k2_lake_landed_offset",
+    "The next offset the partition's table records as landed, in the topic's current life (-1: none).",
+    _PARTITION,
+)
+LAKE_UNLANDED_RECORDS = Gauge(
+    "k2_lake_unlanded_records",
+    "Records loads produced to the partition that its table has not landed (offsets recorded before the records "
+    "existed count them all).",
+    _PARTITION,
+)
+LAKE_UNLANDED_IDLE_SECONDS = Gauge(
+    "k2_lake_unlanded_idle_seconds",
+    "How long records loads produced to the partition have waited unlanded with its landed offset not moving "
+    "(0: none waiting). A busy consumer keeps it near 0; a stalled one lets it grow.",
+    _PARTITION,
+)
+LAKE_UNLANDED_STALLED = Gauge(
+    "k2_lake_unlanded_stalled",
+    "1 when records loads produced to the partition have waited unlanded, its landed offset not moving, for "
+    "K2_STREAM_STALL_SECONDS or more (the `landed` row of `k2 status` is unhealthy), else 0.",
+    _PARTITION,
+)
+MONITOR_PASS_SECONDS = Histogram(
+    "k2_monitor_pass_duration_seconds",
+    "Time of one pass of `k2 monitor` (component checks, table metadata, offsets).",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+MONITOR_LAST_PASS = Gauge("k2_monitor_last_pass_timestamp_seconds", "When `k2 monitor` last finished a pass.")
+MONITOR_ERRORS = Counter(
+    "k2_monitor_errors_total", "Parts of a monitor pass that failed (their series keep the last values).", ["part"]
+)
+
+# --- batch work, pushed to the Pushgateway when it ends ------------------------------------------
+JOB_PUSH_TIMEOUT_SECONDS = 5.0
+
+
+@contextlib.contextmanager
+def batch_job(
+    settings: Settings, job: str, warn: Callable[[str], None] | None = None, scope: str | None = None
+) -> Iterator[JobRun]:
+    """Push this process's K2 metrics, and how the run ended, to ``K2_PUSHGATEWAY_URL`` when the
+    work in the block ends, whether it succeeds or raises.
+
+    The group is ``job`` plus ``scope`` (what the run worked on: the formats loaded, a table, "all"),
+    so the loads of two formats, or the compactions of two tables, keep their own numbers; a later
+    run of the same work replaces them. The key is ``scope`` rather than ``table`` or ``format``:
+    the Pushgateway refuses a push whose metrics carry a grouping label with another value (a
+    compaction of all tables reports per table). A later run of the same work replaces the group's
+    metrics; the last success's time is kept apart, so a failed run leaves it (:func:`_push`). A
+    Pushgateway that does not answer costs a warning, never the work's result.
+    """
+    started = time.time()
+    run = JobRun()
+    try:
+        yield run
+        run.succeeded = run.succeeded is not False
+    finally:
+        if settings.pushgateway_url:
+            grouping = {"scope": scope} if scope else {}
+            _push(settings.pushgateway_url, job, grouping, started, bool(run.succeeded), warn)
+
+
+@dataclasses.dataclass
+class JobRun:
+    """How a :func:`batch_job` run ended: raising fails it; so does setting ``succeeded`` False (a
+    run that reports its failure rather than raising it)."""
+
+    succeeded: bool | None = None
+
+
+def _push(
+    url: str, job: str, grouping: dict[str, str], started: float, succeeded: bool, warn: Callable[[str], None] | None
+) -> None:
+    """Two pushes. The run's metrics replace the group's (PUT): a series the last run had and this
+    one lacks (a reject reason) goes. The success time goes to a group of its own (``record`` is
+    ``last_success``), only when the run succeeded, so a failed run leaves it."""
+    from prometheus_client import REGISTRY, CollectorRegistry, push_to_gateway
+
+    run, success = CollectorRegistry(), CollectorRegistry()
+    ended = time.time()
+    Gauge("k2_job_last_run_timestamp_seconds", "When the job's last run ended.", registry=run).set(ended)
+    Gauge("k2_job_last_run_duration_seconds", "Wall time of the job's last run.", registry=run).set(ended - started)
+    Gauge("k2_job_last_run_succeeded", "1 when the job's last run succeeded, 0 when it failed.",
+          registry=run).set(int(succeeded))  # fmt: skip
+    Gauge("k2_job_last_success_timestamp_seconds", "When the job last succeeded.", registry=success).set(ended)
+
+    class _Both:  # this run's outcome and every K2 metric the process holds, in one push
+        def collect(self) -> Iterator[Any]:
+            yield from REGISTRY.collect()
+            yield from run.collect()
+
+    pushes: list[tuple[Any, dict[str, str]]] = [(_Both(), grouping)]
+    if succeeded:
+        pushes.append((success, {**grouping, "record": "last_success"}))
+    try:
+        for registry, key in pushes:
+            push_to_gateway(url, job=job, registry=registry, grouping_key=key, timeout=JOB_PUSH_TIMEOUT_SECONDS)
+    except Exception as exc:  # OSError, URLError, an HTTP error: the work's result stands
+        (warn or log.warning)(f"metrics of {job} not pushed to {url}: {exc}")
+
+
+# --- the daily load's data-quality checks (k2_etl.jobs.quality; pushed with the run) ----------------
+QUALITY_CHECK_PASSED = Gauge(
+    "k2_quality_check_passed", "1 when the check passed on the day the daily load last checked, 0 when not.", ["check"]
+)
+QUALITY_SEQUENCE_EVENTS = Gauge(
+    "k2_quality_sequence_events", "Sequence events of the day the daily load last checked, by kind.", ["kind"]
 )

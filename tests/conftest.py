@@ -20,8 +20,8 @@ INTEGRATION = Path(__file__).parent / "integration"
 #: both at once, a CI run's `k2 up` found Airflow too slow to answer its health check); the compose
 #: file's test, which runs Airflow too, starts after both.
 LONGEST_FIRST = ("test_stream.py", "test_dags.py", "test_cli_platform.py", "test_airflow_up.py", "test_api.py",
-                 "test_stream_faults.py", "test_replay.py", "test_query_engine.py", "test_registry.py",
-                 "test_compose_services.py")  # fmt: skip
+                 "test_stream_faults.py", "test_monitoring.py", "test_replay.py", "test_query_engine.py",
+                 "test_registry.py", "test_compose_services.py")  # fmt: skip
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
@@ -38,5 +38,6 @@ def _clean_k2_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> It
     for name in list(os.environ):
         if name.startswith("K2_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("K2_PUSHGATEWAY_URL", "")  # a test pushes only to a Pushgateway of its own
     monkeypatch.chdir(tmp_path)  # so no k2.toml from the developer's directory applies
     yield

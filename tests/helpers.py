@@ -122,15 +122,19 @@ def k2_env(home: Path, **settings: str) -> dict[str, str]:
     """Environment for a `k2` subprocess: this one minus any K2_*, plus K2_HOME and ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
     env["K2_HOME"] = str(home)
+    env["K2_PUSHGATEWAY_URL"] = ""  # none, unless ``settings`` name one
     env.update({f"K2_{k.upper()}": v for k, v in settings.items()})
     return env
 
 
 def local_platform_env(home: Path, **settings: str) -> dict[str, str]:
-    """:func:`k2_env` for a `k2 up` of its own: every component on a free port."""
-    broker, registry, consumer, api = free_ports(4)
-    return k2_env(home, kafka_bootstrap=f"127.0.0.1:{broker}", schema_registry_url=f"http://127.0.0.1:{registry}",
-                  stream_metrics_port=str(consumer), api_port=str(api), **settings)  # fmt: skip
+    """:func:`k2_env` for a `k2 up` of its own: every component on a free port (the monitoring ones
+    too: the Pushgateway, the monitor and Prometheus)."""
+    broker, registry, consumer, api, monitor, pushgateway, prometheus = free_ports(7)
+    ports = {"kafka_bootstrap": f"127.0.0.1:{broker}", "schema_registry_url": f"http://127.0.0.1:{registry}",
+             "stream_metrics_port": str(consumer), "api_port": str(api), "monitor_port": str(monitor),
+             "pushgateway_url": f"http://127.0.0.1:{pushgateway}", "prometheus_port": str(prometheus)}  # fmt: skip
+    return k2_env(home, **{**ports, **settings})
 
 
 def processes_of(home: Path) -> list[psutil.Process]:
@@ -155,6 +159,7 @@ def processes_of(home: Path) -> list[psutil.Process]:
 def env_of(settings: Settings) -> dict[str, str]:
     """Environment for a `k2` subprocess that sees exactly ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
+    env["K2_PUSHGATEWAY_URL"] = ""  # none, unless ``settings`` name one
     env.update(settings.to_env())
     return env
 

@@ -6,13 +6,18 @@ both on stdout: with ``--json``, progress lines go to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from k2_etl.config import Settings
+    from k2_etl.observability import JobRun
 
 # Not a terminal (pipes, CI logs): do not squeeze tables into 80 columns.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -35,3 +40,19 @@ def say_for(json_output: bool) -> Say:
     if json_output:
         return lambda line: print(line, file=sys.stderr)
     return lambda line: out.print(line, markup=False)
+
+
+def warn(message: str) -> None:
+    print(f"k2: warning: {message}", file=sys.stderr, flush=True)
+
+
+def pushed(settings: Settings, job: str, scope: str | None = None) -> contextlib.AbstractContextManager[JobRun]:
+    """:func:`k2_etl.observability.batch_job`, warning on stderr when the Pushgateway does not answer."""
+    from k2_etl.observability import batch_job
+
+    return batch_job(settings, job, warn, scope)
+
+
+def scope(names: Iterable[str] | None) -> str:
+    """The scope (:func:`pushed`) of a command on tables: their names, or ``all``."""
+    return "+".join(sorted(set(names))) if names else "all"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from k2_etl.cli._output import JsonFlag, out, print_json, print_lines
+from k2_etl.cli._output import JsonFlag, out, print_json, print_lines, pushed
 from k2_etl.config import load_settings
 from k2_etl.reports import file_detail, generate_line, load_totals_line
 
@@ -97,23 +97,24 @@ def load(
         print(f"k2: warning: {problem}; retrying for up to {settings.ingest_manifest_retry_seconds:g} s "
               "(K2_INGEST_MANIFEST_RETRY_SECONDS)", file=sys.stderr, flush=True)  # fmt: skip
 
-    loader = Loader(settings, fmt, load_date=day, force=force, on_rows=on_rows, on_retry=on_retry)
-    unrecorded: ManifestNotRecorded | None = None
-    try:
-        with progress:
-            report = loader.load(paths)
-    except ManifestNotRecorded as exc:  # the records are in Kafka: report them, then fail (exit 3)
-        report, unrecorded = exc.report, exc
-    finally:
-        loader.close()
-    if json_output:
-        print_json(report.to_dict())
-    else:
-        _print_load_report(report)
-    if unrecorded is not None:
-        raise unrecorded
-    if not report.ok:
-        raise typer.Exit(1)
+    with pushed(settings, "k2_load", fmt.name):
+        loader = Loader(settings, fmt, load_date=day, force=force, on_rows=on_rows, on_retry=on_retry)
+        unrecorded: ManifestNotRecorded | None = None
+        try:
+            with progress:
+                report = loader.load(paths)
+        except ManifestNotRecorded as exc:  # the records are in Kafka: report them, then fail (exit 3)
+            report, unrecorded = exc.report, exc
+        finally:
+            loader.close()
+        if json_output:
+            print_json(report.to_dict())
+        else:
+            _print_load_report(report)
+        if unrecorded is not None:
+            raise unrecorded
+        if not report.ok:
+            raise typer.Exit(1)
 
 
 @app.command()

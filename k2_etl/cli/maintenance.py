@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from k2_etl.cli._output import JsonFlag, print_json, print_lines, say_for
+from k2_etl.cli._output import JsonFlag, print_json, print_lines, pushed, say_for, scope
 from k2_etl.config import load_settings
 from k2_etl.errors import ConfigError
 from k2_etl.reports import compaction_line, expiry_line, orphans_line, partition_line
@@ -59,16 +59,18 @@ def compact_tables(
     from k2_etl.lake.maintenance import compact
 
     say = say_for(json_output)
-    threshold = min_files or load_settings().maintenance_min_files
+    settings = load_settings()
+    threshold = min_files or settings.maintenance_min_files
     reports = []
-    for definition, table in _maintained(tables):
+    with pushed(settings, "k2_compact", scope(tables)):
+        for definition, table in _maintained(tables):
 
-        def done(p: PartitionCompaction, name: str = definition.name) -> None:
-            say(partition_line(name, p))
+            def done(p: PartitionCompaction, name: str = definition.name) -> None:
+                say(partition_line(name, p))
 
-        report = compact(table, definition, min_files=threshold, on_partition=done)
-        reports.append(report)
-        say(compaction_line(report))
+            report = compact(table, definition, min_files=threshold, on_partition=done)
+            reports.append(report)
+            say(compaction_line(report))
     if json_output:
         print_json({"tables": [r.to_dict() for r in reports]})
 
@@ -94,7 +96,8 @@ def expire(
     settings = load_settings()
     before = _hours_ago(settings.maintenance_snapshot_retention_hours if older_than_hours is None else older_than_hours)
     keep = retain_last or settings.maintenance_retain_snapshots
-    reports = [expire_snapshots(table, older_than=before, retain_last=keep) for _, table in _maintained(tables)]
+    with pushed(settings, "k2_expire", scope(tables)):
+        reports = [expire_snapshots(table, older_than=before, retain_last=keep) for _, table in _maintained(tables)]
     if json_output:
         print_json({"older_than": before.isoformat(), "tables": [r.to_dict() for r in reports]})
     else:
@@ -120,7 +123,8 @@ def clean_orphans(
 
     settings = load_settings()
     before = _hours_ago(settings.maintenance_orphan_age_hours if older_than_hours is None else older_than_hours)
-    reports = [remove_orphan_files(t, older_than=before, dry_run=dry_run) for _, t in _maintained(tables)]
+    with pushed(settings, "k2_clean_orphans", scope(tables)):
+        reports = [remove_orphan_files(t, older_than=before, dry_run=dry_run) for _, t in _maintained(tables)]
     if json_output:
         print_json({"older_than": before.isoformat(), "tables": [r.to_dict() for r in reports]})
     else:

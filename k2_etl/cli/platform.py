@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from k2_etl.cli._output import JsonFlag, Say, out, print_json, print_lines, say_for
+from k2_etl.cli._output import JsonFlag, Say, out, print_json, print_lines, say_for, warn
 from k2_etl.config import Settings, load_settings
 from k2_etl.errors import ComponentError
-from k2_etl.reports import day_load_line, init_lines, placed_line
+from k2_etl.reports import day_load_line, init_lines, placed_line, quality_lines
 
 if TYPE_CHECKING:
     from k2_etl.bootstrap import InitReport
@@ -149,6 +149,27 @@ def status(json_output: JsonFlag = False) -> None:
 
 
 @app.command()
+def monitor() -> None:
+    """Serve the platform's health for Prometheus: each component's check (as `k2 status`), each
+    table's metadata (snapshots, files, freshness) and produced against landed offsets.
+
+    On K2_MONITOR_HOST:K2_MONITOR_PORT (`/metrics`, `/healthz`), a pass every
+    K2_MONITOR_INTERVAL_SECONDS, until SIGTERM or Ctrl-C. Logs go to stderr.
+    """
+    import logging
+    import sys
+
+    from k2_etl.monitor import Monitor
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "httpx2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    watcher = Monitor(load_settings())
+    watcher.install_signal_handlers()
+    watcher.run()
+
+
+@app.command()
 def init(json_output: JsonFlag = False) -> None:
     """Create the Kafka topics and the Iceberg namespace and tables (idempotent)."""
     from k2_etl.bootstrap import init_platform
@@ -181,7 +202,8 @@ def demo(
 
     Run it after `k2 up` and `k2 schemas register` (`make run` does). Idempotent: files already in
     place are left alone and the run (id k2_sample__<day>) is triggered once. With
-    K2_AIRFLOW_ENABLED=false the day is loaded directly, as the DAG's load step does.
+    K2_AIRFLOW_ENABLED=false the DAG's steps run here: load the day, wait until it has landed
+    (--timeout), check its quality.
     Exit code 1 when the run (or the load) fails.
     """
     from k2_etl.config import format_host_port
@@ -205,13 +227,16 @@ def demo(
         result["run"] = {key: run.get(key) for key in ("dag_id", "dag_run_id", "state", "start_date", "end_date")}
         result["run"]["url"] = f"{airflow_url(settings)}/dags/{run['dag_id']}/runs/{run_id(day)}"
     else:
-        from k2_etl.ingest.landing import day_files, load_day
+        from k2_etl.local.demo import daily_load_here
 
-        say("airflow: off (K2_AIRFLOW_ENABLED=false); loading the day here, as k2_daily_load's load step does")
-        loaded = load_day(settings, day, day_files(settings, day))
-        ok = loaded.ok
-        say(day_load_line(loaded))
+        say("airflow: off (K2_AIRFLOW_ENABLED=false); running k2_daily_load's steps here: load, wait, check")
+        loaded, quality = daily_load_here(settings, day, say, timeout, warn, lambda done: say(day_load_line(done)))
         result["load"] = loaded.to_dict()
+        if quality is not None:
+            for line in quality_lines(quality):
+                say(line)
+            result["quality"] = quality.to_dict()
+        ok = loaded.ok and quality is not None and quality.ok
     api = f"http://{format_host_port(settings.api_host, settings.api_port)}"
     result["query"] = f"{api}/v1/summary/{sample_symbol()}/{day}"
     if json_output:
@@ -223,5 +248,5 @@ def demo(
         out.print(f"API: {api}/docs   e.g. curl {result['query']}", markup=False)
     if not ok:
         where = (f"its task logs are at {result['run']['url']} (clear the run there to run it again)"
-                 if "run" in result else "see the load report above")  # fmt: skip
+                 if "run" in result else "see the report above")  # fmt: skip
         raise ComponentError(f"the daily load of the sample day {day} failed; {where}")

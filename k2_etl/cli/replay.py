@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from k2_etl.cli._output import JsonFlag, print_json, print_lines
+from k2_etl.cli._output import JsonFlag, print_json, print_lines, pushed, scope
 from k2_etl.config import load_settings
 from k2_etl.reports import replay_lines, rollback_line
 
@@ -46,8 +46,9 @@ def replay_range(
             seen[0] += n
             bar.update(task, description=f"reading {source}: {seen[0]:,} records")
 
-        report = replay(settings, table, begin, finish, source=source, dry_run=dry_run,  # type: ignore[arg-type]
-                        on_records=advance)  # fmt: skip
+        with pushed(settings, "k2_replay", table):
+            report = replay(settings, table, begin, finish, source=source, dry_run=dry_run,  # type: ignore[arg-type]
+                            on_records=advance)  # fmt: skip
     if json_output:
         print_json(report.to_dict())
     else:
@@ -71,7 +72,9 @@ def rollback_load(
     """
     from k2_etl.jobs.rollback import rollback
 
-    reports = rollback(load_settings(), load_id, tables=tables, dry_run=dry_run)
+    settings = load_settings()
+    with pushed(settings, "k2_rollback", scope(tables)):
+        reports = rollback(settings, load_id, tables=tables, dry_run=dry_run)
     if json_output:
         print_json({"load_id": load_id, "tables": [r.to_dict() for r in reports]})
     else:

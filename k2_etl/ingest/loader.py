@@ -51,7 +51,7 @@ from k2_etl.observability import (
     INGEST_ROWS_READ,
     INGEST_ROWS_REJECTED,
 )
-from k2_etl.records import encode_reject
+from k2_etl.records import PRODUCED_AT_HEADER, encode_reject
 from k2_etl.schemas import TOPIC_RECORD_TYPES
 from k2_etl.wire.avro_encode import confluent_prefix
 from k2_etl.wire.duckdb_conn import connect
@@ -381,7 +381,8 @@ class Loader:
     def _produce(self, job: _Job, item: Prepared) -> None:
         result, labels = job.result, (self.fmt.name, job.spec.type)
         topic = self.topics[job.spec.type]
-        produce_all(self.producer, topic, item.values, item.keys, item.timestamps, job.headers, job.deliveries)
+        headers = [*job.headers, (PRODUCED_AT_HEADER, str(int(time.time() * 1000)).encode())]
+        produce_all(self.producer, topic, item.values, item.keys, item.timestamps, headers, job.deliveries)
         self._produce_rejects(item.rejects, job)
         codes = Counter(r["_code"] for r in item.rejects)
         job.reasons.update(codes)

@@ -34,6 +34,7 @@ from k2_etl.config import Settings
 from k2_etl.errors import UnavailableError
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.lake.tables import TABLES_BY_RECORD, tables_by_topic
+from k2_etl.observability import QUALITY_CHECK_PASSED, QUALITY_SEQUENCE_EVENTS
 from k2_etl.records import NOT_EMPTY, NOT_NEGATIVE, POSITIVE, by_field, problems
 from k2_etl.schemas import SEQUENCE_EVENT
 from k2_etl.wire.avro_decode import Decoder
@@ -118,6 +119,11 @@ def check_day(settings: Settings, day: date, files: Sequence[Mapping[str, Any]])
     on_day = EqualTo("trading_date", day.isoformat())  # type: ignore[call-arg,arg-type]
     kinds = events.scan(row_filter=on_day, selected_fields=("kind",)).to_arrow()
     quality.sequence_events = dict(sorted(Counter(kinds.column("kind").to_pylist()).items()))
+    for check in quality.checks:
+        QUALITY_CHECK_PASSED.labels(check.name).set(int(check.ok))
+    QUALITY_SEQUENCE_EVENTS.clear()
+    for kind, count in quality.sequence_events.items():
+        QUALITY_SEQUENCE_EVENTS.labels(kind).set(count)
     return quality
 
 

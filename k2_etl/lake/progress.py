@@ -153,6 +153,29 @@ def unlanded(
     """Per topic-partition, what the loads of the last :data:`LOOKBACK` produced (the load
     manifest) and the tables have not landed (:func:`not_landed`), in the topics' current lives
     (``topic_ids``, from the broker: a load into an earlier life of a topic is not compared)."""
+    return progress(settings, topic_ids, group=group, catalog=catalog, at=at)[1]
+
+
+@dataclass(frozen=True)
+class PartitionProgress:
+    """Where loads and the table stand on one topic-partition (in the topic's current life)."""
+
+    topic: str
+    partition: int
+    produced: int  # the offset after the last record the loads of the last LOOKBACK produced there
+    landed: int | None  # the next offset the table records (None: nothing in this life of the topic)
+
+
+def progress(
+    settings: Settings,
+    topic_ids: TopicIds,
+    *,
+    group: str | None = None,
+    catalog: Catalog | None = None,
+    at: datetime | None = None,
+) -> tuple[list[PartitionProgress], list[Unlanded]]:
+    """Per topic-partition loads wrote to: the offsets produced and landed, and what is unlanded
+    (:func:`unlanded`)."""
     at = at or datetime.now(UTC)
     catalog = catalog or open_catalog(settings)
     group = group or settings.stream_group
@@ -167,7 +190,7 @@ def unlanded(
                 load = Produced(first, last, entry.started_at, entry.finished_at)
                 produced.setdefault((topic, int(key)), []).append(load)
     if not produced:
-        return []
+        return [], []
     table_of = tables_by_topic(settings)
     topics = {topic for topic, _ in produced} & set(table_of)
     landed: Offsets = {}
@@ -177,11 +200,12 @@ def unlanded(
             table = catalog.load_table((settings.namespace, name))
         landed.update({t: p for t, p in committed_offsets(table, group, topic_ids).items() if t in topics})
         since.update({t: p for t, p in unchanged_since(table, group, topic_ids).items() if t in topics})
-    out = []
+    out, where = [], []
     for (topic, partition), loads in sorted(produced.items()):
         if topic not in topics:
             continue
         now = landed.get(topic, {}).get(partition)
+        where.append(PartitionProgress(topic, partition, max(load.last for load in loads) + 1, now))
         moved_ms = since.get(topic, {}).get(partition)
         moved = None if moved_ms is None else datetime.fromtimestamp(moved_ms / 1000, UTC)
         behind, stale = not_landed(loads, now, moved)
@@ -196,4 +220,4 @@ def unlanded(
                 None if moved is None else max(0.0, (at - moved).total_seconds()),
             )
         )  # fmt: skip
-    return out
+    return where, out

@@ -10,6 +10,7 @@ stack, where these processes are not ours to start.
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import signal
 import socket
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import yaml
 
 from k2_etl.config import Settings, format_host_port, redact_url
 from k2_etl.errors import ComponentError
@@ -207,16 +209,25 @@ def consumer(settings: Settings) -> Component:
     address = f"http://{format_host_port(host, port)}"
 
     def check() -> str:
-        response = httpx.get(f"{address}/healthz", timeout=HEALTH_TIMEOUT_SECONDS)
-        body = response.json()
-        if response.status_code != 200:
-            raise ComponentError(str(body.get("problem") or f"HTTP {response.status_code}"))
+        body = _healthz(address)
         return f"group {body['group']}: landed {body['landed']:,}, rejected {body['rejected']:,}"
 
-    def command() -> list[str]:
-        return [sys.executable, "-m", "k2_etl", "consume"]
+    return Component("consumer", address, "K2_STREAM_METRICS_PORT", check, _k2("consume"), host, port,
+                     after_init=True)  # fmt: skip
 
-    return Component("consumer", address, "K2_STREAM_METRICS_PORT", check, command, host, port, after_init=True)
+
+def _healthz(address: str) -> dict[str, Any]:
+    """The body of a K2 process's /healthz (the consumer's, the monitor's); its problem when not 200."""
+    response = httpx.get(f"{address}/healthz", timeout=HEALTH_TIMEOUT_SECONDS)
+    body: dict[str, Any] = response.json()
+    if response.status_code != 200:
+        raise ComponentError(str(body.get("problem") or f"HTTP {response.status_code}"))
+    return body
+
+
+def _k2(command: str) -> Callable[[], list[str]]:
+    """The command line of a long-running `k2` command, run by this Python."""
+    return lambda: [sys.executable, "-m", "k2_etl", command]
 
 
 def api(settings: Settings) -> Component:
@@ -232,10 +243,75 @@ def api(settings: Settings) -> Component:
             raise ComponentError("; ".join(down) or f"HTTP {response.status_code}")
         return f"{body['status']}; docs at {address}/docs"
 
-    def command() -> list[str]:
-        return [sys.executable, "-m", "k2_etl", "api"]
+    return Component("api", address, "K2_API_PORT", check, _k2("api"), host, port, after_init=True)
 
-    return Component("api", address, "K2_API_PORT", check, command, host, port, after_init=True)
+
+def monitor(settings: Settings) -> Component:
+    """`k2 monitor` (component health, table health, produced against landed), checked through its /healthz."""
+    host, port = settings.monitor_host, settings.monitor_port
+    address = f"http://{format_host_port(host, port)}"
+
+    def check() -> str:
+        body = _healthz(address)
+        return f"watching {len(body.get('components', []))} component(s); metrics at {address}/metrics"
+
+    return Component("monitor", address, "K2_MONITOR_PORT", check, _k2("monitor"), host, port, after_init=True)
+
+
+def _binary(name: str, package: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise ComponentError(f"{name}: not installed; `make install` installs Debian's {package} "
+                             f"(`apt-get install --no-install-recommends {package}`)")  # fmt: skip
+    return found
+
+
+def pushgateway(settings: Settings) -> Component:
+    """The Prometheus Pushgateway batch work pushes its metrics to (K2_PUSHGATEWAY_URL)."""
+    url = settings.pushgateway_url
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 80
+
+    def check() -> str:
+        response = httpx.get(f"{url}/-/healthy", timeout=HEALTH_TIMEOUT_SECONDS)
+        response.raise_for_status()
+        return f"batch work pushes here; {url}/metrics"
+
+    def command() -> list[str]:
+        store = settings.home / "pushgateway"
+        store.mkdir(parents=True, exist_ok=True)
+        return [_binary("prometheus-pushgateway", "prometheus-pushgateway"),
+                f"--web.listen-address={format_host_port(host, port)}",
+                f"--persistence.file={store / 'metrics'}", "--persistence.interval=30s"]  # fmt: skip
+
+    return Component("pushgateway", url, "K2_PUSHGATEWAY_URL", check, command, host, port)
+
+
+def prometheus(settings: Settings) -> Component:
+    """A local Prometheus with K2's alert rules and scrape jobs (:mod:`k2_etl.monitoring`)."""
+    host, port = "127.0.0.1", settings.prometheus_port
+    address = f"http://{format_host_port(host, port)}"
+
+    def check() -> str:
+        response = httpx.get(f"{address}/api/v1/rules", params={"type": "alert"}, timeout=HEALTH_TIMEOUT_SECONDS)
+        response.raise_for_status()
+        rules = [r for g in response.json()["data"]["groups"] for r in g["rules"]]
+        firing = sorted({r["name"] for r in rules if r["state"] == "firing"})
+        return f"{len(rules)} alert rule(s), firing: {', '.join(firing) or 'none'}; UI at {address}"
+
+    def command() -> list[str]:
+        """Writes the configuration (from the settings of this start) beside the data, then the command."""
+        from k2_etl.monitoring import local_config
+
+        folder = settings.home / "prometheus"
+        folder.mkdir(parents=True, exist_ok=True)
+        config = folder / "prometheus.yml"
+        config.write_text(yaml.safe_dump(local_config(settings), sort_keys=False))
+        return [_binary("prometheus", "prometheus"), f"--config.file={config}",
+                f"--storage.tsdb.path={folder / 'data'}", "--storage.tsdb.retention.time=7d",
+                f"--web.listen-address={format_host_port(host, port)}"]  # fmt: skip
+
+    return Component("prometheus", address, "K2_PROMETHEUS_PORT", check, command, host, port, after_init=True)
 
 
 def airflow(settings: Settings) -> Component:
@@ -268,10 +344,14 @@ def airflow(settings: Settings) -> Component:
 
 
 def platform(settings: Settings, *, include_disabled: bool = False) -> list[Component]:
-    """Every component, in start order (the consumer only when it serves a health endpoint,
-    Airflow when K2_AIRFLOW_ENABLED; ``include_disabled``: Airflow anyway, for `k2 down`)."""
+    """Every component, in start order (the consumer and the monitor only when they serve a health
+    endpoint, the Pushgateway when K2_PUSHGATEWAY_URL is set, Prometheus and Airflow when enabled;
+    ``include_disabled``: Prometheus and Airflow anyway, for `k2 down`)."""
     parts = [broker(settings), registry(settings), catalog(settings)]
+    parts += [pushgateway(settings)] if settings.pushgateway_url else []
     parts += ([consumer(settings)] if settings.stream_metrics_port else []) + [landed(settings), api(settings)]
+    parts += [monitor(settings)] if settings.monitor_port else []
+    parts += [prometheus(settings)] if settings.prometheus_enabled or include_disabled else []
     return parts + ([airflow(settings)] if settings.airflow_enabled or include_disabled else [])
 
 

@@ -20,12 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from k2_etl.config import Settings
 from k2_etl.errors import ComponentError, ConfigError
 from k2_etl.ingest.landing import landing_folder
 from k2_etl.local.airflow import REPO, AirflowApi
+
+if TYPE_CHECKING:
+    from k2_etl.ingest.landing import DayLoad
+    from k2_etl.jobs.quality import DayQuality
 
 SAMPLE = REPO / "data" / "sample"
 DAG_ID = "k2_daily_load"
@@ -134,3 +138,35 @@ def wait_for_run(api: AirflowApi, run: dict[str, Any], timeout: float, say: Say)
             state = run["state"]
             say(f"airflow: {DAG_ID} run {run['dag_run_id']}: {state}")
     return run
+
+
+def daily_load_here(
+    settings: Settings, day: date, say: Say, timeout: float, warn: Say, loaded_report: Callable[[DayLoad], None]
+) -> tuple[DayLoad, DayQuality | None]:
+    """The daily load's steps in this process, for a platform without Airflow: load the day's
+    files, wait (up to ``timeout`` seconds) until the consumer has landed what they produced, then
+    run the day's quality checks. Each step pushes its metrics as the DAG's tasks do."""
+    from k2_etl.ingest.landing import day_files, load_day
+    from k2_etl.jobs.quality import check_day
+    from k2_etl.lake.progress import landed_offsets, pending_offsets, wanted_offsets
+    from k2_etl.observability import batch_job
+
+    files = day_files(settings, day)
+    with batch_job(settings, "k2_load", warn, "+".join(sorted(files))) as outcome:
+        loaded = load_day(settings, day, files)
+        outcome.succeeded = loaded.ok
+    loaded_report(loaded)
+    if not loaded.ok:
+        return loaded, None
+    wanted = wanted_offsets(f.get("offsets") or {} for f in loaded.files)
+    lives = {topic: topic_id for f in loaded.files for topic, topic_id in (f.get("topic_ids") or {}).items()}
+    deadline = time.monotonic() + timeout
+    while pending_offsets(wanted, landed_offsets(settings, wanted, topic_ids=lives)):
+        if time.monotonic() > deadline:
+            raise ComponentError(f"the consumer has not landed the sample day within {timeout:g} s; is it running?")
+        time.sleep(0.5)
+    say("landed: every record the load produced is in the tables")
+    with batch_job(settings, "k2_day_quality", warn) as outcome:
+        quality = check_day(settings, day, loaded.files)
+        outcome.succeeded = quality.ok
+    return loaded, quality

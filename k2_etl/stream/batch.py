@@ -33,7 +33,7 @@ from pyiceberg.table import Table
 from k2_etl.config import Settings
 from k2_etl.errors import UnavailableError
 from k2_etl.lake.tables import evolve_to_read, iceberg_schema_of
-from k2_etl.records import Problem, consume_reject, problems
+from k2_etl.records import PRODUCED_AT_HEADER, Problem, consume_reject, problems
 from k2_etl.schemas import REJECT
 from k2_etl.wire.avro_decode import BatchDecoder, Decoder, Undecodable, frame
 from k2_etl.wire.registry import registry_client
@@ -75,7 +75,7 @@ class Pending:
     decoded: Decoded | None = None  # the valid records, once decoded
     next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset to read
     since: float | None = None  # when the oldest record arrived
-    oldest_timestamp_ms: int | None = None  # Kafka timestamp of the oldest record (for freshness)
+    oldest_timestamp_ms: int | None = None  # when the oldest record was produced (for freshness): see produced_ms
     consumed: int = 0  # messages taken (metrics are counted per batch: per message they cost more than decoding)
 
     @property
@@ -144,7 +144,7 @@ class Batch:
         pending.consumed += 1
         if pending.since is None:
             pending.since = time.monotonic()
-            pending.oldest_timestamp_ms = message.timestamp()[1]
+            pending.oldest_timestamp_ms = produced_ms(message)
         pending.next_offsets[partition] = offset + 1
         value = message.value()
         known = pending.known
@@ -329,3 +329,17 @@ def _evolve(table: Table, writer: IcebergSchema) -> str | None:
             ", ".join(c for c in table.schema().column_names if c not in before),
         )
     return why
+
+
+def produced_ms(message: Message) -> int | None:
+    """When the message was produced: a K2 load's header, else its Kafka timestamp (which a live feed
+    sets as it produces; a load's is the record's event time)."""
+    headers = message.headers() or []  # a consumed message's headers are a list of (key, bytes)
+    for key, value in headers if isinstance(headers, list) else ():
+        if key == PRODUCED_AT_HEADER and value:
+            try:
+                return int(value)
+            except ValueError:
+                break  # not K2's: fall back
+    stamp = message.timestamp()[1]
+    return stamp if stamp > 0 else None

@@ -50,13 +50,15 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from k2_etl.config import Settings
 from k2_etl.errors import K2Error, UnavailableError
 from k2_etl.lake.progress import Unlanded, unlanded
+from k2_etl.lake.tables import TABLES_BY_RECORD
 from k2_etl.observability import (
     STREAM_COMMIT_FAILURES,
     STREAM_LAG,
     STREAM_UNLANDED_MESSAGES,
     STREAM_UNLANDED_SECONDS,
+    zero_stream_series,
 )
-from k2_etl.schemas import TOPIC_RECORD_TYPES
+from k2_etl.schemas import SEQUENCE_EVENT, TOPIC_RECORD_TYPES
 from k2_etl.stream.batch import Batch, Counts
 from k2_etl.stream.checkpoint import Checkpoint
 from k2_etl.stream.dead_letters import DeadLetterSink
@@ -97,6 +99,8 @@ class StreamConsumer:
         self._land = Step("land the batch in hand", self.health, settings)
         self._progress = Step("compare what loads produced with what landed", self.health, settings)
         self.tables = ConsumerTables(settings, record_types)  # loaded by the first step that needs them
+        landed_in = {TABLES_BY_RECORD[r].name for r in [*record_types.values(), SEQUENCE_EVENT.name]}
+        zero_stream_series(sorted(landed_in), self.topics)
         self.dead_letters = DeadLetterSink(settings)
         self.placement = Placement(
             settings, self.group, self.tables, Step("read where the tables stand", self.health, settings)

@@ -12,6 +12,7 @@ from k2_airflow.hooks import K2Hook
 from k2_etl.errors import ConfigError, QueryError, SchemaError
 from k2_etl.instants import parse_day
 from k2_etl.lake.tables import TABLES_BY_NAME
+from k2_etl.observability import batch_job
 from k2_etl.reports import (
     compaction_line,
     expiry_line,
@@ -46,11 +47,15 @@ class TableMaintenanceOperator(BaseOperator):
         self.min_files = min_files
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from k2_etl.lake.maintenance import compact, expire_snapshots, remove_orphan_files
-
         if self.table not in TABLES_BY_NAME:
             raise ConfigError(f"not a K2 table: {self.table!r} (known: {', '.join(TABLES_BY_NAME)})")
         hook = K2Hook()
+        with batch_job(hook.settings, f"k2_{self.operation}", self.log.warning, self.table):
+            return self._run(hook)
+
+    def _run(self, hook: K2Hook) -> dict[str, Any]:
+        from k2_etl.lake.maintenance import compact, expire_snapshots, remove_orphan_files
+
         settings = hook.settings
         table = hook.table(self.table)
         now = datetime.now(UTC)
@@ -178,15 +183,15 @@ class LoadDayOperator(_DayOperator):
         from k2_etl.ingest.landing import load_day
 
         day = _trading_day(self.day)
-        loaded = load_day(
-            K2Hook().settings, day, {name: [Path(p) for p in paths] for name, paths in self.files.items()}
-        )
-        for f in loaded.files:
-            self.log.info("%s", file_line(f))
-        failed = [f"{f['file']}: {f.get('message')}" for f in loaded.files if f["status"] == "failed"]
-        if failed:
-            raise AirflowFailException(f"{len(failed)} files failed to load: " + "; ".join(failed))
-        return loaded.files
+        settings = K2Hook().settings
+        with batch_job(settings, "k2_load", self.log.warning, "+".join(sorted(self.files))):
+            loaded = load_day(settings, day, {name: [Path(p) for p in paths] for name, paths in self.files.items()})
+            for f in loaded.files:
+                self.log.info("%s", file_line(f))
+            failed = [f"{f['file']}: {f.get('message')}" for f in loaded.files if f["status"] == "failed"]
+            if failed:
+                raise AirflowFailException(f"{len(failed)} files failed to load: " + "; ".join(failed))
+            return loaded.files
 
 
 class DayQualityOperator(_DayOperator):
@@ -197,12 +202,14 @@ class DayQualityOperator(_DayOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from k2_etl.jobs.quality import check_day
 
-        quality = check_day(K2Hook().settings, _trading_day(self.day), self.files)
-        for line in quality_lines(quality):
-            self.log.info("%s", line)
-        if not quality.ok:
-            raise AirflowFailException(f"data quality of {self.day}: {quality.failures()}")
-        return quality.to_dict()
+        settings = K2Hook().settings
+        with batch_job(settings, "k2_day_quality", self.log.warning):
+            quality = check_day(settings, _trading_day(self.day), self.files)
+            for line in quality_lines(quality):
+                self.log.info("%s", line)
+            if not quality.ok:
+                raise AirflowFailException(f"data quality of {self.day}: {quality.failures()}")
+            return quality.to_dict()
 
 
 # --- replay -----------------------------------------------------------------------------------
@@ -228,10 +235,12 @@ class ReplayOperator(BaseOperator):
         from k2_etl.jobs.replay import replay
         from k2_etl.lake.replace import ReplaceError
 
+        settings = K2Hook().settings
         try:
             start, end = parse_time("start", str(self.start)), parse_time("end", str(self.end))
-            report = replay(K2Hook().settings, str(self.table), start, end, source=self.source,  # type: ignore[arg-type]
-                            dry_run=_flag(self.compare_only))  # fmt: skip
+            with batch_job(settings, "k2_replay", self.log.warning, str(self.table)):
+                report = replay(settings, str(self.table), start, end, source=self.source,  # type: ignore[arg-type]
+                                dry_run=_flag(self.compare_only))  # fmt: skip
         except (ConfigError, QueryError, ReplaceError) as exc:
             raise AirflowFailException(str(exc)) from exc
         for line in replay_lines(report):

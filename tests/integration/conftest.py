@@ -38,7 +38,7 @@ def make_settings(home: Path, **overrides: object) -> Settings:
         home=home,
         kafka_bootstrap=f"127.0.0.1:{broker_port}",
         schema_registry_url=f"http://127.0.0.1:{registry_port}",
-        **overrides,
+        **{"pushgateway_url": "", **overrides},
     )
 
 

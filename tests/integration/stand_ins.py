@@ -68,3 +68,29 @@ class S3Server:
             self.process.terminate()
             self.process.wait(timeout=15)
         self._log.close()
+
+
+class Pushgateway:
+    """Debian's prometheus-pushgateway on a free port (the stack runs prom/pushgateway)."""
+
+    def __init__(self, folder: Path) -> None:
+        binary = shutil.which("prometheus-pushgateway")
+        if binary is None:
+            pytest.skip("needs Debian's prometheus-pushgateway (.ci/run installs it)")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = (folder / "pushgateway.log").open("wb")
+        self.process = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{self.port}"], stdout=self._log,
+                                        stderr=subprocess.STDOUT)  # fmt: skip
+        poll(lambda: httpx.get(f"{self.url}/-/healthy").status_code == 200, timeout=30, what="the Pushgateway")
+
+    def groups(self) -> list[dict[str, str]]:
+        """The labels of each group pushed (job and grouping key)."""
+        answer = httpx.get(f"{self.url}/api/v1/metrics", timeout=10).json()
+        return [group["labels"] for group in answer["data"]]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=15)
+        self._log.close()

@@ -63,11 +63,13 @@ def test_up_status_down_lifecycle(env: dict[str, str]) -> None:
     report = status_json(env)
     assert report["healthy"] is True
     parts = components(report)
-    assert set(parts) == {"broker", "registry", "catalog", "consumer", "landed", "api"}
-    assert {parts[n]["state"] for n in ("broker", "registry", "consumer", "api")} == {"running"}
+    started = ("broker", "registry", "pushgateway", "consumer", "api", "monitor", "prometheus")
+    assert set(parts) == {*started, "catalog", "landed"}
+    assert {parts[n]["state"] for n in started} == {"running"}
     assert "group k2-stream: landed 0" in str(parts["consumer"]["detail"])
     assert str(parts["api"]["detail"]).startswith("healthy")  # catalog, query engine and consumer all up
-    pids = {name: parts[name]["pid"] for name in ("broker", "registry", "consumer", "api")}
+    assert "firing: none" in str(parts["prometheus"]["detail"])  # K2's rules loaded, a healthy platform
+    pids = {name: parts[name]["pid"] for name in started}
     assert all(running(pid) for pid in pids.values())
 
     again = run_k2(env, "up")  # harmless when up
@@ -79,6 +81,7 @@ def test_up_status_down_lifecycle(env: dict[str, str]) -> None:
     assert down.returncode == 0
     assert "registry: stopped" in down.stdout and "broker: stopped" in down.stdout
     assert "consumer: stopped" in down.stdout and "api: stopped" in down.stdout
+    assert "prometheus: stopped" in down.stdout and "monitor: stopped" in down.stdout
     assert not any(running(pid) for pid in pids.values())
     assert not list((Path(env["K2_HOME"]) / "run").glob("*.pid"))
 

@@ -48,7 +48,7 @@ from tests.helpers import REPO, k2_env, poll, quiet, run_k2
 from tests.integration.conftest import POSTGRES_URL, make_settings, needs_postgres
 from tests.integration.containers import Container, airflow_image
 from tests.integration.query_helpers import SAMPLE
-from tests.integration.stand_ins import RedisServer, S3Server
+from tests.integration.stand_ins import Pushgateway, RedisServer, S3Server
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 pytestmark = [
@@ -76,6 +76,7 @@ class Stack:
     lb: Container
     postgres: Container
     redis: RedisServer
+    pushgateway: Pushgateway
     s3: S3Server
     landing: Path
     make: Callable[[str, str], Container]  # a container of a service, by name
@@ -144,6 +145,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             cleanup.callback(stop, platform, component, quiet)
         redis_server = RedisServer(folder)
         cleanup.callback(redis_server.stop)
+        pushgateway = Pushgateway(folder)
+        cleanup.callback(pushgateway.stop)
         s3 = S3Server(folder)
         cleanup.callback(s3.stop)
         cleanup.callback(lambda: [c.stop() for c in reversed(containers)])
@@ -153,6 +156,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "postgres": f"{postgres_url.host}:{postgres_url.port}",
             "s3": f"127.0.0.1:{s3.port}",
             "redis": f"127.0.0.1:{redis_server.port}",
+            "pushgateway": f"127.0.0.1:{pushgateway.port}",
         }
         k2_image = image_of(REPO / "Dockerfile")
         airflow = airflow_image(image_of(REPO / "docker" / "airflow" / "Dockerfile"))
@@ -194,7 +198,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         lb = make("k2-api-lb", "k2-api-lb-1")  # once k2-api is healthy (its depends_on)
         lb.start(_nginx(lb))
         _wait_healthy(lb)
-        yield Stack(config, consumers, api, lb, postgres, redis_server, s3, landing, make)
+        yield Stack(config, consumers, api, lb, postgres, redis_server, pushgateway, s3, landing, make)
 
 
 def _nginx(lb: Container) -> list[str]:
@@ -318,6 +322,9 @@ def test_the_daily_load_lands_exactly_once_on_two_consumers_and_the_api_serves_i
         assert limiter.keys("LIMITS*"), "the API did not count its requests in Redis"
     finally:
         limiter.close()
+    # The DAG's tasks pushed their metrics where the stack's K2_PUSHGATEWAY_URL says.
+    jobs = {group["job"] for group in stack.pushgateway.groups()}
+    assert {"k2_load", "k2_day_quality"} <= jobs, jobs
 
 
 def test_the_balancer_gives_each_client_its_own_limit_which_a_header_cannot_change(stack: Stack) -> None:

@@ -1,6 +1,7 @@
-"""The stack's Prometheus files, checked by Prometheus's own promtool (Debian's `prometheus`
-package, 2.42; the compose stack runs 3.7, whose configuration these files also are).
-The rules, dashboards and their `promtool test rules` come with the observability work."""
+"""The stack's Prometheus configuration and the local one `k2 up` writes, checked by Prometheus's
+own promtool (Debian's `prometheus` package, 2.42; the compose stack runs 3.7, whose configuration
+these files also are): both valid, with K2's rule files, and the same scrape jobs. The rules
+themselves: test_alert_rules.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
+from k2_etl.config import load_settings
+from k2_etl.monitoring import JOBS, RULES_DIR, local_config, rule_files
+from tests.compose import resolved
 from tests.helpers import REPO
 
 PROMTOOL = shutil.which("promtool")
@@ -25,9 +30,37 @@ def check_config(path: Path) -> subprocess.CompletedProcess[str]:
                           check=False)  # fmt: skip
 
 
-def test_the_stacks_prometheus_config_is_valid() -> None:
-    result = check_config(CONFIG)
+def as_mounted(tmp_path: Path) -> Path:
+    """The stack's /etc/prometheus: its config, and K2's rules where the compose file mounts them."""
+    folder = tmp_path / "etc-prometheus"
+    folder.mkdir()
+    (folder / "prometheus.yml").write_text(CONFIG.read_text())
+    (folder / "rules").symlink_to(RULES_DIR)
+    return folder / "prometheus.yml"
+
+
+def test_the_stacks_prometheus_config_is_valid_with_k2s_rules(tmp_path: Path) -> None:
+    result = check_config(as_mounted(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rule_files())} rule files found" in result.stdout, result.stdout
+    mounts = resolved()["services"]["prometheus"]["volumes"]
+    assert any(m["source"] == str(RULES_DIR) and m["target"] == "/etc/prometheus/rules" for m in mounts), mounts
+
+
+def test_the_local_prometheus_config_is_valid_with_k2s_rules(tmp_path: Path) -> None:
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump(local_config(load_settings(home=tmp_path))))
+    result = check_config(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rule_files())} rule files found" in result.stdout, result.stdout
+
+
+def test_the_stack_and_the_local_prometheus_scrape_the_same_jobs(tmp_path: Path) -> None:
+    stack = [job["job_name"] for job in yaml.safe_load(CONFIG.read_text())["scrape_configs"]]
+    local = [job["job_name"] for job in local_config(load_settings(home=tmp_path))["scrape_configs"]]
+    assert sorted(stack) == sorted(local) == sorted(JOBS)
+    honoring = {j["job_name"] for j in yaml.safe_load(CONFIG.read_text())["scrape_configs"] if j.get("honor_labels")}
+    assert honoring == {"pushgateway"}  # a push's job label is the batch job's, not the gateway's
 
 
 def test_a_broken_prometheus_config_is_refused(tmp_path: Path) -> None:
