@@ -339,6 +339,11 @@ class Settings(BaseSettings):
         description="Port of `k2 monitor` (component health, table health, produced against landed offsets), "
         "which Prometheus scrapes (0: not served, and `k2 up` starts no monitor).",
     )  # fmt: skip
+    monitor_statsd_port: int = Field(
+        9125, ge=0, le=65535,
+        description="UDP port where `k2 monitor` receives Airflow's StatsD metrics (on K2_MONITOR_HOST) and serves "
+        "them as `airflow_*`; the local Airflow of `k2 up` sends there (0: not received).",
+    )  # fmt: skip
     monitor_interval_seconds: float = Field(
         15.0, ge=0.2, le=3600, allow_inf_nan=False,
         description="How often `k2 monitor` checks the components and reads the tables' metadata.",

@@ -226,6 +226,12 @@ MONITOR_PASS_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 MONITOR_LAST_PASS = Gauge("k2_monitor_last_pass_timestamp_seconds", "When `k2 monitor` last finished a pass.")
+MONITOR_STATSD_LINES = Counter(
+    "k2_monitor_statsd_lines_total",
+    "StatsD lines `k2 monitor` received from Airflow, by outcome: ok, ignored (sets), malformed, dropped (the series "
+    "limit reached).",
+    ["outcome"],
+)
 MONITOR_ERRORS = Counter(
     "k2_monitor_errors_total", "Parts of a monitor pass that failed (their series keep the last values).", ["part"]
 )

@@ -130,10 +130,11 @@ def k2_env(home: Path, **settings: str) -> dict[str, str]:
 def local_platform_env(home: Path, **settings: str) -> dict[str, str]:
     """:func:`k2_env` for a `k2 up` of its own: every component on a free port (the monitoring ones
     too: the Pushgateway, the monitor and Prometheus)."""
-    broker, registry, consumer, api, monitor, pushgateway, prometheus = free_ports(7)
+    broker, registry, consumer, api, monitor, statsd, pushgateway, prometheus = free_ports(8)
     ports = {"kafka_bootstrap": f"127.0.0.1:{broker}", "schema_registry_url": f"http://127.0.0.1:{registry}",
              "stream_metrics_port": str(consumer), "api_port": str(api), "monitor_port": str(monitor),
-             "pushgateway_url": f"http://127.0.0.1:{pushgateway}", "prometheus_port": str(prometheus)}  # fmt: skip
+             "monitor_statsd_port": str(statsd), "pushgateway_url": f"http://127.0.0.1:{pushgateway}",
+             "prometheus_port": str(prometheus)}  # fmt: skip
     return k2_env(home, **{**ports, **settings})
 
 

@@ -39,6 +39,7 @@ def generator() -> ModuleType:
 
 @dataclass(frozen=True)
 class PanelQuery:
+    uid: str  # the dashboard's
     dashboard: str
     panel: str
     expr: str  # variables substituted
@@ -51,11 +52,14 @@ def dashboard_files() -> list[Path]:
     return sorted(DASHBOARDS.glob("*.json"))
 
 
-def panel_queries() -> Iterator[PanelQuery]:
+def panel_queries(airflow: bool | None = None) -> Iterator[PanelQuery]:
     """Every query of every panel of the committed dashboards, variables substituted (each
-    dashboard variable by its "All" value, Grafana's built-ins by :data:`BUILT_INS`)."""
+    dashboard variable by its "All" value, Grafana's built-ins by :data:`BUILT_INS`); ``airflow``:
+    only the dashboards that need a running Airflow (True) or only the others (False)."""
     for path in dashboard_files():
         dashboard = json.loads(path.read_text())
+        if airflow is not None and (dashboard["uid"] in generator().NEEDS_AIRFLOW) != airflow:
+            continue
         values = {f"${v['name']}": v["allValue"] for v in dashboard.get("templating", {}).get("list", [])}
         for panel in dashboard["panels"]:
             for target in panel.get("targets", []):
@@ -63,7 +67,7 @@ def panel_queries() -> Iterator[PanelQuery]:
                 for name, value in sorted({**BUILT_INS, **values}.items(), key=lambda kv: -len(kv[0])):
                     expr = expr.replace(name, value)
                 assert "$" not in expr, f"{path.name} / {panel['title']}: a variable left in {expr}"
-                yield PanelQuery(dashboard["title"], panel["title"], expr)
+                yield PanelQuery(dashboard["uid"], dashboard["title"], panel["title"], expr)
 
 
 def alert_rules() -> list[dict[str, Any]]:
@@ -88,3 +92,18 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r"\[[^\]]*\]", "[]", text)
     names = set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\b", text))
     return {n for n in names if n not in _NOT_METRICS and not re.fullmatch(r"\d+[smhd]?", n)}
+
+
+def airflow_metric(name: str) -> bool:
+    """A series Airflow sends (StatsD, through k2 monitor): only a platform running Airflow has it."""
+    return name.startswith("airflow_")
+
+
+def prometheus_query(url: str, expr: str) -> list[dict[str, Any]]:
+    """The series an instant query of the Prometheus at ``url`` returns (an error fails the test)."""
+    import httpx
+
+    answer = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert answer["status"] == "success", f"{expr}: {answer.get('error')}"
+    result: list[dict[str, Any]] = answer["data"]["result"]
+    return result

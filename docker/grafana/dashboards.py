@@ -249,7 +249,31 @@ LOADS = Spec("k2-loads", "K2 loads and data quality", "Batch loads and the daily
     ],
 })  # fmt: skip
 
-SPECS = [OVERVIEW, STREAMING, LAKE, API, LOADS]
+AIRFLOW = Spec("k2-airflow", "K2 Airflow", "Airflow's own metrics (StatsD, through k2 monitor): the scheduler, "
+    "tasks and DAG runs.", {
+    "Scheduler": [
+        Panel("Scheduler heartbeats/s", "The scheduler's heartbeats (K2AirflowSchedulerDown when none for 3 min).",
+              [q(f"sum(rate(airflow_scheduler_heartbeat_total[{RATE}]))")], unit="ops"),
+        Panel("Airflow's health", "The airflow row of `k2 status` (scheduler, DAG processor, triggerer).",
+              [q('k2_platform_component_up{component="airflow"}')], "stat"),
+    ],
+    "Tasks and runs": [
+        Panel("Task instances finished", "Task instances finished, by DAG and final state.",
+              [q("sum by (dag_id, state) (airflow_ti_finish_total)", "{{dag_id}} {{state}}")], "table"),
+        Panel("Task failures (1 h)", "Tasks that failed in the last hour, by DAG and task (K2AirflowTaskFailures).",
+              [q("sum by (dag_id, task_id) (increase(airflow_ti_failures_total[1h])) or vector(0)",
+                 "{{dag_id}} {{task_id}}")]),
+        Panel("DAG run duration", "Mean duration of successful runs, by DAG.",
+              [q("sum by (dag_id) (airflow_dagrun_duration_success_seconds_sum) / "
+                 "sum by (dag_id) (airflow_dagrun_duration_success_seconds_count)", "{{dag_id}}")], unit="s"),
+        Panel("StatsD lines received", "What k2 monitor received from Airflow, by outcome.",
+              [q(f"sum by (outcome) (rate(k2_monitor_statsd_lines_total[{RATE}]))", "{{outcome}}")], unit="ops"),
+    ],
+})  # fmt: skip
+
+SPECS = [OVERVIEW, STREAMING, LAKE, API, LOADS, AIRFLOW]
+#: Dashboards whose data only a platform running Airflow has (tests/integration/test_airflow_up.py).
+NEEDS_AIRFLOW = {AIRFLOW.uid}
 
 
 def _panel(spec: Panel) -> Any:

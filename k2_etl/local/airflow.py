@@ -78,7 +78,21 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
         env["K2_DAILY_LOAD_ON_NO_FILES"] = "skip"
     if settings.airflow_database_url:
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = settings.airflow_database_url
+    if settings.monitor_port and settings.monitor_statsd_port:
+        env.update({k: v for k, v in statsd_to_monitor(settings).items() if k not in os.environ})
     return env
+
+
+def statsd_to_monitor(settings: Settings) -> dict[str, str]:
+    """Airflow's settings that send its metrics to `k2 monitor` (docs/monitoring.md), tags as labels."""
+    host = "127.0.0.1" if settings.monitor_host in ("0.0.0.0", "") else settings.monitor_host
+    return {
+        "AIRFLOW__METRICS__STATSD_ON": "True",
+        "AIRFLOW__METRICS__STATSD_HOST": host,
+        "AIRFLOW__METRICS__STATSD_PORT": str(settings.monitor_statsd_port),
+        "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
+        "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True",
+    }
 
 
 def password_file(settings: Settings) -> Path:

@@ -118,6 +118,11 @@ class Container:
             elif key.endswith("_PORT") and value.isdigit() and int(value) in self.ports:
                 value = str(self.ports[int(value)])
             env[key] = self.translate(value)
+        for key, value in list(env.items()):  # a service named alone (`X_HOST: k2-api`, `X_PORT: 8000`)
+            if key.endswith("_HOST") and value in self.stand_ins:
+                env[key], port = self.stand_ins[value].rsplit(":", 1)
+                if f"{key.removesuffix('_HOST')}_PORT" in env:
+                    env[f"{key.removesuffix('_HOST')}_PORT"] = port
         return {**env, **self.extra_env}
 
     def command(self) -> list[str]:

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from tests.helpers import free_port, local_platform_env, poll, processes_of, run_k2
 from tests.integration.airflow_helpers import K2_DAGS
+from tests.monitoring import airflow_metric, alert_rules, metric_names, panel_queries, prometheus_query
 
 
 @pytest.fixture
@@ -28,6 +29,7 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
         airflow_port=str(free_port()),
         ingest_metrics_port="0",
         daily_load_poke_seconds="2",  # the sensor looks every 2 s, not 30
+        prometheus_scrape_seconds="2",
     )
     for name in [n for n in env if n.startswith("AIRFLOW")]:  # the developer's Airflow stays out
         del env[name]
@@ -112,6 +114,26 @@ def test_up_runs_airflow_and_demo_runs_the_sample_day_green(
     assert {t["task_id"]: t["state"] for t in tasks["task_instances"]} == dict.fromkeys(
         ["find_files", "check_schemas", "load", "wait_landed", "check_quality"], "success"
     )
+
+    # Airflow's own metrics (StatsD to k2 monitor) reached Prometheus: every panel of the Airflow
+    # dashboard has data, and every Airflow series a rule reads exists.
+    prometheus = f"http://127.0.0.1:{env['K2_PROMETHEUS_PORT']}"
+    queries = list(panel_queries(airflow=True))
+    read = {n for rule in alert_rules() for n in metric_names(rule["expr"]) if airflow_metric(n)}
+    assert queries and read >= {"airflow_scheduler_heartbeat_total", "airflow_ti_failures_total"}
+
+    def missing() -> list[str]:
+        return [str(q) for q in queries if not prometheus_query(prometheus, q.expr)] + [
+            name for name in sorted(read - {"airflow_ti_failures_total"})  # no task failed: none sent
+            if not prometheus_query(prometheus, name)
+        ]  # fmt: skip
+
+    try:
+        poll(lambda: not missing() or None, 90, "Airflow's metrics in Prometheus", every=2)
+    except AssertionError:
+        pytest.fail("no series for:\n" + "\n".join(missing()))
+    finished = prometheus_query(prometheus, 'sum by (state) (airflow_ti_finish_total{dag_id="k2_daily_load"})')
+    assert {s["metric"]["state"]: float(s["value"][1]) for s in finished}.get("success", 0) >= 5, finished
 
     summary = httpx.get(result["query"], timeout=30)  # the k2-format sample, through the REST API
     assert summary.status_code == 200, summary.text

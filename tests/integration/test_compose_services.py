@@ -1,6 +1,6 @@
 """docker-compose.yml's K2 services run as the file writes them (issue 16), where no Docker engine runs.
 
-Each K2 service (k2-init, the k2-consumer replicas, k2-api) is started as a local process with
+Each K2 service (k2-init, the k2-consumer replicas, k2-api, k2-monitor) is started as a local process with
 exactly the file's entrypoint, command and environment, as the real Compose interpolates them
 from a test .env (tests/integration/containers.py says what stands for a container). So is
 Airflow's task environment: `airflow db migrate` with airflow-init's environment (what the base
@@ -11,9 +11,10 @@ the JWT secret are not exercised here.
 The other services are local stand-ins: kafka is K2's local broker, schema-registry is K2's
 registry, postgres is the PostgreSQL CI starts (set up by the file's own init script), s3 is
 moto's server (the bucket s3-init would make, made with boto3: the SeaweedFS `weed shell`
-commands cannot run here), redis is Debian's redis-server, and k2-api-lb is Debian's nginx with
-the file's server block. Not run here: the healthchecks of kafka, schema-registry, s3 and redis
-(their tools are in their images), Airflow's long-running services, Prometheus, Grafana, Trino.
+commands cannot run here), redis is Debian's redis-server, pushgateway is Debian's
+prometheus-pushgateway, and k2-api-lb is Debian's nginx with the file's server block. Not run
+here: the healthchecks of kafka, schema-registry, s3 and redis (their tools are in their images),
+Airflow's long-running services, Prometheus, Grafana, Trino.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 from confluent_kafka.admin import AdminClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from k2_etl.config import Settings, load_settings
 from k2_etl.lake.catalog import open_catalog
@@ -44,7 +46,7 @@ from k2_etl.local.components import broker, registry
 from k2_etl.local.supervisor import start, stop
 from k2_etl.schemas import TOPIC_RECORD_TYPES
 from tests.compose import TEST_ENV, image_of, resolve
-from tests.helpers import REPO, k2_env, poll, quiet, run_k2
+from tests.helpers import REPO, free_port, k2_env, poll, quiet, run_k2
 from tests.integration.conftest import POSTGRES_URL, make_settings, needs_postgres
 from tests.integration.containers import Container, airflow_image
 from tests.integration.query_helpers import SAMPLE
@@ -74,6 +76,7 @@ class Stack:
     consumers: list[Container]
     api: Container
     lb: Container
+    monitor: Container
     postgres: Container
     redis: RedisServer
     pushgateway: Pushgateway
@@ -198,7 +201,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         lb = make("k2-api-lb", "k2-api-lb-1")  # once k2-api is healthy (its depends_on)
         lb.start(_nginx(lb))
         _wait_healthy(lb)
-        yield Stack(config, consumers, api, lb, postgres, redis_server, pushgateway, s3, landing, make)
+        monitor = make("k2-monitor", "k2-monitor-1")  # Airflow's StatsD goes to its UDP port
+        statsd_port = int(monitor.service["environment"]["K2_MONITOR_STATSD_PORT"])
+        monitor.ports[statsd_port] = free_port()
+        stand_ins["k2-monitor"] = f"127.0.0.1:{monitor.ports[statsd_port]}"
+        monitor.start()
+        _wait_healthy(monitor)
+        yield Stack(config, consumers, api, lb, monitor, postgres, redis_server, pushgateway, s3, landing, make)
 
 
 def _nginx(lb: Container) -> list[str]:
@@ -325,6 +334,28 @@ def test_the_daily_load_lands_exactly_once_on_two_consumers_and_the_api_serves_i
     # The DAG's tasks pushed their metrics where the stack's K2_PUSHGATEWAY_URL says.
     jobs = {group["job"] for group in stack.pushgateway.groups()}
     assert {"k2_load", "k2_day_quality"} <= jobs, jobs
+
+
+def test_the_monitor_sees_the_stack_and_receives_airflows_metrics(stack: Stack, daily_loaded: str) -> None:
+    """k2-monitor as the file writes it: the components it checks there healthy (not the consumers,
+    which Prometheus scrapes itself), the tables' rows, and Airflow's StatsD from the daily load."""
+    url = f"http://127.0.0.1:{stack.monitor.ports[int(stack.monitor.service['environment']['K2_MONITOR_PORT'])]}"
+
+    def families() -> dict[str, list[Any]]:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+    def up() -> dict[str, float] | None:
+        found = {s.labels["component"]: s.value for s in families().get("k2_platform_component_up", [])}
+        wanted = {"broker", "registry", "catalog", "pushgateway", "landed", "api"}
+        return found if wanted <= found.keys() and all(found[c] == 1 for c in wanted) else None
+
+    components = poll(up, 60, "k2-monitor's checks", every=1)
+    assert "consumer" not in components  # K2_STREAM_METRICS_PORT=0 there: the replicas are scraped
+    rows = {s.labels["table"]: s.value for s in families()["k2_lake_rows"]}
+    assert rows["trades"] > 1000, rows
+    airflow = [name for name in families() if name.startswith("airflow_")]
+    assert airflow, "no Airflow metric reached k2-monitor over StatsD"
 
 
 def test_the_balancer_gives_each_client_its_own_limit_which_a_header_cannot_change(stack: Stack) -> None:

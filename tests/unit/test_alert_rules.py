@@ -234,6 +234,25 @@ CASES = [
     ),
 ]
 
+CASES += [
+    Case(
+        "K2AirflowSchedulerDown",
+        {"airflow_scheduler_heartbeat_total": "0+3x20 60x20"},  # a heartbeat every 5 s, then none
+        "4m",
+        "9m",
+    ),
+    Case(
+        "K2AirflowTaskFailures",
+        {
+            'airflow_ti_failures_total{dag_id="k2_daily_load",task_id="load"}': "0x20 1x20",
+            'airflow_ti_failures_total{dag_id="k2_maintenance",task_id="compact"}': "0x40",
+        },
+        "4m",
+        "6m",
+        [{"dag_id": "k2_daily_load", "task_id": "load"}],
+    ),
+]
+
 #: k2_daily_load runs Monday to Friday at 06:00 UTC. Its last pass was Friday 06:00 (30 h after
 #: epoch): nothing fires on Saturday noon (60 h), Sunday night (95 h) or Monday 09:00 (105 h); by
 #: Monday 10:30 (106.5 h: 76.5 h later) Monday's run is missing.

@@ -172,6 +172,7 @@ NON_DEFAULT: dict[str, object] = {
     "daily_load_on_no_files": "skip",
     "monitor_host": "0.0.0.0",
     "monitor_port": 9,
+    "monitor_statsd_port": 0,
     "monitor_interval_seconds": 2.5,
     "pushgateway_url": "",
     "prometheus_enabled": False,

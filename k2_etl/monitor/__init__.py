@@ -9,6 +9,8 @@ Every ``K2_MONITOR_INTERVAL_SECONDS`` a pass:
 * compares what the load manifest says loads produced with what the tables record as landed, per
   topic-partition (:func:`k2_etl.lake.progress.progress`).
 
+Between passes it receives Airflow's own metrics over StatsD (:mod:`k2_etl.monitor.statsd`).
+
 Why a process of its own rather than the consumer or the API: these are the signals that must stay
 true when a consumer is down, stuck at stale offsets while saying it is healthy, or scaled to
 several replicas (each would export the same tables twice, and none can see the others); the API
@@ -28,12 +30,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
+from prometheus_client import REGISTRY
+
 from k2_etl.config import Settings
 from k2_etl.lake.catalog import local_catalog_missing, open_catalog, reaching
 from k2_etl.lake.health import table_health
 from k2_etl.lake.progress import progress
 from k2_etl.lake.tables import TABLES
 from k2_etl.local.components import HEALTH_TIMEOUT_SECONDS, Component, platform
+from k2_etl.monitor.statsd import StatsdMetrics, serve_udp
 from k2_etl.observability import (
     COMPONENT_DEGRADED,
     COMPONENT_UP,
@@ -155,8 +160,14 @@ class Monitor:
             LAKE_UNLANDED_STALLED.labels(*labels).set(int(stalled))
 
     def run(self) -> None:
-        """Serve /healthz and /metrics, and pass until :meth:`stop` (or SIGTERM, SIGINT)."""
+        """Serve /healthz and /metrics (and receive Airflow's StatsD), and pass until :meth:`stop`
+        (or SIGTERM, SIGINT)."""
         server = serve(self.health, self.settings.monitor_host, self.settings.monitor_port)
+        statsd = None
+        if self.settings.monitor_statsd_port:
+            airflow = StatsdMetrics()
+            REGISTRY.register(airflow)
+            statsd = serve_udp(airflow, self.settings.monitor_host, self.settings.monitor_statsd_port)
         self.health.details = lambda: {"components": [c.name for c in self.components]}
         log.info("monitor: serving on %s:%s, a pass every %g s", self.settings.monitor_host,
                  self.settings.monitor_port, self.settings.monitor_interval_seconds)  # fmt: skip
@@ -166,6 +177,8 @@ class Monitor:
                 self._stop.wait(self.settings.monitor_interval_seconds)
         finally:
             server.shutdown()
+            if statsd is not None:
+                statsd.close()
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def stop(self) -> None:
