@@ -70,8 +70,8 @@ STREAM_BATCH_ROWS = Histogram(
 )
 STREAM_FRESHNESS_SECONDS = Histogram(
     "k2_stream_freshness_seconds",
-    "Commit time minus when the batch's oldest record was produced (a K2 load's k2-produced-ms header, else the "
-    "record's Kafka timestamp).",
+    "Commit time minus when the batch's oldest records were produced (a K2 load's k2-produced-ms header, else the "
+    "oldest record's Kafka timestamp).",
     ["table"],
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86_400),
 )
@@ -226,6 +226,7 @@ MONITOR_PASS_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 MONITOR_LAST_PASS = Gauge("k2_monitor_last_pass_timestamp_seconds", "When `k2 monitor` last finished a pass.")
+MONITOR_INTERVAL = Gauge("k2_monitor_interval_seconds", "K2_MONITOR_INTERVAL_SECONDS: how often `k2 monitor` passes.")
 MONITOR_STATSD_LINES = Counter(
     "k2_monitor_statsd_lines_total",
     "StatsD lines `k2 monitor` received from Airflow, by outcome: ok, ignored (sets), malformed, dropped (the series "
@@ -238,11 +239,22 @@ MONITOR_ERRORS = Counter(
 
 # --- batch work, pushed to the Pushgateway when it ends ------------------------------------------
 JOB_PUSH_TIMEOUT_SECONDS = 5.0
+#: What a batch job pushes besides its outcome: the families of batch work. Never the monitor's,
+#: the consumer's or the process's own (a job's copy of `k2_monitor_last_pass_timestamp_seconds`, 0,
+#: would make the monitor look stuck).
+BATCH_METRICS = ("k2_ingest_", "k2_maintenance_", "k2_quality_")
+#: The daily load's scope, whatever formats had files that day: each day's run replaces the last
+#: (a scope named after the day's formats would leave a failed day's group behind for ever).
+DAILY_LOAD_SCOPE = "daily"
 
 
 @contextlib.contextmanager
 def batch_job(
-    settings: Settings, job: str, warn: Callable[[str], None] | None = None, scope: str | None = None
+    settings: Settings,
+    job: str,
+    warn: Callable[[str], None] | None = None,
+    scope: str | None = None,
+    dry_run: bool = False,
 ) -> Iterator[JobRun]:
     """Push this process's K2 metrics, and how the run ended, to ``K2_PUSHGATEWAY_URL`` when the
     work in the block ends, whether it succeeds or raises.
@@ -261,7 +273,7 @@ def batch_job(
         yield run
         run.succeeded = run.succeeded is not False
     finally:
-        if settings.pushgateway_url:
+        if settings.pushgateway_url and not dry_run:  # a dry run changed nothing: the last real run stands
             grouping = {"scope": scope} if scope else {}
             _push(settings.pushgateway_url, job, grouping, started, bool(run.succeeded), warn)
 
@@ -290,9 +302,9 @@ def _push(
           registry=run).set(int(succeeded))  # fmt: skip
     Gauge("k2_job_last_success_timestamp_seconds", "When the job last succeeded.", registry=success).set(ended)
 
-    class _Both:  # this run's outcome and every K2 metric the process holds, in one push
+    class _Both:  # this run's outcome and the batch work's metrics the process holds, in one push
         def collect(self) -> Iterator[Any]:
-            yield from REGISTRY.collect()
+            yield from (family for family in REGISTRY.collect() if family.name.startswith(BATCH_METRICS))
             yield from run.collect()
 
     pushes: list[tuple[Any, dict[str, str]]] = [(_Both(), grouping)]

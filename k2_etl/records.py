@@ -57,9 +57,9 @@ EMPTY_SIDE_PRICES: dict[str, tuple[str, ...]] = {"quote": ("bid_price", "ask_pri
 #: (the ``kind`` of a sequence_events row). The type lets mypy check every literal kind in the code.
 SequenceKind = Literal["in_order", "gap", "out_of_order", "reset", "duplicate"]
 SEQUENCE_KINDS: tuple[SequenceKind, ...] = get_args(SequenceKind)
-#: Kafka header a load puts on each record: when it produced the record's block (epoch ms, as text).
-#: The consumer's freshness is measured from it (a record's Kafka timestamp is its event time, which
-#: for a file of yesterday's trades says nothing of the pipeline's speed).
+#: Kafka header a load puts on every 64th record of each block: when it produced the block (epoch
+#: ms, as text). The consumer's freshness is measured from it (a record's Kafka timestamp is its
+#: event time, which for a file of yesterday's trades says nothing of the pipeline's speed).
 PRODUCED_AT_HEADER = "k2-produced-ms"
 MAX_RAW_LINE = 10_000  # characters of a rejected CSV line kept in its reject record
 

@@ -79,7 +79,7 @@ def alert_rules() -> list[dict[str, Any]]:
 _NOT_METRICS = {
     "sum", "max", "min", "avg", "count", "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
     "unless", "rate", "increase", "deriv", "irate", "delta", "changes", "histogram_quantile", "label_replace",
-    "absent", "vector", "time", "day_of_week", "min_over_time", "max_over_time", "le", "bool", "offset",
+    "absent", "vector", "time", "day_of_week", "min_over_time", "max_over_time", "le", "bool", "offset", "clamp_min",
 }  # fmt: skip
 
 

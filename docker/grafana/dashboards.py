@@ -82,7 +82,7 @@ OVERVIEW = Spec("k2-overview", "K2 overview",
         Panel("Produced vs landed offsets", "Per topic: the offsets loads produced up to and the tables landed "
               "up to (k2 monitor, from the load manifest and the tables' snapshots).",
               [q("sum by (topic) (k2_lake_produced_offset)", "produced {{topic}}"),
-               q("sum by (topic) (k2_lake_landed_offset)", "landed {{topic}}")]),
+               q("sum by (topic) (k2_lake_landed_offset >= 0)", "landed {{topic}}")]),
         Panel("Unlanded records", "Records loads produced that the tables have not landed, per topic.",
               [q("sum by (topic) (k2_lake_unlanded_records)", "{{topic}}")]),
         Panel("Landed rows/s", "Records the consumers append to each table.",
@@ -260,9 +260,8 @@ AIRFLOW = Spec("k2-airflow", "K2 Airflow", "Airflow's own metrics (StatsD, throu
     "Tasks and runs": [
         Panel("Task instances finished", "Task instances finished, by DAG and final state.",
               [q("sum by (dag_id, state) (airflow_ti_finish_total)", "{{dag_id}} {{state}}")], "table"),
-        Panel("Task failures (1 h)", "Tasks that failed in the last hour, by DAG and task (K2AirflowTaskFailures).",
-              [q("sum by (dag_id, task_id) (increase(airflow_ti_failures_total[1h])) or vector(0)",
-                 "{{dag_id}} {{task_id}}")]),
+        Panel("Task failures", "Tasks that failed since the monitor started, by DAG and task (K2AirflowTaskFailures).",
+              [q("sum by (dag_id, task_id) (airflow_ti_failures_total) or vector(0)", "{{dag_id}} {{task_id}}")]),
         Panel("DAG run duration", "Mean duration of successful runs, by DAG.",
               [q("sum by (dag_id) (airflow_dagrun_duration_success_seconds_sum) / "
                  "sum by (dag_id) (airflow_dagrun_duration_success_seconds_count)", "{{dag_id}}")], unit="s"),

@@ -46,11 +46,13 @@ def warn(message: str) -> None:
     print(f"k2: warning: {message}", file=sys.stderr, flush=True)
 
 
-def pushed(settings: Settings, job: str, scope: str | None = None) -> contextlib.AbstractContextManager[JobRun]:
+def pushed(
+    settings: Settings, job: str, scope: str | None = None, dry_run: bool = False
+) -> contextlib.AbstractContextManager[JobRun]:
     """:func:`k2_etl.observability.batch_job`, warning on stderr when the Pushgateway does not answer."""
     from k2_etl.observability import batch_job
 
-    return batch_job(settings, job, warn, scope)
+    return batch_job(settings, job, warn, scope, dry_run)
 
 
 def scope(names: Iterable[str] | None) -> str:

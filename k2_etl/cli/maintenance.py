@@ -123,7 +123,7 @@ def clean_orphans(
 
     settings = load_settings()
     before = _hours_ago(settings.maintenance_orphan_age_hours if older_than_hours is None else older_than_hours)
-    with pushed(settings, "k2_clean_orphans", scope(tables)):
+    with pushed(settings, "k2_clean_orphans", scope(tables), dry_run):
         reports = [remove_orphan_files(t, older_than=before, dry_run=dry_run) for _, t in _maintained(tables)]
     if json_output:
         print_json({"older_than": before.isoformat(), "tables": [r.to_dict() for r in reports]})

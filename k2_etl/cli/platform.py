@@ -64,11 +64,13 @@ def up(json_output: JsonFlag = False) -> None:
     logs are under K2_HOME (run/, logs/). Stop them with `k2 down`. When a
     component cannot start, the ones this run started are stopped again.
     """
-    from k2_etl.local.components import platform
+    from k2_etl.local.components import not_installed, platform
     from k2_etl.local.supervisor import stopped_on_failure
 
     settings = load_settings()
     say = say_for(json_output)
+    for why in not_installed(settings):
+        say(why)
     components = [c for c in platform(settings) if c.command is not None]
     with stopped_on_failure(settings, say) as start:
         for component in (c for c in components if not c.after_init):

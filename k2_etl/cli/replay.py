@@ -46,7 +46,7 @@ def replay_range(
             seen[0] += n
             bar.update(task, description=f"reading {source}: {seen[0]:,} records")
 
-        with pushed(settings, "k2_replay", table):
+        with pushed(settings, "k2_replay", table, dry_run):
             report = replay(settings, table, begin, finish, source=source, dry_run=dry_run,  # type: ignore[arg-type]
                             on_records=advance)  # fmt: skip
     if json_output:
@@ -73,7 +73,7 @@ def rollback_load(
     from k2_etl.jobs.rollback import rollback
 
     settings = load_settings()
-    with pushed(settings, "k2_rollback", scope(tables)):
+    with pushed(settings, "k2_rollback", scope(tables), dry_run):
         reports = rollback(settings, load_id, tables=tables, dry_run=dry_run)
     if json_output:
         print_json({"load_id": load_id, "tables": [r.to_dict() for r in reports]})

@@ -381,8 +381,9 @@ class Loader:
     def _produce(self, job: _Job, item: Prepared) -> None:
         result, labels = job.result, (self.fmt.name, job.spec.type)
         topic = self.topics[job.spec.type]
-        headers = [*job.headers, (PRODUCED_AT_HEADER, str(int(time.time() * 1000)).encode())]
-        produce_all(self.producer, topic, item.values, item.keys, item.timestamps, headers, job.deliveries)
+        headers = job.headers
+        stamped = [*headers, (PRODUCED_AT_HEADER, str(int(time.time() * 1000)).encode())]
+        produce_all(self.producer, topic, item.values, item.keys, item.timestamps, headers, job.deliveries, stamped)
         self._produce_rejects(item.rejects, job)
         codes = Counter(r["_code"] for r in item.rejects)
         job.reasons.update(codes)

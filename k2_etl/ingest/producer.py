@@ -52,6 +52,10 @@ class Deliveries:
         return out
 
 
+#: One message in this many (per block) carries the produced-at header (k2_etl.records.PRODUCED_AT_HEADER).
+STAMP_EVERY = 64
+
+
 def produce_all(
     producer: Producer,
     topic: str,
@@ -60,14 +64,20 @@ def produce_all(
     timestamps_ms: Sequence[int],
     headers: Headers,
     deliveries: Deliveries,
+    stamped: Headers | None = None,
 ) -> None:
-    """Queue every message; wait for room when librdkafka's queue is full (back-pressure)."""
+    """Queue every message; wait for room when librdkafka's queue is full (back-pressure).
+
+    ``stamped``: the headers of every :data:`STAMP_EVERY`-th message, the first included (``headers``
+    plus when it was produced, for the consumer's freshness): on every message, the header's ~28
+    bytes cost a load 5-12% of its rate (measured against the same run without it)."""
     produce = producer.produce
     poll = producer.poll
     for i in range(len(values)):
+        these = stamped if stamped is not None and i % STAMP_EVERY == 0 else headers
         while True:
             try:
-                produce(topic, values[i], keys[i], timestamp=timestamps_ms[i], headers=headers, on_delivery=deliveries)
+                produce(topic, values[i], keys[i], timestamp=timestamps_ms[i], headers=these, on_delivery=deliveries)
                 break
             except BufferError:  # librdkafka's queue is full: serve deliveries until there is room
                 poll(0.1)

@@ -270,7 +270,7 @@ def pushgateway(settings: Settings) -> Component:
     """The Prometheus Pushgateway batch work pushes its metrics to (K2_PUSHGATEWAY_URL)."""
     url = settings.pushgateway_url
     parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port or 80
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
     def check() -> str:
         response = httpx.get(f"{url}/-/healthy", timeout=HEALTH_TIMEOUT_SECONDS)
@@ -348,11 +348,34 @@ def platform(settings: Settings, *, include_disabled: bool = False) -> list[Comp
     endpoint, the Pushgateway when K2_PUSHGATEWAY_URL is set, Prometheus and Airflow when enabled;
     ``include_disabled``: Prometheus and Airflow anyway, for `k2 down`)."""
     parts = [broker(settings), registry(settings), catalog(settings)]
-    parts += [pushgateway(settings)] if settings.pushgateway_url else []
+    parts += [pushgateway(settings)] if settings.pushgateway_url and not _not_installed(pushgateway(settings)) else []
     parts += ([consumer(settings)] if settings.stream_metrics_port else []) + [landed(settings), api(settings)]
     parts += [monitor(settings)] if settings.monitor_port else []
-    parts += [prometheus(settings)] if settings.prometheus_enabled or include_disabled else []
+    wanted = settings.prometheus_enabled and not _not_installed(prometheus(settings))
+    parts += [prometheus(settings)] if wanted or include_disabled else []
     return parts + ([airflow(settings)] if settings.airflow_enabled or include_disabled else [])
+
+
+#: The monitoring parts `k2 up` starts from Debian's packages: name -> (binary, package, what turns it off).
+MONITORING_BINARIES = {"pushgateway": ("prometheus-pushgateway", "prometheus-pushgateway", "K2_PUSHGATEWAY_URL="),
+                       "prometheus": ("prometheus", "prometheus", "K2_PROMETHEUS_ENABLED=false")}  # fmt: skip
+
+
+def _not_installed(component: Component) -> str | None:
+    """Why K2 cannot start this monitoring part here (its Debian package missing), else None. Such a
+    part is left out, not an error: the platform runs without it (`k2 up` says so)."""
+    binary, package, off = MONITORING_BINARIES[component.name]
+    if not component.startable or shutil.which(binary):
+        return None
+    return (f"{component.name}: not started: Debian's {package} is not installed (`make install` installs it; "
+            f"{off} turns this off)")  # fmt: skip
+
+
+def not_installed(settings: Settings) -> list[str]:
+    """What `k2 up` leaves out for want of a Debian package, one line each."""
+    parts = ([pushgateway(settings)] if settings.pushgateway_url else []) + (
+        [prometheus(settings)] if settings.prometheus_enabled else [])  # fmt: skip
+    return [why for why in map(_not_installed, parts) if why]
 
 
 def port_holder(host: str, port: int) -> str | None:

@@ -149,10 +149,10 @@ def daily_load_here(
     from k2_etl.ingest.landing import day_files, load_day
     from k2_etl.jobs.quality import check_day
     from k2_etl.lake.progress import landed_offsets, pending_offsets, wanted_offsets
-    from k2_etl.observability import batch_job
+    from k2_etl.observability import DAILY_LOAD_SCOPE, batch_job
 
     files = day_files(settings, day)
-    with batch_job(settings, "k2_load", warn, "+".join(sorted(files))) as outcome:
+    with batch_job(settings, "k2_load", warn, DAILY_LOAD_SCOPE) as outcome:
         loaded = load_day(settings, day, files)
         outcome.succeeded = loaded.ok
     loaded_report(loaded)

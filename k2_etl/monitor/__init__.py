@@ -30,11 +30,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, Gauge
+from pyiceberg.table import Table
 
 from k2_etl.config import Settings
 from k2_etl.lake.catalog import local_catalog_missing, open_catalog, reaching
-from k2_etl.lake.health import table_health
+from k2_etl.lake.health import table_health, worst_partition_files
 from k2_etl.lake.progress import progress
 from k2_etl.lake.tables import TABLES
 from k2_etl.local.components import HEALTH_TIMEOUT_SECONDS, Component, platform
@@ -56,6 +57,7 @@ from k2_etl.observability import (
     LAKE_UNLANDED_RECORDS,
     LAKE_UNLANDED_STALLED,
     MONITOR_ERRORS,
+    MONITOR_INTERVAL,
     MONITOR_LAST_PASS,
     MONITOR_PASS_SECONDS,
 )
@@ -65,8 +67,26 @@ from k2_etl.wire.kafka import topic_ids
 
 log = logging.getLogger(__name__)
 
+#: How often the worst partition of a table is counted (a scan of its manifests).
+PARTITION_SCAN_SECONDS = 60.0
 #: A reason label longer than this is cut (a label value is an index key in Prometheus).
 REASON_MAX_CHARS = 200
+
+
+_PARTITION_GAUGES = (LAKE_PRODUCED_OFFSET, LAKE_LANDED_OFFSET, LAKE_UNLANDED_RECORDS, LAKE_UNLANDED_IDLE_SECONDS,
+                     LAKE_UNLANDED_STALLED)  # fmt: skip
+
+
+def _replace(gauge: Gauge, values: dict[tuple[str, ...], float]) -> None:
+    """Set ``values``, then remove the series no longer among them: a scrape in between never sees
+    a series missing (an alert's `for:` would start again)."""
+    for labels, value in values.items():
+        gauge.labels(*labels).set(value)
+    for family in gauge.collect():
+        for sample in family.samples:
+            labels = tuple(sample.labels.values())  # in the gauge's label order
+            if labels not in values:
+                gauge.remove(*labels)
 
 
 def watched(settings: Settings) -> list[Component]:
@@ -91,16 +111,16 @@ class Monitor:
         self._stop = threading.Event()
         for part in ("tables", "offsets"):
             MONITOR_ERRORS.labels(part)  # 0 until a part fails, rather than no series
+        MONITOR_INTERVAL.set(settings.monitor_interval_seconds)
+        self._partition_scans: dict[str, tuple[float, int | None, int]] = {}  # table -> (when, snapshot, files)
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.components)), thread_name_prefix="k2-monitor")
 
     def run_pass(self) -> None:
         started = time.perf_counter()
         problems = dict(zip(self.components, self._pool.map(check, self.components), strict=True))
-        COMPONENT_DEGRADED.clear()
         for component, problem in problems.items():
             COMPONENT_UP.labels(component.name).set(int(problem is None))
-            if problem is not None:
-                COMPONENT_DEGRADED.labels(component.name, problem).set(1)
+        _replace(COMPONENT_DEGRADED, {(c.name, why): 1 for c, why in problems.items() if why is not None})
         for part, work in (("tables", self._tables), ("offsets", self._offsets)):
             try:
                 work()
@@ -119,7 +139,7 @@ class Monitor:
         for definition in TABLES:
             with reaching(definition.name):
                 table = catalog.load_table((self.settings.namespace, definition.name))
-            found = table_health(table, now)
+            found = table_health(table, now, self._worst_partition(definition.name, table))
             name = definition.name
             LAKE_SNAPSHOTS.labels(name).set(found.snapshots)
             LAKE_DATA_FILES.labels(name).set(found.data_files)
@@ -136,28 +156,39 @@ class Monitor:
                 else:
                     gauge.labels(name).set(value)
 
+    def _worst_partition(self, name: str, table: Table) -> int:
+        """The worst partition's files, counted again when the table has changed, but at most every
+        :data:`PARTITION_SCAN_SECONDS` once it has data: the count reads every manifest (thousands
+        an hour on a streaming table, from S3 in production), and compaction's alert looks at hours."""
+        snapshot = table.current_snapshot()
+        current = snapshot.snapshot_id if snapshot else None
+        scanned = self._partition_scans.get(name)
+        due = scanned is None or scanned[2] == 0 or time.monotonic() - scanned[0] >= PARTITION_SCAN_SECONDS
+        if scanned is None or (due and scanned[1] != current):
+            scanned = self._partition_scans[name] = (time.monotonic(), current, worst_partition_files(table))
+        return scanned[2]
+
     def _offsets(self) -> None:
         if local_catalog_missing(self.settings):
             return
         ids = topic_ids(self.settings, topic_names(self.settings), timeout=HEALTH_TIMEOUT_SECONDS)
         where, unlanded = progress(self.settings, ids)
         waiting = {(u.topic, u.partition): u for u in unlanded}
-        partition_gauges = (LAKE_PRODUCED_OFFSET, LAKE_LANDED_OFFSET, LAKE_UNLANDED_RECORDS,
-                            LAKE_UNLANDED_IDLE_SECONDS, LAKE_UNLANDED_STALLED)  # fmt: skip
-        for gauge in partition_gauges:
-            gauge.clear()
+        values: dict[Gauge, dict[tuple[str, ...], float]] = {gauge: {} for gauge in _PARTITION_GAUGES}
         for p in where:
             labels = (p.topic, str(p.partition))
-            LAKE_PRODUCED_OFFSET.labels(*labels).set(p.produced)
-            LAKE_LANDED_OFFSET.labels(*labels).set(-1 if p.landed is None else p.landed)
             behind = waiting.get((p.topic, p.partition))
-            LAKE_UNLANDED_RECORDS.labels(*labels).set(behind.records if behind else 0)
             idle = 0.0
             if behind is not None:
                 idle = min(behind.waiting_seconds, behind.idle_seconds if behind.idle_seconds is not None else 1e18)
-            LAKE_UNLANDED_IDLE_SECONDS.labels(*labels).set(idle)
-            stalled = behind is not None and behind.stalled(self.settings.stall_after_seconds)
-            LAKE_UNLANDED_STALLED.labels(*labels).set(int(stalled))
+            values[LAKE_PRODUCED_OFFSET][labels] = p.produced
+            values[LAKE_LANDED_OFFSET][labels] = -1 if p.landed is None else p.landed
+            values[LAKE_UNLANDED_RECORDS][labels] = behind.records if behind else 0
+            values[LAKE_UNLANDED_IDLE_SECONDS][labels] = idle
+            values[LAKE_UNLANDED_STALLED][labels] = int(behind is not None and
+                                                        behind.stalled(self.settings.stall_after_seconds))  # fmt: skip
+        for gauge, series in values.items():
+            _replace(gauge, series)
 
     def run(self) -> None:
         """Serve /healthz and /metrics (and receive Airflow's StatsD), and pass until :meth:`stop`

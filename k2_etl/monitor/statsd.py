@@ -14,7 +14,8 @@ tags as labels:
 * a counter (``c``): ``<name>_total``, the increments added up (scaled by a sample rate);
 * a gauge (``g``): ``<name>``, the last value (``+n``/``-n``: changed by n);
 * a timer (``ms``, ``h``): a histogram ``<name>_seconds``;
-* anything else (sets, malformed lines): counted in ``k2_monitor_statsd_lines_total{outcome}``.
+* anything else (sets, names not starting ``airflow``, malformed lines): counted in
+  ``k2_monitor_statsd_lines_total{outcome}``.
 
 Series beyond :data:`MAX_SERIES` are dropped (and counted), so a metric with an unbounded tag
 cannot exhaust the monitor's memory.
@@ -23,11 +24,13 @@ cannot exhaust the monitor's memory.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -37,10 +40,13 @@ from k2_etl.observability import MONITOR_STATSD_LINES
 log = logging.getLogger(__name__)
 
 MAX_SERIES = 10_000
+#: Names taken (after `.` became `_`): Airflow's, as `metrics.statsd_prefix` = airflow makes them.
+PREFIX = "airflow_"
 #: Timer buckets, seconds: a task's few milliseconds to a daily load's hours.
 BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 7200.0, float("inf"))
 _LINE = re.compile(r"^(?P<name>[^:|]+):(?P<value>[-+]?[0-9.eE+-]+)\|(?P<type>c|g|ms|h|s)(?:\|@(?P<rate>[0-9.]+))?")
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
+_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -65,6 +71,7 @@ class StatsdMetrics(Collector):
         self.counters: dict[str, dict[Labels, float]] = {}
         self.gauges: dict[str, dict[Labels, float]] = {}
         self.timers: dict[str, dict[Labels, _Histogram]] = {}
+        self._owner: dict[str, tuple[str, str]] = {}  # each sample name exposed -> the metric (kind, name)
         self._series = 0
 
     def ingest(self, packet: bytes) -> None:
@@ -86,30 +93,32 @@ class StatsdMetrics(Collector):
         except ValueError:
             return "malformed"
         metric, kind = _safe(name), found["type"]
+        if not metric.startswith(PREFIX):
+            return "ignored"  # not Airflow's: no name of K2's own may be sent to the monitor
+        if not _valid(metric, labels, value, rate) or (kind == "c" and value < 0):
+            return "malformed"
+        key = {"c": f"{metric}_total", "g": metric}.get(kind, f"{metric}_seconds")
+        timer = kind in ("ms", "h")
+        # every name it exposes (a counter's family is named without _total), none of another metric's
+        samples = (key, *(f"{key}{suffix}" for suffix in ("_bucket", "_count", "_sum"))) if timer else (key, metric)
+        family: dict[str, dict[Labels, Any]] = {"c": self.counters, "g": self.gauges}.get(kind, self.timers)
         with self._lock:
+            if any(self._owner.get(sample, (kind, key)) != (kind, key) for sample in samples):
+                return "malformed"  # another kind of metric has this name
+            series = family.get(key)
+            if (series is None or labels not in series) and self._series >= MAX_SERIES:
+                return "dropped"
+            if series is None:
+                series = family[key] = {}
+                self._owner.update(dict.fromkeys(samples, (kind, key)))
+            self._series += labels not in series
             if kind == "c":
-                series = self.counters.setdefault(f"{metric}_total", {})
-                if self._room(series, labels):
-                    series[labels] = series.get(labels, 0.0) + value / (rate or 1.0)
+                series[labels] = series.get(labels, 0.0) + value / rate
             elif kind == "g":
-                series = self.gauges.setdefault(metric, {})
-                if self._room(series, labels):
-                    relative = text[0] in "+-"
-                    series[labels] = series.get(labels, 0.0) + value if relative else value
+                series[labels] = series.get(labels, 0.0) + value if text[0] in "+-" else value
             else:
-                timers = self.timers.setdefault(f"{metric}_seconds", {})
-                if self._room(timers, labels):
-                    timers.setdefault(labels, _Histogram()).observe(value / 1000)
+                series.setdefault(labels, _Histogram()).observe(value / 1000)
         return "ok"
-
-    def _room(self, series: Mapping[Labels, object], labels: Labels) -> bool:
-        if labels in series:
-            return True
-        if self._series >= MAX_SERIES:
-            MONITOR_STATSD_LINES.labels("dropped").inc()
-            return False
-        self._series += 1
-        return True
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
@@ -141,6 +150,14 @@ def _safe(name: str) -> str:
     return _UNSAFE.sub("_", name)
 
 
+def _valid(metric: str, labels: Labels, value: float, rate: float) -> bool:
+    """A Prometheus name and labels (none reserved, none twice), a finite value, a sample rate in (0, 1]."""
+    names = [k for k, _ in labels]
+    return (bool(_NAME.fullmatch(metric)) and math.isfinite(value) and 0 < rate <= 1
+            and len(set(names)) == len(names)
+            and all(_NAME.fullmatch(k) and not k.startswith("__") and k != "le" for k in names))  # fmt: skip
+
+
 def serve_udp(metrics: StatsdMetrics, host: str, port: int) -> socket.socket:
     """Receive StatsD on ``host:port`` (UDP) in a daemon thread; raises OSError when the port is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -153,7 +170,10 @@ def serve_udp(metrics: StatsdMetrics, host: str, port: int) -> socket.socket:
                 packet = sock.recv(65_535)
             except OSError:  # closed: the monitor is stopping
                 return
-            metrics.ingest(packet)
+            try:
+                metrics.ingest(packet)
+            except Exception:  # a packet must never stop the receiver
+                log.exception("statsd: a packet not taken")
 
     threading.Thread(target=receive, name="k2-monitor-statsd", daemon=True).start()
     return sock

@@ -40,7 +40,9 @@ def _targets(settings: Settings) -> dict[str, list[str]]:
     }
     if settings.pushgateway_url:
         parts = urlsplit(settings.pushgateway_url)
-        found[PUSHGATEWAY_JOB] = [format_host_port(parts.hostname or "", parts.port or 80)]
+        found[PUSHGATEWAY_JOB] = [
+            format_host_port(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        ]
     return found
 
 
@@ -52,6 +54,8 @@ def local_config(settings: Settings) -> dict[str, Any]:
         entry: dict[str, Any] = {"job_name": job, "static_configs": [{"targets": targets}]}
         if job == PUSHGATEWAY_JOB:
             entry["honor_labels"] = True  # keep each push's job and grouping labels
+            if urlsplit(settings.pushgateway_url).scheme == "https":
+                entry["scheme"] = "https"
         jobs.append(entry)
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},

@@ -76,6 +76,7 @@ class Pending:
     next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset to read
     since: float | None = None  # when the oldest record arrived
     oldest_timestamp_ms: int | None = None  # when the oldest record was produced (for freshness): see produced_ms
+    stamp_search: int = 0  # messages left to look at for a produced-at header
     consumed: int = 0  # messages taken (metrics are counted per batch: per message they cost more than decoding)
 
     @property
@@ -144,7 +145,13 @@ class Batch:
         pending.consumed += 1
         if pending.since is None:
             pending.since = time.monotonic()
-            pending.oldest_timestamp_ms = produced_ms(message)
+            pending.oldest_timestamp_ms = message.timestamp()[1]  # until a produced-at header says
+            pending.stamp_search = STAMP_SEARCH
+        if pending.stamp_search:  # the batch's first produced-at header (a load stamps one record in 64)
+            pending.stamp_search -= 1
+            stamp = produced_ms(message)
+            if stamp is not None:
+                pending.oldest_timestamp_ms, pending.stamp_search = stamp, 0
         pending.next_offsets[partition] = offset + 1
         value = message.value()
         known = pending.known
@@ -331,15 +338,19 @@ def _evolve(table: Table, writer: IcebergSchema) -> str | None:
     return why
 
 
+#: How many of a batch's first messages are looked at for a produced-at header: a load stamps one
+#: in 64 per block (k2_etl.ingest.producer.STAMP_EVERY); a batch with none (a live feed, another
+#: producer) keeps its oldest message's Kafka timestamp, which such producers set as they produce.
+STAMP_SEARCH = 256
+
+
 def produced_ms(message: Message) -> int | None:
-    """When the message was produced: a K2 load's header, else its Kafka timestamp (which a live feed
-    sets as it produces; a load's is the record's event time)."""
+    """When a K2 load produced the message (its produced-at header), else None."""
     headers = message.headers() or []  # a consumed message's headers are a list of (key, bytes)
     for key, value in headers if isinstance(headers, list) else ():
         if key == PRODUCED_AT_HEADER and value:
             try:
                 return int(value)
             except ValueError:
-                break  # not K2's: fall back
-    stamp = message.timestamp()[1]
-    return stamp if stamp > 0 else None
+                return None  # not K2's
+    return None

@@ -12,7 +12,7 @@ from k2_airflow.hooks import K2Hook
 from k2_etl.errors import ConfigError, QueryError, SchemaError
 from k2_etl.instants import parse_day
 from k2_etl.lake.tables import TABLES_BY_NAME
-from k2_etl.observability import batch_job
+from k2_etl.observability import DAILY_LOAD_SCOPE, batch_job
 from k2_etl.reports import (
     compaction_line,
     expiry_line,
@@ -184,7 +184,7 @@ class LoadDayOperator(_DayOperator):
 
         day = _trading_day(self.day)
         settings = K2Hook().settings
-        with batch_job(settings, "k2_load", self.log.warning, "+".join(sorted(self.files))):
+        with batch_job(settings, "k2_load", self.log.warning, DAILY_LOAD_SCOPE):
             loaded = load_day(settings, day, {name: [Path(p) for p in paths] for name, paths in self.files.items()})
             for f in loaded.files:
                 self.log.info("%s", file_line(f))
@@ -238,7 +238,7 @@ class ReplayOperator(BaseOperator):
         settings = K2Hook().settings
         try:
             start, end = parse_time("start", str(self.start)), parse_time("end", str(self.end))
-            with batch_job(settings, "k2_replay", self.log.warning, str(self.table)):
+            with batch_job(settings, "k2_replay", self.log.warning, str(self.table), _flag(self.compare_only)):
                 report = replay(settings, str(self.table), start, end, source=self.source,  # type: ignore[arg-type]
                                 dry_run=_flag(self.compare_only))  # fmt: skip
         except (ConfigError, QueryError, ReplaceError) as exc:

@@ -82,7 +82,11 @@ class Pushgateway:
         self._log = (folder / "pushgateway.log").open("wb")
         self.process = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{self.port}"], stdout=self._log,
                                         stderr=subprocess.STDOUT)  # fmt: skip
-        poll(lambda: httpx.get(f"{self.url}/-/healthy").status_code == 200, timeout=30, what="the Pushgateway")
+        poll(self._answers, timeout=30, what="the Pushgateway")
+
+    def _answers(self) -> bool:
+        assert self.process.poll() is None, "prometheus-pushgateway exited (its port taken?)"  # not another's
+        return httpx.get(f"{self.url}/-/healthy").status_code == 200
 
     def groups(self) -> list[dict[str, str]]:
         """The labels of each group pushed (job and grouping key)."""

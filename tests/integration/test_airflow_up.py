@@ -132,8 +132,12 @@ def test_up_runs_airflow_and_demo_runs_the_sample_day_green(
         poll(lambda: not missing() or None, 90, "Airflow's metrics in Prometheus", every=2)
     except AssertionError:
         pytest.fail("no series for:\n" + "\n".join(missing()))
-    finished = prometheus_query(prometheus, 'sum by (state) (airflow_ti_finish_total{dag_id="k2_daily_load"})')
-    assert {s["metric"]["state"]: float(s["value"][1]) for s in finished}.get("success", 0) >= 5, finished
+
+    def succeeded() -> float:  # the run's five tasks, as their StatsD (UDP, then a scrape) arrives
+        finished = prometheus_query(prometheus, 'sum by (state) (airflow_ti_finish_total{dag_id="k2_daily_load"})')
+        return {s["metric"]["state"]: float(s["value"][1]) for s in finished}.get("success", 0.0)
+
+    poll(lambda: succeeded() >= 5 or None, 60, "the run's five task successes in airflow_ti_finish_total", every=1)
 
     summary = httpx.get(result["query"], timeout=30)  # the k2-format sample, through the REST API
     assert summary.status_code == 200, summary.text

@@ -65,7 +65,12 @@ CASES = [
     ),
     Case(  # scraped, but its passes stopped at 300 s (a hung catalog call): stuck is down too
         "K2MonitorDown",
-        {'k2_monitor_last_pass_timestamp_seconds{job="k2-monitor",instance="m:9104"}': "0+15x20 300x40"},
+        {
+            'k2_monitor_last_pass_timestamp_seconds{job="k2-monitor",instance="m:9104"}': "0+15x20 300x40",
+            'k2_monitor_interval_seconds{job="k2-monitor",instance="m:9104"}': "15x60",
+            # a batch job's push of the gauge (never pushed now; if it were, it must not count)
+            'k2_monitor_last_pass_timestamp_seconds{job="k2_load",scope="k2"}': "0x60",
+        },
         "4m",
         "10m",
         [{"job": "k2-monitor", "instance": "m:9104"}],
@@ -241,15 +246,26 @@ CASES += [
         "4m",
         "9m",
     ),
+    Case(  # Airflow up (k2 monitor's check) but its heartbeats stop reaching the monitor (the series goes)
+        "K2AirflowSchedulerDown",
+        {
+            "airflow_scheduler_heartbeat_total": "0+3x8",
+            'k2_platform_component_up{component="airflow",job="k2-monitor"}': "1x40",
+        },
+        "2m",
+        "9m",  # the series is stale (absent) 5 min after its last sample, then 1 min of for:
+    ),
     Case(
         "K2AirflowTaskFailures",
         {
-            'airflow_ti_failures_total{dag_id="k2_daily_load",task_id="load"}': "0x20 1x20",
-            'airflow_ti_failures_total{dag_id="k2_maintenance",task_id="compact"}': "0x40",
+            # the first failure: the StatsD series starts at 1
+            'airflow_ti_failures_total{dag_id="k2_daily_load",task_id="load"}': "_x100 1x20",
+            'airflow_ti_failures_total{dag_id="k2_daily_load",task_id="check_quality"}': "1x100 2x20",  # again
+            'airflow_ti_failures_total{dag_id="k2_maintenance",task_id="compact"}': "0x120",
         },
-        "4m",
-        "6m",
-        [{"dag_id": "k2_daily_load", "task_id": "load"}],
+        "20m",
+        "26m",
+        [{"dag_id": "k2_daily_load", "task_id": "check_quality"}, {"dag_id": "k2_daily_load", "task_id": "load"}],
     ),
 ]
 

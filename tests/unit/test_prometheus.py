@@ -19,6 +19,7 @@ from tests.helpers import REPO
 
 PROMTOOL = shutil.which("promtool")
 CONFIG = REPO / "docker" / "prometheus" / "prometheus.yml"
+RULES_TARGET = "/etc/k2-rules"  # where the stack mounts K2's rules (outside the read-only config folder)
 pytestmark = pytest.mark.skipif(
     PROMTOOL is None, reason="needs promtool: apt-get install --no-install-recommends prometheus (.ci/run does)"
 )
@@ -34,8 +35,9 @@ def as_mounted(tmp_path: Path) -> Path:
     """The stack's /etc/prometheus: its config, and K2's rules where the compose file mounts them."""
     folder = tmp_path / "etc-prometheus"
     folder.mkdir()
-    (folder / "prometheus.yml").write_text(CONFIG.read_text())
-    (folder / "rules").symlink_to(RULES_DIR)
+    (tmp_path / "k2-rules").symlink_to(RULES_DIR)
+    assert RULES_TARGET in CONFIG.read_text()
+    (folder / "prometheus.yml").write_text(CONFIG.read_text().replace(RULES_TARGET, str(tmp_path / "k2-rules")))
     return folder / "prometheus.yml"
 
 
@@ -44,7 +46,7 @@ def test_the_stacks_prometheus_config_is_valid_with_k2s_rules(tmp_path: Path) ->
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rule_files())} rule files found" in result.stdout, result.stdout
     mounts = resolved()["services"]["prometheus"]["volumes"]
-    assert any(m["source"] == str(RULES_DIR) and m["target"] == "/etc/prometheus/rules" for m in mounts), mounts
+    assert any(m["source"] == str(RULES_DIR) and m["target"] == RULES_TARGET for m in mounts), mounts
 
 
 def test_the_local_prometheus_config_is_valid_with_k2s_rules(tmp_path: Path) -> None:

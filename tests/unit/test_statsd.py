@@ -40,6 +40,19 @@ def test_sets_and_malformed_lines_are_counted_not_kept() -> None:
     assert samples(metrics) == {}
 
 
+def test_no_packet_can_make_the_exposition_invalid() -> None:
+    """What would break /metrics (and so every K2 metric of the monitor) is refused line by line."""
+    metrics = StatsdMetrics()
+    metrics.ingest(b"airflow.q:1|c")
+    bad = [b",a=b:1|c", b"airflow.neg:-5|c", b"airflow.n,__name__=x:1|c", b"airflow.t,le=1:5|ms",
+           b"airflow.q_total:1|g", b"airflow.q:1|g", b"airflow.inf:inf|g", b"airflow.r:1|c|@0",
+           b"airflow.d,a=1,a=2:1|c", b"k2_lake_rows:1|g", b"9airflow:1|c"]  # fmt: skip
+    for line in bad:
+        metrics.ingest(line)
+    found = samples(metrics)  # parses: the exposition is valid
+    assert found == {("airflow_q_total", ()): 1.0}
+
+
 def test_series_beyond_the_limit_are_dropped() -> None:
     metrics = StatsdMetrics()
     metrics.ingest("\n".join(f"airflow.m,id={i}:1|c" for i in range(MAX_SERIES + 5)).encode())
