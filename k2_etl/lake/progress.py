@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pyiceberg.catalog import Catalog
 
@@ -43,15 +44,29 @@ def wanted_offsets(files: Iterable[FileOffsets]) -> Offsets:
     return wanted
 
 
-def pending_offsets(wanted: Offsets, landed: Offsets) -> dict[str, dict[int, tuple[int | None, int]]]:
+#: Per topic-partition not landed yet: topic -> partition -> (landed, wanted).
+Pending = dict[str, dict[int, tuple[int | None, int]]]
+
+
+def pending_offsets(wanted: Offsets, landed: Offsets) -> Pending:
     """The topic-partitions whose landed offset falls short: topic -> partition -> (landed, wanted)."""
-    short: dict[str, dict[int, tuple[int | None, int]]] = {}
+    short: Pending = {}
     for topic, partitions in wanted.items():
         for partition, offset in partitions.items():
             now = landed.get(topic, {}).get(partition)
             if now is None or now < offset:
                 short.setdefault(topic, {})[partition] = (now, offset)
     return short
+
+
+def files_pending(settings: Settings, files: Iterable[Mapping[str, Any]]) -> tuple[Offsets, Pending]:
+    """What loaded ``files`` (the loader's per-file results: their ``offsets`` and ``topic_ids``)
+    produced, and the topic-partitions of it the tables have not landed yet (empty: all landed), in
+    the topics' lives the files were produced to. Raises UnavailableError while the catalog is."""
+    files = list(files)
+    wanted = wanted_offsets(f.get("offsets") or {} for f in files)
+    lives = {topic: topic_id for f in files for topic, topic_id in (f.get("topic_ids") or {}).items()}
+    return wanted, pending_offsets(wanted, landed_offsets(settings, wanted, topic_ids=lives))
 
 
 def landed_offsets(

@@ -148,7 +148,7 @@ def daily_load_here(
     run the day's quality checks. Each step pushes its metrics as the DAG's tasks do."""
     from k2_etl.ingest.landing import day_files, load_day
     from k2_etl.jobs.quality import check_day
-    from k2_etl.lake.progress import landed_offsets, pending_offsets, wanted_offsets
+    from k2_etl.lake.progress import files_pending
     from k2_etl.observability import DAILY_LOAD_SCOPE, batch_job
 
     files = day_files(settings, day)
@@ -158,10 +158,8 @@ def daily_load_here(
     loaded_report(loaded)
     if not loaded.ok:
         return loaded, None
-    wanted = wanted_offsets(f.get("offsets") or {} for f in loaded.files)
-    lives = {topic: topic_id for f in loaded.files for topic, topic_id in (f.get("topic_ids") or {}).items()}
     deadline = time.monotonic() + timeout
-    while pending_offsets(wanted, landed_offsets(settings, wanted, topic_ids=lives)):
+    while files_pending(settings, loaded.files)[1]:
         if time.monotonic() > deadline:
             raise ComponentError(f"the consumer has not landed the sample day within {timeout:g} s; is it running?")
         time.sleep(0.5)

@@ -130,7 +130,7 @@ def _owned(settings: Settings, component: Component) -> psutil.Process | Literal
     return "stale"
 
 
-def _check(component: Component, *, ready: bool = False) -> tuple[bool, str, float]:
+def check(component: Component, *, ready: bool = False) -> tuple[bool, str, float]:
     """Run its health check (``ready``: only what its start waits for); (healthy, detail, ms)."""
     started = time.perf_counter()
     try:
@@ -143,7 +143,7 @@ def _check(component: Component, *, ready: bool = False) -> tuple[bool, str, flo
 
 
 def status(settings: Settings, component: Component) -> ComponentStatus:
-    healthy, detail, latency = _check(component)
+    healthy, detail, latency = check(component)
     if not component.startable:
         state: State = "external" if component.command is not None else "service"
         return ComponentStatus(component.name, component.address, state, healthy, detail, None, latency)
@@ -180,7 +180,7 @@ def _wait_healthy(settings: Settings, component: Component, proc: subprocess.Pop
     def attempt() -> str:
         if proc is not None and proc.poll() is not None:
             raise _exited(settings, component, proc)
-        healthy, detail, _ = _check(component, ready=True)
+        healthy, detail, _ = check(component, ready=True)
         if not healthy:
             raise _NotReady(detail)
         # Healthy, but is it ours? Something else may answer on the port while our process dies on bind.

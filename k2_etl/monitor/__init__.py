@@ -39,6 +39,7 @@ from k2_etl.lake.health import table_health, worst_partition_files
 from k2_etl.lake.progress import progress
 from k2_etl.lake.tables import TABLES
 from k2_etl.local.components import HEALTH_TIMEOUT_SECONDS, Component, platform
+from k2_etl.local.supervisor import check
 from k2_etl.monitor.statsd import StatsdMetrics, serve_udp
 from k2_etl.observability import (
     COMPONENT_DEGRADED,
@@ -94,13 +95,10 @@ def watched(settings: Settings) -> list[Component]:
     return [c for c in platform(settings) if c.name != "monitor"]
 
 
-def check(component: Component) -> str | None:
-    """None when healthy, else the first line of why (as `k2 status` words it)."""
-    try:
-        component.check()
-        return None
-    except Exception as exc:  # any failure of a health check means "unhealthy", with its reason
-        return (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:REASON_MAX_CHARS]
+def problem(component: Component) -> str | None:
+    """None when healthy, else why, as `k2 status` words it (cut to :data:`REASON_MAX_CHARS`)."""
+    healthy, detail, _ = check(component)
+    return None if healthy else detail[:REASON_MAX_CHARS]
 
 
 class Monitor:
@@ -117,9 +115,9 @@ class Monitor:
 
     def run_pass(self) -> None:
         started = time.perf_counter()
-        problems = dict(zip(self.components, self._pool.map(check, self.components), strict=True))
-        for component, problem in problems.items():
-            COMPONENT_UP.labels(component.name).set(int(problem is None))
+        problems = dict(zip(self.components, self._pool.map(problem, self.components), strict=True))
+        for component, why in problems.items():
+            COMPONENT_UP.labels(component.name).set(int(why is None))
         _replace(COMPONENT_DEGRADED, {(c.name, why): 1 for c, why in problems.items() if why is not None})
         for part, work in (("tables", self._tables), ("offsets", self._offsets)):
             try:

@@ -27,16 +27,13 @@ class LandedSensor(BaseSensorOperator):
 
     def poke(self, context: Context) -> bool:
         from k2_etl.errors import UnavailableError
-        from k2_etl.lake.progress import landed_offsets, pending_offsets, wanted_offsets
+        from k2_etl.lake.progress import files_pending
 
-        wanted = wanted_offsets(f.get("offsets") or {} for f in self.files)
-        lives = {topic: topic_id for f in self.files for topic, topic_id in (f.get("topic_ids") or {}).items()}
         try:
-            landed = landed_offsets(K2Hook().settings, wanted, topic_ids=lives)
+            wanted, pending = files_pending(K2Hook().settings, self.files)
         except UnavailableError as exc:  # an outage is waited out like a slow consumer, within the timeout
             self.log.warning("cannot tell yet: %s", exc)
             return False
-        pending = pending_offsets(wanted, landed)
         if pending:
             self.log.info("not landed yet (partition: landed / wanted): %s",
                           {f"{t}[{p}]": f"{now} / {want}" for t, parts in pending.items()
