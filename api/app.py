@@ -27,6 +27,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import metrics
+from api.admission import RETRY_AFTER_SECONDS as OVERLOADED_RETRY_AFTER_SECONDS
+from api.admission import Admission, Overloaded
 from api.errors import UnknownSymbol, problem
 from api.render import json_body
 from api.responses import Problem
@@ -35,6 +37,7 @@ from k2_etl import __version__
 from k2_etl.config import Settings, load_settings
 from k2_etl.errors import K2Error, QueryError, QueryTimeout, UnavailableError
 from k2_etl.query.engine import QueryEngine
+from k2_etl.query.runner import SPENT, Spent
 
 log = logging.getLogger("k2.api")
 MAX_BODY_BYTES = 64 * 1024  # no endpoint takes a body; anything bigger is refused with 413
@@ -64,7 +67,11 @@ def create_app(settings: Settings | None = None, engine: QueryEngine | None = No
     if settings.api_trusted_proxies:  # behind a load balancer: the client is who it says, not the balancer
         app.wsgi_app = BehindProxies(app.wsgi_app, settings.api_trusted_proxies)  # type: ignore[method-assign]
     app.extensions["k2.settings"] = settings
-    app.extensions["k2.engine"] = engine or QueryEngine(settings, budget_seconds=settings.api_query_budget_seconds)
+    app.extensions["k2.engine"] = engine or QueryEngine(
+        settings, connections=settings.api_threads, budget_seconds=settings.api_query_budget_seconds
+    )
+    budget = settings.api_query_budget_seconds  # the longest a request waits for its turn
+    app.extensions["k2.admission"] = Admission(settings.api_threads, settings.api_queue, budget)
     app.extensions["k2.keys"] = [key.get_secret_value().encode() for key in settings.api_keys]
 
     app.after_request(_count)  # registered before the limiter's, so it runs after it (Flask runs them in reverse)
@@ -91,6 +98,9 @@ def create_app(settings: Settings | None = None, engine: QueryEngine | None = No
 
     app.before_request(_start)
     app.before_request(_check_key)
+    app.before_request(_admit)  # last: a request refused for its key or its rate takes no turn
+    app.teardown_request(_leave)
+    app.register_error_handler(Overloaded, _overloaded)
     app.register_error_handler(QueryError, _query_error)
     app.register_error_handler(QueryTimeout, _timeout)
     app.register_error_handler(UnknownSymbol, _unknown_symbol)
@@ -152,8 +162,43 @@ def _check_key() -> Response | None:
     return problem(401, "unauthorized", "this API needs a key in the X-API-Key header")
 
 
+def _admit() -> None:
+    """A /v1 request takes its turn (:mod:`api.admission`) and counts where its time goes."""
+    from flask import current_app
+
+    if not request.path.startswith("/v1"):
+        return
+    g.k2_spent = Spent()
+    g.k2_spent_token = SPENT.set(g.k2_spent)
+    waited = current_app.extensions["k2.admission"].enter()
+    g.k2_admitted = True
+    metrics.STAGE.labels(_endpoint(), "queue").observe(waited)
+
+
+def _leave(error: BaseException | None) -> None:
+    from flask import current_app
+
+    if g.pop("k2_admitted", False):
+        current_app.extensions["k2.admission"].leave()
+        metrics.STAGE.labels(_endpoint(), "query").observe(g.k2_spent.running)
+    token = g.pop("k2_spent_token", None)
+    if token is not None:
+        SPENT.reset(token)
+
+
+def _endpoint() -> str:
+    return request.url_rule.rule if request.url_rule is not None else "unmatched"
+
+
+def _overloaded(error: Overloaded) -> Response:
+    metrics.OVERLOADED.labels(_endpoint()).inc()
+    response = problem(503, "overloaded", str(error))
+    g.k2_retry_after = response.headers["Retry-After"] = str(OVERLOADED_RETRY_AFTER_SECONDS)
+    return response
+
+
 def _count(response: Response) -> Response:
-    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    endpoint = _endpoint()
     metrics.REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
     started = g.get("k2_started")
     if started is not None:

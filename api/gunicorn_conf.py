@@ -1,8 +1,14 @@
 """gunicorn's settings for the API (``k2 api`` runs ``gunicorn -c python:api.gunicorn_conf api.wsgi:app``).
 
-Threads (gthread) rather than more processes: a request spends most of its time in
-DuckDB, which releases the GIL, and every worker process holds its own engine (its
-DuckDB connections and cached plans). Request lines and headers are capped so an
+A worker per core (K2_API_WORKERS), each with threads (gthread): a request spends most of
+its time in DuckDB, which releases the GIL, and each worker holds one DuckDB database whose
+threads its requests share. gunicorn gets more threads than the K2_API_THREADS requests a
+worker runs at once: the K2_API_QUEUE requests waiting for a turn wait inside the app, where
+they are counted and the next one refused (:mod:`api.admission`), and a few threads are left
+for /health and /metrics. gunicorn's own queue, beyond its threads, is neither bounded nor
+seen. Measured (bench/api_bench.py, 8 clients): 2 workers of 4 threads left some requests
+queued in gunicorn when the 8 connections fell 6 to 2 between the workers (a p99 of 1.2 s for
+a 100 ms median). Request lines and headers are capped so an
 oversized request is refused by gunicorn before it reaches Flask, in the API's
 problem JSON like every other error (:func:`post_worker_init`).
 """
@@ -17,7 +23,7 @@ _settings = load_settings()
 bind = format_host_port(_settings.api_host, _settings.api_port)
 workers = _settings.api_workers
 worker_class = "gthread"
-threads = _settings.api_threads
+threads = _settings.api_threads + _settings.api_queue + 4  # + /health, /metrics and the refusals
 timeout = max(30, int(_settings.api_query_budget_seconds * 3))  # a worker stuck past this is restarted
 graceful_timeout = 10
 keepalive = 5
@@ -35,13 +41,23 @@ control_socket_disable = True
 
 
 def post_worker_init(worker: Any) -> None:
-    """gunicorn answers a request it cannot read (400), a request line over ``limit_request_line``
-    (414) or headers over the limits (431) itself, in HTML, through ``gunicorn.util.write_error``;
-    no setting changes that body, so each worker replaces that function with one writing the
-    problem JSON (tested against the real server in tests/integration/test_api.py)."""
+    """Two things once the worker has loaded the app:
+
+    - gunicorn answers a request it cannot read (400), a request line over ``limit_request_line``
+      (414) or headers over the limits (431) itself, in HTML, through ``gunicorn.util.write_error``;
+      no setting changes that body, so each worker replaces that function with one writing the
+      problem JSON (tested against the real server in tests/integration/test_api.py).
+    - ``gc.freeze()``: the ~190,000 objects of the loaded app (modules, pyiceberg, the OpenAPI
+      document) live as long as the worker; frozen, a full collection no longer walks them. A full
+      collection that did was the API's slowest requests at one client (up to 120 ms, once in
+      80 requests, profiled).
+    """
+    import gc
+
     from gunicorn import util
 
     util.write_error = _write_problem
+    gc.freeze()
 
 
 def _write_problem(sock: Any, status: int, reason: str, message: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 REQUESTS = Counter(
@@ -28,6 +28,19 @@ PARTIAL = Counter(
 )
 TIMEOUTS = Counter("k2_api_query_timeouts_total", "Queries that found nothing within their budget (504).", ["endpoint"])
 RATE_LIMITED = Counter("k2_api_rate_limited_total", "Requests refused by the rate limit (429).")
+OVERLOADED = Counter(
+    "k2_api_overloaded_total", "Requests refused at once because the worker's queue was full (503).", ["endpoint"]
+)
+QUEUED = Gauge(
+    "k2_api_queued_requests", "Requests waiting for their turn (K2_API_QUEUE per worker).", multiprocess_mode="livesum"
+)
+STAGE = Histogram(
+    "k2_api_stage_duration_seconds",
+    "Where a request's time went, by endpoint and stage: `queue` (waiting for its turn), `query` (DuckDB running "
+    "its statements), `encode` (writing the body: JSON, CSV, Arrow or Parquet).",
+    ["endpoint", "stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 
 def exposition() -> bytes:

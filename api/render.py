@@ -12,6 +12,7 @@ JSON keeps prices exact (see :mod:`k2_etl.query.output`, shared with `k2 query`)
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 from flask import Response, request
 from werkzeug.exceptions import NotAcceptable
 
+from api import metrics
 from k2_etl.errors import QueryError
 from k2_etl.query.engine import Result
 from k2_etl.query.output import csv_types, json_array, json_types
@@ -65,22 +67,47 @@ def rows_response(result: Result, fmt: str, **extra: Any) -> Response:
         return table_response(result.rows, fmt, headers)
     envelope = {"count": result.rows.num_rows, "next_cursor": result.cursor, "partial": result.partial,
                 "snapshot_id": result.snapshot_id, **extra}  # fmt: skip
-    return Response(_json_stream(result.rows, envelope), headers=headers, mimetype=MEDIA_TYPES["json"])
+    return Response(_timed(_json_stream(result.rows, envelope)), headers=headers, mimetype=MEDIA_TYPES["json"])
 
 
 def table_response(rows: pa.Table, fmt: str, headers: dict[str, str] | None = None) -> Response:
     headers = dict(headers or {})
     if fmt == "json":
-        return Response(_json_stream(rows, {"count": rows.num_rows}), headers=headers, mimetype=MEDIA_TYPES["json"])
-    if fmt == "csv":
-        body: Any = _csv_stream(rows)
+        body: Any = _timed(_json_stream(rows, {"count": rows.num_rows}))
+    elif fmt == "csv":
+        body = _timed(_csv_stream(rows))
     elif fmt == "arrow":
-        body = _arrow_stream(rows)
+        body = _timed(_arrow_stream(rows))
     else:
-        sink = io.BytesIO()
-        pq.write_table(rows, sink, compression="zstd")
-        body = sink.getvalue()
+        body = b"".join(_timed(_parquet(rows)))  # written whole: its footer comes last
     return Response(body, headers=headers, mimetype=MEDIA_TYPES[fmt])
+
+
+def _parquet(rows: pa.Table) -> Iterator[bytes]:
+    sink = io.BytesIO()
+    pq.write_table(rows, sink, compression="zstd")
+    yield sink.getvalue()
+
+
+def _timed(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    """The body's pieces, the time spent making them observed as the request's ``encode`` stage
+    (a streamed body is made after the view returns, as the server sends it)."""
+    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    return _timing(pieces, endpoint)
+
+
+def _timing(pieces: Iterator[bytes], endpoint: str) -> Iterator[bytes]:
+    spent = 0.0
+    try:
+        while True:
+            started = time.perf_counter()
+            piece = next(pieces, None)
+            spent += time.perf_counter() - started
+            if piece is None:
+                return
+            yield piece
+    finally:
+        metrics.STAGE.labels(endpoint, "encode").observe(spent)
 
 
 def jsonable(rows: pa.Table) -> list[dict[str, Any]]:

@@ -61,6 +61,11 @@ def _config_file() -> Path | None:
     return default if default.is_file() else None
 
 
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity: a container's or a taskset's share)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 def parse_host_port(value: str) -> tuple[str, int]:
     """Split ``host:port`` (the first of a comma-separated list)."""
     first = value.split(",")[0].strip()
@@ -220,14 +225,28 @@ class Settings(BaseSettings):
         8000, ge=1, le=65535, description="Port of the REST API. `k2 status` checks its `/health` there."
     )
     api_workers: int = Field(
-        2,
+        default_factory=cores,
         ge=1,
         le=64,
-        description="gunicorn worker processes of the API (about one per core; each has its own DuckDB "
-        "connections and caches).",
+        description="gunicorn worker processes of the API (default: one per core the process may run on; a "
+        "container limited by a CPU quota rather than a cpuset sees the host's cores: set it). Each has one DuckDB "
+        "database (a thread per core, its own caches) and its share of the Python work (JSON, Flask) under its own "
+        "GIL.",
     )
     api_threads: int = Field(
-        4, ge=1, le=64, description="Threads per API worker: requests each serves at once (DuckDB releases the GIL)."
+        8,
+        ge=1,
+        le=64,
+        description="Requests an API worker runs at once, each with a cursor of the worker's DuckDB database "
+        "(DuckDB releases the GIL; its threads are shared by the cursors).",
+    )
+    api_queue: int = Field(
+        16,
+        ge=0,
+        le=1024,
+        description="Requests an API worker holds waiting for one of its K2_API_THREADS; one more is answered at once "
+        "with 503 `overloaded` and `Retry-After` rather than made to wait behind them. Requests that wait are "
+        "counted in `k2_api_queued_requests`; waiting counts against the query budget.",
     )
     api_query_budget_seconds: float = Field(
         5.0, gt=0, le=600, allow_inf_nan=False,

@@ -213,6 +213,16 @@ API = Spec("k2-api", "K2 API", "The REST API: traffic, errors, latency, rows, th
         Panel("Rate limited/s", "Requests refused over K2_API_RATE_LIMIT (429).",
               [q(f"sum(rate(k2_api_rate_limited_total[{RATE}]))")], unit="reqps"),
     ],
+    "Capacity": [
+        Panel("Time per stage, p99", "Where requests spend their time: waiting for their turn (queue), DuckDB "
+              "running (query), writing the body (encode).",
+              [q(f"histogram_quantile(0.99, sum by (stage, le) (rate(k2_api_stage_duration_seconds_bucket"
+                 f"[{RATE}])))", "{{stage}}")], unit="s"),
+        Panel("Waiting and refused", "Requests waiting for a turn (K2_API_QUEUE per worker), and those refused "
+              "at once with 503 overloaded because the queue was full (K2ApiOverloaded).",
+              [q("sum(k2_api_queued_requests) or vector(0)", "waiting"),
+               q(f"sum(rate(k2_api_overloaded_total[{RATE}])) or vector(0)", "refused/s")]),
+    ],
 })  # fmt: skip
 
 LOADS = Spec("k2-loads", "K2 loads and data quality", "Batch loads and the daily load's checks (Pushgateway).", {

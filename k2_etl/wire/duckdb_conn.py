@@ -10,7 +10,10 @@ download attempt in production (icu, json and parquet are built into DuckDB's wh
 
 from __future__ import annotations
 
+import builtins
+import sys
 from importlib import import_module
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,17 +48,46 @@ def connect(
     Avro and Iceberg extensions loaded (reading Avro bodies, Iceberg delete files);
     ``settings``: able to read the warehouse they name (:func:`configure_storage`).
     """
+    _settle_pandas()
     config: dict[str, Any] = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
     if threads is not None:
         config["threads"] = threads
     conn = duckdb.connect(config=config)
-    conn.execute("SET TimeZone = 'UTC'")
+    conn.execute("SET GLOBAL TimeZone = 'UTC'")  # GLOBAL: its cursors (the API's pool) are in UTC too
     if extensions:
         for name in EXTENSIONS:
             conn.execute(f"LOAD '{extension_path(name)}'")  # a path from our own install, not user input
     if settings is not None:
         configure_storage(conn, settings)
     return conn
+
+
+def _settle_pandas() -> None:
+    """Answer DuckDB's ``import pandas`` at once when pandas is not installed.
+
+    DuckDB's Python client tries ``import pandas`` for every bound parameter it converts, each
+    list element included (duckdb/duckdb#18658; duckdb/duckdb-python#300). Without pandas, every
+    attempt walks the import path: about 100 µs of GIL-held time each, 1.1 ms of a 10-parameter
+    statement (measured 1.96 ms against 0.86 ms an execute). The attempt arrives through
+    ``builtins.__import__`` (pybind11 calls ``PyImport_ImportModule``), so that is where it is
+    answered: a ModuleNotFoundError, as the search would have ended.
+
+    Not ``sys.modules["pandas"] = None``, Python's usual marker: Cython modules take that None for
+    the module (pyarrow's pandas shim then fails on ``None.__version__``). ``importlib.util.
+    find_spec("pandas")`` does not use ``__import__`` and still answers None. An installed pandas is
+    left alone (DuckDB imports it once and keeps it).
+    """
+    importing = builtins.__import__
+    if getattr(importing, "k2_answers_pandas", False) or find_spec("pandas") is not None:
+        return
+
+    def import_without_pandas(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "pandas" and "pandas" not in sys.modules:
+            raise ModuleNotFoundError("No module named 'pandas'", name="pandas")
+        return importing(name, *args, **kwargs)
+
+    import_without_pandas.k2_answers_pandas = True  # type: ignore[attr-defined]
+    builtins.__import__ = import_without_pandas
 
 
 def configure_storage(conn: duckdb.DuckDBPyConnection, settings: Settings) -> None:

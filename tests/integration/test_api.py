@@ -453,8 +453,8 @@ def in_process(landed: Settings) -> Iterator[Any]:
     """The app in a real WSGI server (werkzeug's) in this process, so a test can shape its engine."""
     servers = []
 
-    def serve(engine: QueryEngine) -> str:
-        server = make_server("127.0.0.1", 0, create_app(landed, engine=engine), threaded=True)
+    def serve(engine: QueryEngine, settings: Settings | None = None) -> str:
+        server = make_server("127.0.0.1", 0, create_app(settings or landed, engine=engine), threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_port}"
@@ -479,6 +479,46 @@ def test_over_budget_a_request_gets_what_there_is_then_504_when_nothing(in_proce
     nothing = in_process(QueryEngine(landed, clock=SlowClock(), budget_seconds=0))
     timed_out = httpx.get(f"{nothing}/v1/trades", params={"symbol": symbol, "start": START, "end": END})
     assert timed_out.status_code == 504 and timed_out.json()["error"]["error"] == "query_timeout"
+
+
+def test_a_worker_with_every_turn_taken_refuses_at_once_with_503_and_retry_after(
+    in_process: Any, landed: Settings
+) -> None:
+    """K2_API_THREADS=1, K2_API_QUEUE=0: while one request queries, the next is refused at once
+    (503 overloaded, Retry-After), /health still answers, and the freed turn serves the one after."""
+    settings = landed.model_copy(update={"api_threads": 1, "api_queue": 0})
+    engine = QueryEngine(settings)
+    querying, release = threading.Event(), threading.Event()
+    run = engine.runner.run
+
+    def held(statement: str, *args: Any, **kwargs: Any) -> Any:
+        if statement != "SELECT 1":  # the health check's ping goes by
+            querying.set()
+            release.wait(60)
+        return run(statement, *args, **kwargs)
+
+    engine.runner.run = held  # type: ignore[method-assign]
+    url = in_process(engine, settings)
+    params = {"symbol": a_symbol(landed), "start": START, "end": END, "limit": 5}
+    first: list[httpx.Response] = []
+    holder = threading.Thread(target=lambda: first.append(httpx.get(f"{url}/v1/trades", params=params, timeout=60)))
+    holder.start()
+    try:
+        assert querying.wait(30), "the first request never reached the engine"
+        refused = httpx.get(f"{url}/v1/trades", params=params, timeout=10)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+        assert refused.json()["error"]["error"] == "overloaded"
+        assert "answering 1 requests and holding 0 more" in refused.json()["error"]["message"]
+        assert httpx.get(f"{url}/health", timeout=30).status_code == 200  # not behind the queries
+    finally:
+        release.set()
+        holder.join(timeout=60)
+    assert first[0].status_code == 200 and first[0].json()["count"] == 5
+    assert httpx.get(f"{url}/v1/trades", params=params, timeout=30).status_code == 200  # the turn came back
+    exposition = httpx.get(f"{url}/metrics", timeout=30).text
+    assert 'k2_api_overloaded_total{endpoint="/v1/trades"}' in exposition
+    for stage in ("queue", "query", "encode"):
+        assert f'k2_api_stage_duration_seconds_count{{endpoint="/v1/trades",stage="{stage}"}}' in exposition, stage
 
 
 def test_unhealthy_without_a_catalog(in_process: Any, landed: Settings, tmp_path: Path) -> None:

@@ -216,6 +216,7 @@ CASES = [
         "26m",
     ),
     Case("K2ApiRateLimiting", {"k2_api_rate_limited_total": "0x40 0+30x80"}, "9m", "25m"),
+    Case("K2ApiOverloaded", {'k2_api_overloaded_total{endpoint="/v1/trades"}': "0x40 0+60x80"}, "9m", "25m"),
     Case(
         "K2CompactionBehind",
         {

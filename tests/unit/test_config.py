@@ -158,6 +158,7 @@ NON_DEFAULT: dict[str, object] = {
     "api_port": 8443,
     "api_workers": 3,
     "api_threads": 5,
+    "api_queue": 0,
     "api_query_budget_seconds": 1e-3,
     "api_rate_limit": "5/second",
     "api_trusted_proxies": ["10.0.0.0/8", "fd00::/8"],
