@@ -67,13 +67,14 @@ def create_app(settings: Settings | None = None, engine: QueryEngine | None = No
     if settings.api_trusted_proxies:  # behind a load balancer: the client is who it says, not the balancer
         app.wsgi_app = BehindProxies(app.wsgi_app, settings.api_trusted_proxies)  # type: ignore[method-assign]
     app.extensions["k2.settings"] = settings
-    app.extensions["k2.engine"] = engine or QueryEngine(
-        settings, connections=settings.api_threads, budget_seconds=settings.api_query_budget_seconds
+    app.extensions["k2.engine"] = engine or QueryEngine(  # a cursor per turn, and one for /health's ping
+        settings, connections=settings.api_threads + 1, budget_seconds=settings.api_query_budget_seconds
     )
     budget = settings.api_query_budget_seconds  # the longest a request waits for its turn
     app.extensions["k2.admission"] = Admission(settings.api_threads, settings.api_queue, budget)
     app.extensions["k2.keys"] = [key.get_secret_value().encode() for key in settings.api_keys]
 
+    app.after_request(_hold_until_sent)
     app.after_request(_count)  # registered before the limiter's, so it runs after it (Flask runs them in reverse)
     limiter = Limiter(
         key_func=_client,
@@ -95,6 +96,9 @@ def create_app(settings: Settings | None = None, engine: QueryEngine | None = No
     app.register_api(catalog.blueprint)
     app.register_api(ops.blueprint)
     app.add_url_rule("/openapi.json", "openapi_json", lambda: Response(json_body(app.api_doc), mimetype=JSON))
+    for rule in app.url_map.iter_rules():  # refusals are 0 until the first: alerts and panels see 0, not nothing
+        if rule.rule.startswith("/v1"):
+            metrics.OVERLOADED.labels(rule.rule)
 
     app.before_request(_start)
     app.before_request(_check_key)
@@ -171,16 +175,27 @@ def _admit() -> None:
     g.k2_spent = Spent()
     g.k2_spent_token = SPENT.set(g.k2_spent)
     waited = current_app.extensions["k2.admission"].enter()
-    g.k2_admitted = True
+    g.k2_admitted = g.k2_took_turn = True
     metrics.STAGE.labels(_endpoint(), "queue").observe(waited)
+
+
+def _hold_until_sent(response: Response) -> Response:
+    """A turn lasts until the body is sent: a streamed body is encoded as the server sends it,
+    after the request's teardown, and that encoding is work the turn bounds."""
+    from flask import current_app
+
+    if g.pop("k2_admitted", False):
+        response.call_on_close(current_app.extensions["k2.admission"].leave)
+    return response
 
 
 def _leave(error: BaseException | None) -> None:
     from flask import current_app
 
-    if g.pop("k2_admitted", False):
-        current_app.extensions["k2.admission"].leave()
+    if g.get("k2_took_turn"):
         metrics.STAGE.labels(_endpoint(), "query").observe(g.k2_spent.running)
+    if g.pop("k2_admitted", False):  # no answer was made (after_request did not run): the turn ends here
+        current_app.extensions["k2.admission"].leave()
     token = g.pop("k2_spent_token", None)
     if token is not None:
         SPENT.reset(token)

@@ -227,7 +227,7 @@ class Settings(BaseSettings):
     api_workers: int = Field(
         default_factory=cores,
         ge=1,
-        le=64,
+        le=1024,  # a default of one per core must validate on any host
         description="gunicorn worker processes of the API (default: one per core the process may run on; a "
         "container limited by a CPU quota rather than a cpuset sees the host's cores: set it). Each has one DuckDB "
         "database (a thread per core, its own caches) and its share of the Python work (JSON, Flask) under its own "
@@ -246,7 +246,8 @@ class Settings(BaseSettings):
         le=1024,
         description="Requests an API worker holds waiting for one of its K2_API_THREADS; one more is answered at once "
         "with 503 `overloaded` and `Retry-After` rather than made to wait behind them. Requests that wait are "
-        "counted in `k2_api_queued_requests`; waiting counts against the query budget.",
+        "counted in `k2_api_queued_requests`; one waits at most K2_API_QUERY_BUDGET_SECONDS for its turn, and its "
+        "budget starts when its turn comes.",
     )
     api_query_budget_seconds: float = Field(
         5.0, gt=0, le=600, allow_inf_nan=False,

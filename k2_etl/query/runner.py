@@ -95,6 +95,9 @@ class Runner:
             self._pool.put(conn)
 
 
+REPEAT_SECONDS = 0.05
+
+
 class Watchdog:
     """One thread (per process) interrupting the statements that outlive their budget.
 
@@ -135,8 +138,8 @@ class Watchdog:
             while True:
                 now = time.monotonic()
                 for watch, (due, conn) in list(self._due.items()):
-                    if due <= now:
-                        del self._due[watch]
+                    if due <= now:  # again every REPEAT_SECONDS until released: an interrupt that came
+                        self._due[watch] = (now + REPEAT_SECONDS, conn)  # before DuckDB began is lost
                         self._fired.add(watch)
                         conn.interrupt()
                 soonest = min((due for due, _ in self._due.values()), default=None)

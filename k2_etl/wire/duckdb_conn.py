@@ -75,14 +75,16 @@ def _settle_pandas() -> None:
     Not ``sys.modules["pandas"] = None``, Python's usual marker: Cython modules take that None for
     the module (pyarrow's pandas shim then fails on ``None.__version__``). ``importlib.util.
     find_spec("pandas")`` does not use ``__import__`` and still answers None. An installed pandas is
-    left alone (DuckDB imports it once and keeps it).
+    left alone (DuckDB imports it once and keeps it); one installed after the first connection
+    is not seen by this process.
     """
     importing = builtins.__import__
     if getattr(importing, "k2_answers_pandas", False) or find_spec("pandas") is not None:
         return
 
     def import_without_pandas(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == "pandas" and "pandas" not in sys.modules:
+        level = args[3] if len(args) > 3 else kwargs.get("level", 0)
+        if name == "pandas" and not level and "pandas" not in sys.modules:
             raise ModuleNotFoundError("No module named 'pandas'", name="pandas")
         return importing(name, *args, **kwargs)
 

@@ -41,6 +41,8 @@ def test_a_missing_pandas_is_answered_without_a_search(imports: list[str], monke
         import pandas  # noqa: F401
     assert importlib.util.find_spec("pandas") is None  # what find_spec said before
     assert "pandas" not in sys.modules
+    with pytest.raises(ModuleNotFoundError, match=r"k2_etl\.pandas"):  # a relative import is searched as ever
+        builtins.__import__("pandas", {"__package__": "k2_etl", "__name__": "k2_etl.x"}, None, (), 1)
 
 
 def test_an_installed_pandas_is_left_alone(imports: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
