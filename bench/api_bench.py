@@ -385,10 +385,12 @@ def statements(settings: Settings, paths: list[str]) -> list[list[tuple[str, dic
 
 
 def floor(runs: list[list[tuple[str, dict[str, Any]]]], clients: int, seconds: float) -> dict[str, Any]:
-    """The statements replayed in DuckDB (a connection per client, as the API's pool has), timed per request."""
+    """The statements replayed in DuckDB by ``clients`` threads, each with a connection (a database) of
+    its own, timed per request; with the requests per second and CPU time per request (this process's)."""
     latencies: list[float] = []
     lock = threading.Lock()
-    stop_at = time.perf_counter() + seconds
+    cpu, began = time.process_time(), time.perf_counter()
+    stop_at = began + seconds
 
     def client(k: int) -> None:
         conn = duckdb.connect(config={"threads": 2})
@@ -409,18 +411,11 @@ def floor(runs: list[list[tuple[str, dict[str, Any]]]], clients: int, seconds: f
         t.start()
     for t in threads:
         t.join()
-    ms = np.array(latencies) * 1000
-    return {"requests": len(latencies), **{f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)}}
-
-
-def timed_floor(runs: list[list[tuple[str, dict[str, Any]]]], clients: int, seconds: float) -> dict[str, Any]:
-    """:func:`floor`, with its requests per second and CPU time per request (this process's)."""
-    cpu, began = time.process_time(), time.perf_counter()
-    result = floor(runs, clients, seconds)
     elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
-    result["requests_per_second"] = round(result["requests"] / elapsed, 1)
-    result["cpu_ms_per_request"] = round(cpu * 1000 / max(result["requests"], 1), 2)
-    return result
+    ms = np.array(latencies) * 1000
+    return {"requests": len(latencies), **{f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)},
+            "requests_per_second": round(len(latencies) / elapsed, 1),
+            "cpu_ms_per_request": round(cpu * 1000 / max(len(latencies), 1), 2)}  # fmt: skip
 
 
 def iceberg_scan_page(settings: Settings, pairs: list[tuple[str, date]], count: int) -> dict[str, Any]:
@@ -501,7 +496,7 @@ def main() -> None:
             entry: dict[str, Any] = {}
             for clients in CLIENTS:
                 http = wrk(url, urls, clients, args.seconds, master)
-                base = timed_floor(runs, clients, args.seconds)
+                base = floor(runs, clients, args.seconds)
                 entry[f"clients_{clients}"] = {"http": http, "duckdb_floor": base, **ratios(http, base)}
                 if args.profile and clients == 8:  # a run of its own: sampling slows the workers it samples
                     spies = profiled(master, args.profile, name, args.seconds)
