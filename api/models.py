@@ -18,7 +18,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 from k2_etl.errors import QueryError
 from k2_etl.instants import TIME_HELP, parse_day, parse_time
 from k2_etl.query.engine import MAX_LIMIT, MAX_SYMBOLS
-from k2_etl.query.params import EXCHANGE_PATTERN, SYMBOL_PATTERN, parse_interval, parse_symbols
+from k2_etl.query.params import (
+    EXCHANGE_PATTERN,
+    SYMBOL_PATTERN,
+    parse_interval,
+    parse_origin,
+    parse_symbols,
+    parse_zone,
+)
 from k2_etl.records import SEQUENCE_KINDS
 
 
@@ -72,10 +79,26 @@ Cursor = Annotated[
     str | None, Field(None, min_length=1, max_length=512, description="The next_cursor of the previous page")
 ]
 Interval = Annotated[
-    timedelta,
+    timedelta | Literal["week", "month"],
     _parsed(parse_interval, "interval"),
-    WithJsonSchema({"type": "string", "pattern": r"^\d{1,6}[smhd]$",
-                    "description": "Bar width 1s..1d dividing a day: 1s, 5s, 1m, 5m, 15m, 1h, 1d, ..."}),
+    WithJsonSchema({"type": "string", "pattern": r"^(\d{1,6}[smhd]|1w|week|1mo|month)$",
+                    "description": "Bar width 1s..1d dividing a day (1s, 5s, 1m, 5m, 15m, 1h, 1d, ...), or a "
+                                   "calendar week (week, 1w) or month (month, 1mo)"}),
+]  # fmt: skip
+Zone = Annotated[
+    str,
+    _parsed(parse_zone, "tz"),
+    WithJsonSchema({"type": "string", "minLength": 1, "default": "UTC",
+                    "description": "Time zone the bars are cut in: days, weeks and months are local ones, intraday "
+                                   "bars count from local midnight (or origin). UTC, exchange (each exchange's own "
+                                   "zone: an ASX 1d bar is a Sydney trading date), or an IANA name"}),
+]  # fmt: skip
+Origin = Annotated[
+    timedelta,
+    _parsed(parse_origin, "origin"),
+    WithJsonSchema({"type": "string", "pattern": r"^\d{2}:\d{2}(:\d{2})?$", "default": "00:00",
+                    "description": "Local time of day the bars count from, HH:MM[:SS]: 10:00 puts 1h bars on the "
+                                   "ASX's open, 09:30 on New York's half hours; days, weeks, months begin then"}),
 ]  # fmt: skip
 
 
@@ -122,6 +145,13 @@ class JoinQuery(RangeQuery):
 
 class BarsQuery(RangeQuery):
     interval: Interval
+    tz: Zone = "UTC"
+    origin: Origin = Field("00:00", validate_default=True)  # parsed, so the document shows it as written
+    by: Literal["symbol", "exchange"] = Field(
+        "symbol",
+        description="symbol: each symbol's trades on every exchange together (consolidated); exchange: "
+        "bars per symbol and exchange (rows carry exchange)",
+    )
     limit: int = Field(10_000, ge=1, le=MAX_LIMIT, description="Bars per page")
 
 

@@ -10,6 +10,7 @@ tests/integration/test_api.py checks real answers against this document.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
 import pyarrow as pa
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
 from k2_etl.lake.tables import TABLES_BY_NAME
 from k2_etl.query.engine import (
-    BAR_COLUMNS,
+    BAR_COLUMNS_BY_EXCHANGE,
     SNAPSHOT_COLUMNS,
     SUMMARY_COLUMNS,
     SYMBOL_COLUMNS,
@@ -82,17 +83,25 @@ V1_ERRORS: dict[int | str, Any] = {**TRANSPORT_ERRORS, 401: Problem, 404: Proble
 
 
 def row_model(
-    name: str, columns: pa.Schema, doc: str, *, every_column: bool = True, openapi_extra: dict[str, Any] | None = None
+    name: str,
+    columns: pa.Schema,
+    doc: str,
+    *,
+    every_column: bool = True,
+    optional: Collection[str] = (),
+    openapi_extra: dict[str, Any] | None = None,
 ) -> type[BaseModel]:
     """A row as JSON: a property per column, typed and described as the column is. ``every_column``
-    False: the request may choose the columns (``fields=``), so none is required."""
+    False: the request may choose the columns (``fields=``), so none is required; ``optional``: these
+    are not."""
     fields: dict[str, Any] = {}
     for column in columns:
         schema = json_schema(column.type, column.nullable)
         described = (column.metadata or {}).get(b"doc")
         if described:
             schema = {**schema, "description": described.decode()}
-        fields[column.name] = (Annotated[Any, WithJsonSchema(schema)], ... if every_column else None)
+        required = every_column and column.name not in optional
+        fields[column.name] = (Annotated[Any, WithJsonSchema(schema)], ... if required else None)
     config = ConfigDict(json_schema_extra=_no_defaults, openapi_extra=openapi_extra or {})  # type: ignore[typeddict-unknown-key]
     return create_model(name, __doc__=doc, __config__=config, **fields)
 
@@ -136,7 +145,9 @@ TradesPage = _rows("TradesPage", _Page, _table_row("trades", "Trade", every_colu
 QuotesPage = _rows("QuotesPage", _Page, _table_row("quotes", "Quote", every_column=False))
 TradeWithQuote = row_model("TradeWithQuote", TRADES_WITH_QUOTES_COLUMNS, "A trade, the prevailing quote, spread, mid")
 TradesWithQuotesPage = _rows("TradesWithQuotesPage", _Page, TradeWithQuote)
-BarsPage = _rows("BarsPage", _Page, row_model("Bar", BAR_COLUMNS, "OHLCV, exact VWAP and trade count of a bar"))
+Bar = row_model("Bar", BAR_COLUMNS_BY_EXCHANGE, "OHLCV, exact VWAP and trade count of a bar",
+                optional={"exchange"})  # exchange: with by=exchange  # fmt: skip
+BarsPage = _rows("BarsPage", _Page, Bar)
 SequenceEventsPage = _rows("SequenceEventsPage", _Page, _table_row("sequence_events", "SequenceEvent"))
 RejectsPage = _rows("RejectsPage", _Page, _table_row("rejects", "Reject"))
 SnapshotsPage = _rows("SnapshotsPage", _Page, row_model("Snapshot", SNAPSHOT_COLUMNS, "A snapshot of a table"))

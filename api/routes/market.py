@@ -86,13 +86,19 @@ def trades_with_quotes(query: JoinQuery) -> Response:
 
 
 @blueprint.get(
-    "/bars", summary="OHLCV bars with VWAP and trade count at any interval from 1s to 1d", responses={200: BarsPage}
+    "/bars",
+    summary="OHLCV bars with VWAP and trade count, 1s to 1d, week or month, in UTC or the exchange's time zone",
+    responses={200: BarsPage},
 )
 def bars(query: BarsQuery) -> Response:
-    """Bars are aligned to UTC midnight, in (bar start, symbol) order; bars without trades are absent.
-    VWAP is exact (decimal notional / volume, rounded half-even to 8 places)."""
+    """In (bar start, symbol, exchange) order; bars without trades are absent. Bars are cut in `tz`
+    (UTC by default; `exchange`: an ASX 1d bar is a Sydney trading date, a week begins on the local
+    Monday) from `origin` past local midnight; intraday bars count elapsed time from there, so on a
+    daylight-saving change they stay on the wall clock's hours. `by=exchange` gives a bar per
+    exchange. VWAP is exact (decimal notional / volume, rounded half-even to 8 places)."""
     fmt = negotiated(query.format)
-    result = engine().bars(interval=query.interval, limit=query.limit, **time_range(query))
+    result = engine().bars(interval=query.interval, tz=query.tz, origin=query.origin, by=query.by,
+                           limit=query.limit, **time_range(query))  # fmt: skip
     return answered("/v1/bars", result, fmt)
 
 

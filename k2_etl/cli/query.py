@@ -121,10 +121,21 @@ app.command("quotes")(_rows_command("quotes"))
 @app.command("bars")
 def query_bars(
     symbols: Symbols,
-    interval: Annotated[str, typer.Option("--interval", help="1s .. 1d dividing a day: 1m, 5m, 1h, 1d ...")] = "1m",
+    interval: Annotated[
+        str, typer.Option("--interval", help="1s .. 1d dividing a day (1m, 5m, 1h, 1d ...), week or month.")
+    ] = "1m",
     start: StartOpt = None,
     end: EndOpt = None,
     exchange: ExchangeOpt = None,
+    tz: Annotated[
+        str, typer.Option("--tz", help="Time zone bars are cut in: UTC, exchange (the exchange's own), or a name.")
+    ] = "UTC",
+    origin: Annotated[
+        str, typer.Option("--origin", help="Local time of day bars count from, e.g. 10:00 for the ASX's open.")
+    ] = "00:00",
+    by: Annotated[
+        str, typer.Option("--by", help="symbol: the exchanges' trades together; exchange: bars per exchange.")
+    ] = "symbol",
     limit: LimitOpt = 100,
     cursor: CursorOpt = None,
     as_of: AsOfOpt = None,
@@ -132,13 +143,15 @@ def query_bars(
     out_file: OutOpt = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """OHLCV bars with exact VWAP and trade count, in (bar start, symbol) order."""
+    """OHLCV bars with exact VWAP and trade count, in (bar start, symbol, exchange) order."""
     from k2_etl.query.engine import QueryEngine
-    from k2_etl.query.params import parse_interval, parse_symbols
+    from k2_etl.query.params import parse_by, parse_interval, parse_origin, parse_symbols, parse_zone
 
     engine = QueryEngine(load_settings())
     args = {"symbols": parse_symbols("symbol", symbols), "exchange": exchange, "snapshot_id": snapshot_id,
-            "interval": parse_interval("--interval", interval), **_time_args(start, end, as_of)}  # fmt: skip
+            "interval": parse_interval("--interval", interval), "tz": parse_zone("--tz", tz),
+            "origin": parse_origin("--origin", origin), "by": parse_by("--by", by),
+            **_time_args(start, end, as_of)}  # fmt: skip
     _paged(functools.partial(engine.bars, **args), limit, cursor, out_file, json_output)
 
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from k2_etl.errors import ConfigError
 from k2_etl.formats.model import Format, RecordSpec
 
-__all__ = ["Format", "RecordSpec", "available_formats", "load_format"]
+__all__ = ["Format", "RecordSpec", "available_formats", "exchange_zones", "load_format"]
 
 
 def _builtin_dir() -> Path:
@@ -61,3 +61,17 @@ def load_format(name_or_path: str, formats_dir: Path | None = None) -> Format:
     if name_or_path not in formats:
         raise ConfigError(f"unknown format {name_or_path!r}; known formats: {', '.join(sorted(formats))}")
     return read_format(formats[name_or_path])
+
+
+def exchange_zones(formats_dir: Path | None = None) -> dict[str, str]:
+    """Each exchange's time zone, as the formats declare it (``exchange_timezones``, or the
+    ``timezone`` of a format of one constant ``exchange``): the zone its trading days, and bars
+    in ``tz=exchange``, go by. Formats are read in name order; the first to name an exchange wins."""
+    zones: dict[str, str] = {}
+    for path in available_formats(formats_dir).values():
+        fmt = read_format(path)
+        for exchange, zone in fmt.exchange_timezones.items():
+            zones.setdefault(exchange, zone)
+        if fmt.exchange is not None:
+            zones.setdefault(fmt.exchange, fmt.timezone)
+    return zones

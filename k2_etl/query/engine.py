@@ -19,12 +19,19 @@ face, whichever module defines them.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
 from k2_etl.config import Settings
+from k2_etl.formats import exchange_zones
 from k2_etl.query.audit import SNAPSHOT_COLUMNS, AuditQueries
-from k2_etl.query.market import BAR_COLUMNS, SUMMARY_COLUMNS, TRADES_WITH_QUOTES_COLUMNS, MarketQueries
+from k2_etl.query.market import (
+    BAR_COLUMNS_BY_EXCHANGE,
+    SUMMARY_COLUMNS,
+    TRADES_WITH_QUOTES_COLUMNS,
+    MarketQueries,
+)
 from k2_etl.query.paging import MAX_LIMIT, MAX_SYMBOLS, Result
 from k2_etl.query.planning import Planner
 from k2_etl.query.runner import Runner
@@ -32,7 +39,7 @@ from k2_etl.query.symbols import SYMBOL_COLUMNS, SymbolIndex
 from k2_etl.query.tables import TableCache
 
 __all__ = [
-    "BAR_COLUMNS",
+    "BAR_COLUMNS_BY_EXCHANGE",
     "MAX_LIMIT",
     "MAX_SYMBOLS",
     "SNAPSHOT_COLUMNS",
@@ -63,12 +70,14 @@ class QueryEngine:
         self.tables = TableCache(settings)
         self.planner = Planner()
         self.runner = Runner(settings, connections, budget_seconds, clock)
-        market = MarketQueries(self.tables, self.planner, self.runner)
+        symbols = SymbolIndex(self.tables, self.planner, self.runner)
+        zones = functools.cache(lambda: exchange_zones(settings.formats_dir))  # read at the first tz=exchange
+        market = MarketQueries(self.tables, self.planner, self.runner, exchange_zones=zones,
+                               exchanges_of=symbols.exchanges)  # fmt: skip
         self.page = market.page
         self.bars = market.bars
         self.trades_with_quotes = market.trades_with_quotes
         self.summary = market.summary
-        symbols = SymbolIndex(self.tables, self.planner, self.runner)
         self.symbols = symbols.symbols
         self.unknown = symbols.unknown
         self.reference = symbols.reference

@@ -8,7 +8,7 @@ a day at a time in a stable order (:mod:`k2_etl.query.paging`). Every statement 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
@@ -20,6 +20,7 @@ from pyiceberg.table.snapshots import Snapshot
 
 from k2_etl.errors import QueryError
 from k2_etl.query import sql
+from k2_etl.query.calendar import EXCHANGE_ZONE, BarCalendar, BarsBy, Interval, check_interval, cursor_floor, zone
 from k2_etl.query.cursor import Position, after_params, resume
 from k2_etl.query.paging import Result, check_limit, check_range, keyset
 from k2_etl.query.planning import DAY, EPOCH, Chunk, Planner, micros
@@ -42,9 +43,12 @@ _BAR_TYPES = {
     "notional": pa.decimal128(38, 16),
     "trades": pa.int64(),
 }
+_BAR_TYPES_BY_EXCHANGE = {"symbol": pa.string(), "exchange": pa.string(), **_BAR_TYPES}
+_KEY_SEPARATOR = "\x1f"  # a bar's cursor key: symbol, or symbol and exchange (neither holds it)
 _SUMMARY_FIELDS = ("trades", "open", "high", "low", "close", "volume", "notional", "first_trade", "last_trade")
 #: The columns of each answer that is not a table's own rows (the API's response schemas are made of them).
 BAR_COLUMNS = pa.schema([*((n, t) for n, t in _BAR_TYPES.items() if n != "notional"), ("vwap", pa.decimal128(38, 8))])
+BAR_COLUMNS_BY_EXCHANGE = BAR_COLUMNS.insert(1, pa.field("exchange", pa.string()))
 TRADES_WITH_QUOTES_COLUMNS = pa.schema(
     [("event_id", pa.string()), ("symbol", pa.string()), ("exchange", pa.string()),
      ("event_time", pa.timestamp("us", tz="UTC")), ("sequence_number", pa.int64()), ("price", _PRICE),
@@ -62,10 +66,20 @@ SUMMARY_COLUMNS = pa.schema(
 class MarketQueries:
     """Thread-safe (its parts are)."""
 
-    def __init__(self, tables: TableCache, planner: Planner, runner: Runner) -> None:
+    def __init__(
+        self,
+        tables: TableCache,
+        planner: Planner,
+        runner: Runner,
+        *,
+        exchange_zones: Callable[[], Mapping[str, str]],
+        exchanges_of: Callable[[Sequence[str]], set[str]],
+    ) -> None:
         self.tables = tables
         self.planner = planner
         self.runner = runner
+        self.exchange_zones = exchange_zones  # each exchange's time zone, for bars in tz=exchange
+        self.exchanges_of = exchanges_of  # the exchanges the symbols trade on
 
     def page(
         self,
@@ -122,45 +136,78 @@ class MarketQueries:
         symbols: Sequence[str],
         start: datetime,
         end: datetime,
-        interval: timedelta,
+        interval: Interval,
         exchange: str | None = None,
+        tz: str = "UTC",
+        origin: timedelta = timedelta(0),
+        by: BarsBy = "symbol",
         limit: int = 10_000,
         cursor: str | None = None,
         snapshot_id: int | None = None,
         as_of: datetime | None = None,
     ) -> Result:
-        """OHLCV, VWAP and trade count per bar and symbol, in (bar, symbol) order; bars without
-        trades are absent. Bars are aligned to UTC midnight, so an interval must divide a day."""
+        """OHLCV, VWAP and trade count per bar and symbol (and exchange, ``by="exchange"``; else
+        the exchanges' trades together), in (bar, symbol, exchange) order; bars without trades are
+        absent. Bars are cut in ``tz`` (a zone, or ``exchange``: the exchange's own) from
+        ``origin`` past local midnight (:mod:`k2_etl.query.calendar`)."""
         check_range(symbols, start, end)
         check_limit(limit)
-        width = interval // timedelta(microseconds=1)
-        if not timedelta(seconds=1) <= interval <= DAY or width % 1_000_000 or DAY % interval:
-            raise QueryError("interval", _interval_text(interval), "must be whole seconds from 1s to 1d dividing a day")
+        check_interval(interval)
+        calendar = self._calendar(symbols, interval, exchange, tz, origin, by)
         after, snapshot_id, as_of, _, (start, end) = resume(cursor, snapshot_id, as_of, (start, end))
         table, snapshot = self.tables.pinned("trades", snapshot_id=snapshot_id, as_of=as_of)
         placeholders = sql.symbol_placeholders(len(symbols))
-        fixed = {**sql.symbol_values(list(symbols)), "exchange": exchange, "width_us": width}
+        fixed = {**sql.symbol_values(list(symbols)), "exchange": exchange, **calendar.params()}
+        parts = {"symbols": placeholders, "bar": calendar.bar_sql(), "exchange": "NULL::VARCHAR", "exchange_column": ""}
+        if by == "exchange":
+            parts.update(exchange="exchange", exchange_column="exchange, ")
 
         def step(chunk: Chunk, position: Position, remaining: int) -> tuple[str, dict[str, Any]]:
-            lo = max(chunk.start, _floor(position.time, interval))  # whole bars: from the cursor's bar on
+            lo = max(chunk.start, cursor_floor(calendar, position.time))  # whole bars: from the cursor's bar on
             relation, source = chunk.reading()
-            return sql.BARS.format(relation=relation, symbols=placeholders), {
-                **fixed, **source, "start": lo, "end": chunk.end, "limit": remaining,
-                "after_us": micros(position.time), "after_id": position.key}  # fmt: skip
+            after_symbol, _, after_exchange = position.key.partition(_KEY_SEPARATOR)
+            return sql.BARS.format(relation=relation, **parts), {
+                **fixed, **source, "start": lo, "end": chunk.end, "limit": remaining, "after_us": micros(position.time),
+                "after_symbol": after_symbol, "after_exchange": after_exchange}  # fmt: skip
 
+        columns = _BAR_TYPES if by == "symbol" else _BAR_TYPES_BY_EXCHANGE
         result = keyset(
             self.runner,
-            self.planner.chunks(table, snapshot, start, end, symbols),
+            calendar.chunks(self.planner.chunks(table, snapshot, start, end, symbols)),
             step,
             after,
             limit,
-            lambda row: Position(row["bar_start"], 0, row["symbol"]),
+            _bar_position,
             snapshot,
-            empty=lambda: pa.table({name: pa.array([], t) for name, t in _BAR_TYPES.items()}),
+            empty=lambda: pa.table({name: pa.array([], t) for name, t in columns.items()}),
             shape=_bar_shape,
             span=(start, end),
         )
         return replace(result, rows=_with_vwap(result.rows))
+
+    def _calendar(
+        self, symbols: Sequence[str], interval: Interval, exchange: str | None, tz: str, origin: timedelta, by: str
+    ) -> BarCalendar:
+        """The bars' calendar with ``tz=exchange`` resolved: to one zone when the bars are of one
+        (the exchange asked for, or every exchange of consolidated bars), else to each exchange's."""
+        if tz != EXCHANGE_ZONE:
+            zone(tz)
+            return BarCalendar(interval, tz, origin)
+        known = self.exchange_zones()
+        exchanges = [exchange] if exchange else sorted(self.exchanges_of(symbols))
+        unknown = [e for e in exchanges if e not in known]
+        if unknown:
+            raise QueryError("tz", tz, f"no time zone is known for exchange {', '.join(unknown)} (the "
+                                       "formats' exchange_timezones or timezone); give a zone, e.g. "
+                                       "tz=Australia/Sydney")  # fmt: skip
+        zones = {e: known[e] for e in exchanges}
+        if len(set(zones.values())) <= 1:
+            return BarCalendar(interval, next(iter(zones.values()), "UTC"), origin)
+        if by == "symbol":
+            trading = ", ".join(f"{e} ({z})" for e, z in zones.items())
+            raise QueryError("tz", tz, f"the symbols trade in more than one time zone: {trading}; give exchange=, "
+                                       "by=exchange or a zone")  # fmt: skip
+        return BarCalendar(interval, EXCHANGE_ZONE, origin, zones)
 
     def trades_with_quotes(
         self,
@@ -278,6 +325,10 @@ def _trade_position(row: dict[str, Any]) -> Position:
     return Position(row["event_time"], -1 if sequence is None else sequence, row["event_id"])
 
 
+def _bar_position(row: dict[str, Any]) -> Position:
+    return Position(row["bar_start"], 0, _KEY_SEPARATOR.join(filter(None, (row["symbol"], row.get("exchange")))))
+
+
 def _with_vwap(bars: pa.Table) -> pa.Table:
     """VWAP = notional / volume, exact to 8 places (Decimal division, half-even)."""
     with localcontext(prec=80):  # the quotient to 80 digits, so the rounding to 8 places is the only one
@@ -291,15 +342,3 @@ def _with_vwap(bars: pa.Table) -> pa.Table:
 def _bar_shape(rows: pa.Table) -> pa.Table:
     start_col = rows.column("bar_start").cast(pa.timestamp("us", tz="UTC"))  # DuckDB gives naive UTC
     return rows.set_column(rows.schema.get_field_index("bar_start"), "bar_start", start_col)
-
-
-def _floor(at: datetime, interval: timedelta) -> datetime:
-    """The start of the bar holding ``at`` (bars are aligned to the epoch, hence to UTC midnight)."""
-    if at <= EPOCH:
-        return at
-    width = interval // timedelta(microseconds=1)
-    return EPOCH + timedelta(microseconds=micros(at) // width * width)
-
-
-def _interval_text(interval: timedelta) -> str:
-    return f"{interval.total_seconds():g}s"

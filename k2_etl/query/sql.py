@@ -64,14 +64,16 @@ PAGE = """
     LIMIT $limit
 """
 
-#: OHLCV bars of fixed width ($width_us microseconds, aligned to the epoch) per symbol, after the
-#: cursor's (bar, symbol), in (bar, symbol) order; buckets without trades are absent. Notional and
-#: volume stay exact decimals: VWAP is their quotient, taken in Python with Decimal (DuckDB divides
-#: decimals as doubles). Bars are integers (epoch microseconds) until the end: no time zone enters.
+#: OHLCV bars per symbol (and exchange, when bars are per exchange: {exchange} is `exchange`, else
+#: NULL), after the cursor's (bar, symbol, exchange), in that order; buckets without trades are
+#: absent. {bar} is the start of a trade's bar in epoch microseconds (:mod:`k2_etl.query.calendar`).
+#: Notional and volume stay exact decimals: VWAP is their quotient, taken in Python with Decimal
+#: (DuckDB divides decimals as doubles).
 BARS = """
     WITH bars AS (
         SELECT symbol,
-               (epoch_us(event_time) // $width_us) * $width_us AS bar_us,
+               {exchange} AS exchange,
+               {bar} AS bar_us,
                arg_min(price, (event_time, coalesce(sequence_number, -1), event_id)) AS open,
                max(price) AS high,
                min(price) AS low,
@@ -85,10 +87,11 @@ BARS = """
           AND event_time >= $start AND event_time < $end
         GROUP BY ALL
     )
-    SELECT symbol, make_timestamp(bar_us) AS bar_start, open, high, low, close, volume, notional, trades
+    SELECT symbol, {exchange_column}make_timestamp(bar_us) AS bar_start, open, high, low, close, volume, notional,
+           trades
     FROM bars
-    WHERE (bar_us, symbol) > ($after_us, $after_id)
-    ORDER BY bar_us, symbol
+    WHERE (bar_us, symbol, coalesce(exchange, '')) > ($after_us, $after_symbol, $after_exchange)
+    ORDER BY bar_us, symbol, exchange
     LIMIT $limit
 """
 

@@ -64,6 +64,13 @@ class SymbolIndex:
             known = self._known(refresh=True)[0]
         return [s for s in symbols if s not in known]
 
+    def exchanges(self, symbols: Sequence[str]) -> set[str]:
+        """The exchanges the symbols have trades on (as of the last scan)."""
+        listing = self._known()[1]
+        wanted = set(symbols)
+        return {e for s, es in zip(listing["symbol"].to_pylist(), listing["exchanges"].to_pylist(), strict=True)
+                if s in wanted for e in es or ()}  # fmt: skip
+
     def reference(self, symbol: str) -> pa.Table:
         table = self.tables.table("reference_data")
         snapshot = table.current_snapshot()

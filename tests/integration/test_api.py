@@ -115,6 +115,11 @@ def test_bars_with_quotes_and_summary_say_what_the_engine_computed(api: Api, lan
     joined, _ = walk(api, "/v1/trades/with-quotes", symbol=symbol, start=START, end=END, limit=500)
     expected = engine.trades_with_quotes(symbols=[symbol], start=start, end=end, limit=50_000)
     assert joined == [as_json(r) for r in expected.rows.to_pylist()]
+    local, _ = walk(api, "/v1/bars", symbol=symbol, start=START, end=END, interval="1h", tz="exchange",
+                    origin="10:00", by="exchange", limit=5)  # fmt: skip
+    expected = engine.bars(symbols=[symbol], start=start, end=end, interval=timedelta(hours=1), tz="exchange",
+                           origin=timedelta(hours=10), by="exchange", limit=50_000)  # fmt: skip
+    assert local == [as_json(r) for r in expected.rows.to_pylist()] and {b["exchange"] for b in local} == {"ASX", "CXA"}
     summary = api.get(f"/v1/summary/{symbol}/2026-11-02")
     assert summary.status_code == 200, summary.text
     assert summary.json() == as_json(engine.summary(symbol, date(2026, 11, 2)))
@@ -257,6 +262,10 @@ def test_bad_parameters_are_400_naming_the_parameter_and_value(
         ("/v1/bars", {"interval": "7m"}, 400, "interval"),
         ("/v1/bars", {"interval": "5 minutes"}, 400, "interval"),
         ("/v1/bars", {}, 400, "interval"),
+        ("/v1/bars", {"interval": "1h", "tz": "Mars/Olympus"}, 400, "tz"),
+        ("/v1/bars", {"interval": "1h", "origin": "25:00"}, 400, "origin"),
+        ("/v1/bars", {"interval": "1h", "by": "venue"}, 400, "by"),
+        ("/v1/bars", {"interval": "1d", "tz": "exchange", "exchange": "ZZZZ"}, 400, "tz"),
         ("/v1/summary/{symbol}/2026-13-01", {}, 400, "date"),
         ("/v1/summary/{symbol}/0001-01-01", {}, 400, "date"),
         ("/v1/summary/{symbol}/9999-12-31", {}, 400, "date"),
@@ -293,6 +302,7 @@ def test_sql_injection_in_every_string_parameter_is_refused_or_unknown(
         ("/v1/trades", {**base, "cursor": attempt}),
         ("/v1/quotes", {**base, "start": attempt}),
         ("/v1/bars", {**base, "interval": attempt}),
+        ("/v1/bars", {**base, "interval": "1h", "tz": attempt}),
         ("/v1/sequence-events", {"kind": attempt}),
         ("/v1/rejects", {"record_type": attempt}),
         (f"/v1/summary/{attempt}/2026-11-02", {}),

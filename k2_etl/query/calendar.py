@@ -1,0 +1,184 @@
+"""Where bars begin: in which time zone, from which time of day, over which calendar unit.
+
+Why local time: a market's day is local. A 1d bar of an ASX stock is a Sydney trading date,
+which begins at 13:00 or 14:00 UTC the evening before depending on daylight saving; a week bar
+begins on the local Monday, a month bar on the local first of the month. Intraday bars are
+counted from the start of their local day (midnight, or ``origin``: 09:30 puts hour bars on a New
+York session's half hours) in elapsed time, so on a day that loses or gains an hour the bars stay
+on the wall clock's hours, no two bars share a start, and the day's last bar ends at the next
+day's start.
+
+The bars' SQL (:data:`k2_etl.query.sql.BARS`) computes the start of each trade's bar;
+:meth:`BarCalendar.start_of` is the same rule in Python, for the places that need a bar's bounds
+before any row is read: which day chunks must be read together (a Sydney day spans two UTC
+days, a month thirty), and where a cursor's bar began. In UTC from midnight with a width dividing
+a day, every bar lies within a UTC day: the statement is the plain epoch arithmetic of before
+(measurably cheaper than a time-zone conversion per row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from functools import cache
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, available_timezones
+
+from k2_etl.errors import QueryError
+from k2_etl.query.planning import DAY, EPOCH, Chunk
+
+CalendarUnit = Literal["week", "month"]
+#: A bar's width: whole seconds from 1 s to 1 d dividing a day, or a calendar week or month.
+Interval = timedelta | CalendarUnit
+#: ``tz=exchange``: each trade's exchange's own zone (from the formats' exchange time zones).
+EXCHANGE_ZONE = "exchange"
+BarsBy = Literal["symbol", "exchange"]
+
+
+@cache
+def zone(name: str, parameter: str = "tz") -> ZoneInfo:
+    """The IANA zone ``name`` (not ``localtime``: the server's zone is no market's)."""
+    if name not in _known_zones():
+        raise QueryError(parameter, name, f"not a time zone: UTC, {EXCHANGE_ZONE}, or an IANA name such as "
+                                          "Australia/Sydney")  # fmt: skip
+    return ZoneInfo(name)
+
+
+@cache
+def _known_zones() -> frozenset[str]:
+    return frozenset(available_timezones() - {"localtime"})
+
+
+def interval_text(interval: Interval) -> str:
+    return interval if isinstance(interval, str) else f"{interval.total_seconds():g}s"
+
+
+def check_interval(interval: Interval) -> None:
+    if isinstance(interval, str):
+        if interval not in ("week", "month"):
+            raise QueryError("interval", interval, "a calendar interval is week or month")
+        return
+    width = interval // timedelta(microseconds=1)
+    if not timedelta(seconds=1) <= interval <= DAY or width % 1_000_000 or DAY % interval:
+        raise QueryError(
+            "interval", interval_text(interval), "must be whole seconds from 1s to 1d dividing a day, or week or month"
+        )
+
+
+@dataclass(frozen=True)
+class BarCalendar:
+    """How bars are cut: ``interval`` in the zone ``tz`` (a name, or ``exchange``: each trade's
+    exchange's zone, looked up in ``zones``) from ``origin`` past local midnight."""
+
+    interval: Interval
+    tz: str = "UTC"
+    origin: timedelta = timedelta(0)
+    zones: Mapping[str, str] | None = None  # exchange -> zone, for tz=exchange
+
+    @property
+    def epoch_aligned(self) -> bool:
+        """Every bar is whole within a UTC day: the statement can be epoch arithmetic."""
+        return self.tz == "UTC" and not self.origin and not isinstance(self.interval, str)
+
+    def zone_names(self) -> list[str]:
+        if self.tz != EXCHANGE_ZONE:
+            return [self.tz]
+        return sorted(set((self.zones or {}).values())) or ["UTC"]
+
+    def start_of(self, at: datetime, zone_name: str) -> datetime:
+        """The start of the bar holding ``at`` in ``zone_name`` (the SQL's rule, in Python)."""
+        anchor = self._anchor(at, zone(zone_name))
+        if isinstance(self.interval, str) or self.interval == DAY:
+            return anchor
+        return anchor + (at - anchor) // self.interval * self.interval
+
+    def end_of(self, at: datetime, zone_name: str) -> datetime:
+        """The end of the bar holding ``at`` (the next local day's, week's or month's start at the latest)."""
+        tz = zone(zone_name)
+        anchor = self._anchor(at, tz)
+        local = (anchor.astimezone(tz).replace(tzinfo=None) - self.origin).date()
+        if self.interval == "month":
+            following = date(local.year + local.month // 12, local.month % 12 + 1, 1)
+        else:
+            following = local + (timedelta(days=7) if self.interval == "week" else DAY)
+        next_anchor = _localized(following, self.origin, tz)
+        if isinstance(self.interval, str) or self.interval == DAY:
+            return next_anchor
+        return min(self.start_of(at, zone_name) + self.interval, next_anchor)
+
+    def bounds(self, start: datetime, end: datetime) -> tuple[datetime, datetime]:
+        """From the start of the bar holding ``start`` to the end of the one holding the last
+        instant before ``end``, over every zone the bars may be in."""
+        names = self.zone_names()
+        last = end - timedelta(microseconds=1)
+        return min(self.start_of(start, z) for z in names), max(self.end_of(last, z) for z in names)
+
+    def chunks(self, chunks: Sequence[Chunk]) -> list[Chunk]:
+        """Planned day chunks joined so that no bar spans two (a Sydney day spans two UTC days, a
+        month all of its days): each statement then sees every trade of the bars it computes."""
+        if self.epoch_aligned:
+            return list(chunks)
+        joined: list[Chunk] = []
+        reach = EPOCH
+        for chunk in chunks:
+            lo, hi = self.bounds(chunk.start, chunk.end)
+            if joined and lo < reach:
+                last = joined[-1]
+                joined[-1] = Chunk(last.start, chunk.end, last.files + chunk.files, chunk.scan)
+            else:
+                joined.append(chunk)
+            reach = max(reach, hi)
+        return joined
+
+    def bar_sql(self) -> str:
+        """The statement's expression for the start of a trade's bar, in epoch microseconds."""
+        if self.epoch_aligned:
+            return "(epoch_us(event_time) // $width_us) * $width_us"
+        if self.tz == EXCHANGE_ZONE:  # each trade's exchange's zone (all of the symbols' exchanges are mapped)
+            cases = " ".join(f"WHEN $zone_exchange_{i} THEN $zone_{i}" for i in range(len(self.zones or {})))
+            zone_sql = f"CASE exchange {cases} ELSE 'UTC' END"
+        else:
+            zone_sql = "$zone"
+        unit = self.interval if isinstance(self.interval, str) else "day"
+        anchor = (f"epoch_us(timezone({zone_sql}, date_trunc('{unit}', timezone({zone_sql}, event_time) - $origin)"
+                  " + $origin))")  # fmt: skip
+        if isinstance(self.interval, str) or self.interval == DAY:
+            return anchor
+        return f"({anchor} + (epoch_us(event_time) - {anchor}) // $width_us * $width_us)"
+
+    def params(self) -> dict[str, Any]:
+        """The bound values :meth:`bar_sql` names."""
+        params: dict[str, Any] = {}
+        if not isinstance(self.interval, str) and (self.epoch_aligned or self.interval < DAY):
+            params["width_us"] = self.interval // timedelta(microseconds=1)
+        if self.epoch_aligned:
+            return params
+        params["origin"] = self.origin
+        if self.tz != EXCHANGE_ZONE:
+            return {**params, "zone": self.tz}
+        for i, (exchange, name) in enumerate(sorted((self.zones or {}).items())):
+            params[f"zone_exchange_{i}"], params[f"zone_{i}"] = exchange, name
+        return params
+
+    def _anchor(self, at: datetime, tz: ZoneInfo) -> datetime:
+        """The start of the local day (or week, month) holding ``at``, ``origin`` past midnight."""
+        shifted = (at.astimezone(tz).replace(tzinfo=None) - self.origin).date()
+        if self.interval == "week":
+            shifted -= timedelta(days=shifted.weekday())
+        elif self.interval == "month":
+            shifted = shifted.replace(day=1)
+        return _localized(shifted, self.origin, tz)
+
+
+def _localized(day: date, origin: timedelta, tz: ZoneInfo) -> datetime:
+    """``origin`` past ``day``'s midnight on the local wall clock, as a UTC instant."""
+    return (datetime.combine(day, time()) + origin).replace(tzinfo=tz).astimezone(UTC)
+
+
+def cursor_floor(calendar: BarCalendar, at: datetime) -> datetime:
+    """The earliest start of the bar holding ``at`` (over the calendar's zones): a page goes on
+    from whole bars."""
+    if at <= EPOCH:
+        return at
+    return min(calendar.start_of(at, z) for z in calendar.zone_names())
