@@ -55,6 +55,8 @@ bench: install  ## run the benchmarks (results in bench/results/ and docs/benchm
 	$(BIN)/python bench/stream_bench.py
 	command -v wrk >/dev/null || apt-get install -y -qq wrk  # the API benchmark's load generator
 	$(BIN)/python bench/api_bench.py
+	command -v chromium >/dev/null || apt-get install -y -qq chromium  # the explorer benchmark's browser
+	$(BIN)/python bench/explorer_bench.py
 	$(BIN)/python bench/maintenance_bench.py
 	$(BIN)/python bench/compaction_commit_bench.py
 	$(BIN)/python bench/airflow_bench.py

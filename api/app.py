@@ -32,7 +32,7 @@ from api.admission import Admission, Overloaded
 from api.errors import UnknownSymbol, problem
 from api.render import json_body
 from api.responses import Problem
-from api.routes import catalog, market, ops
+from api.routes import catalog, explore, market, ops
 from k2_etl import __version__
 from k2_etl.config import Settings, load_settings
 from k2_etl.errors import K2Error, QueryError, QueryTimeout, UnavailableError
@@ -42,7 +42,7 @@ from k2_etl.query.runner import SPENT, Spent
 log = logging.getLogger("k2.api")
 MAX_BODY_BYTES = 64 * 1024  # no endpoint takes a body; anything bigger is refused with 413
 JSON = "application/json"
-OPEN_PATHS = ("/health", "/metrics", "/openapi.json", "/docs")  # served without an API key or rate limit
+OPEN_PATHS = ("/health", "/metrics", "/openapi.json", "/docs", "/explore")  # served without an API key or rate limit
 RETRY_AFTER_SECONDS = 5  # a dependency away: when to ask again (the engine tries it again every second)
 
 
@@ -54,7 +54,8 @@ def create_app(settings: Settings | None = None, engine: QueryEngine | None = No
         info=Info(
             title="K2 market data API",
             version=__version__,
-            description="Trades, quotes, OHLCV bars, VWAP, as-of joins and time travel over K2's Iceberg tables.",
+            description="Trades, quotes, OHLCV bars, VWAP, as-of joins and time travel over K2's Iceberg tables. "
+            "See them drawn in the [explorer](/explore).",
         ),
         security_schemes={"api_key": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
         doc_prefix="/docs",
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None, engine: QueryEngine | None = No
     app.register_api(market.blueprint)
     app.register_api(catalog.blueprint)
     app.register_api(ops.blueprint)
+    app.register_blueprint(explore.blueprint)  # the page is a client of /v1, not part of its document
     app.add_url_rule("/openapi.json", "openapi_json", lambda: Response(json_body(app.api_doc), mimetype=JSON))
     for rule in app.url_map.iter_rules():  # refusals are 0 until the first: alerts and panels see 0, not nothing
         if rule.rule.startswith("/v1"):

@@ -145,6 +145,13 @@ class JoinQuery(RangeQuery):
 
 class BarsQuery(RangeQuery):
     interval: Interval
+    day: Annotated[
+        date | None,
+        _parsed(parse_day, "day"),
+        WithJsonSchema({"anyOf": [{"type": "string", "format": "date", "minLength": 1}, {"type": "null"}],
+                        "description": "Instead of start and end: this calendar day, midnight to midnight in the "
+                                       "bars' zone (tz=exchange: a trading date)"}),
+    ] = None  # fmt: skip
     tz: Zone = "UTC"
     origin: Origin = Field("00:00", validate_default=True)  # parsed, so the document shows it as written
     by: Literal["symbol", "exchange"] = Field(
@@ -153,6 +160,12 @@ class BarsQuery(RangeQuery):
         "bars per symbol and exchange (rows carry exchange)",
     )
     limit: int = Field(10_000, ge=1, le=MAX_LIMIT, description="Bars per page")
+
+    @model_validator(mode="after")
+    def _day_or_range(self) -> BarsQuery:
+        if self.day is not None and (self.start is not None or self.end is not None):
+            raise ValueError("give day, or start and end, not both")
+        return self
 
 
 class SummaryPath(_Cached):
@@ -194,6 +207,9 @@ class SequenceEventsQuery(LogQuery):
 class RejectsQuery(LogQuery):
     stage: Literal["load", "consume"] | None = Field(None, description="Where it was rejected")
     record_type: Literal["trade", "quote", "reference_data"] | None = None
+    symbol: str | None = Field(
+        None, pattern=SYMBOL_PATTERN, max_length=40, description="Rows whose raw line has this symbol as a field"
+    )
 
 
 class TablePath(_Cached):

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 from k2_etl.lake.tables import TABLES_BY_NAME
 from k2_etl.query.engine import (
     BAR_COLUMNS_BY_EXCHANGE,
+    EXCHANGE_COLUMNS,
     SNAPSHOT_COLUMNS,
     SUMMARY_COLUMNS,
     SYMBOL_COLUMNS,
@@ -152,6 +153,8 @@ SequenceEventsPage = _rows("SequenceEventsPage", _Page, _table_row("sequence_eve
 RejectsPage = _rows("RejectsPage", _Page, _table_row("rejects", "Reject"))
 SnapshotsPage = _rows("SnapshotsPage", _Page, row_model("Snapshot", SNAPSHOT_COLUMNS, "A snapshot of a table"))
 SymbolList = _rows("SymbolList", _Listing, row_model("Symbol", SYMBOL_COLUMNS, "A symbol and what K2 has of it"))
+ExchangeList = _rows("ExchangeList", _Listing,
+                     row_model("Exchange", EXCHANGE_COLUMNS, "An exchange: its time zone, symbols traded"))  # fmt: skip
 ReferenceList = _rows("ReferenceList", _Listing, _table_row("reference_data", "ReferenceData"))
 DaySummary = row_model("DaySummary", SUMMARY_COLUMNS, "A symbol's trading day", openapi_extra={"content": TABULAR})
 

@@ -62,15 +62,11 @@ import pyarrow.compute as pc
 from prometheus_client.parser import text_string_to_metric_families
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 
-from bench.harness import save_result
-from k2_etl.bootstrap import init_platform
+from bench.harness import kafka_running, kafka_settings, save_result
 from k2_etl.config import Settings, load_settings
 from k2_etl.ingest.generate import generate
 from k2_etl.lake.catalog import open_catalog
-from k2_etl.local.components import broker, registry
-from k2_etl.local.supervisor import start, stop
 from k2_etl.query.engine import QueryEngine
-from k2_etl.schemas.registration import register_schemas
 from k2_etl.wire.duckdb_conn import connect
 from tests.helpers import env_of, free_port, run_k2
 
@@ -108,15 +104,8 @@ def build(work: Path, scale: float) -> dict[str, Any]:
             return built
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    settings = load_settings(home=work / "home", kafka_bootstrap=f"127.0.0.1:{free_port()}",
-                             schema_registry_url=f"http://127.0.0.1:{free_port()}", topic_partitions=4,
-                             stream_metrics_port=0)  # fmt: skip
-    components = [broker(settings), registry(settings)]
-    for component in components:
-        start(settings, component, lambda _: None)
-    try:
-        init_platform(settings)
-        register_schemas(settings)
+    settings = kafka_settings(work / "home", topic_partitions=4, stream_metrics_port=0)
+    with kafka_running(settings):
         started = time.perf_counter()
         generated = generate(work / "data", symbols=SYMBOLS, days=DAYS, start=FIRST_DAY, seed=5, exchanges=("ASX",),
                              trades_per_day=int(TRADES_PER_SYMBOL_DAY * scale), quotes_per_trade=1.0)  # fmt: skip
@@ -131,9 +120,6 @@ def build(work: Path, scale: float) -> dict[str, Any]:
         started = time.perf_counter()
         stream_s = stream_until(settings, {"trades": generated.trades, "quotes": generated.quotes})
         print(f"streamed in {stream_s:.0f} s")
-    finally:
-        for component in reversed(components):
-            stop(settings, component, lambda _: None)
     before = files_per_day(settings)
     started = time.perf_counter()
     compact(settings)

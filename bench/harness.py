@@ -29,6 +29,33 @@ def save_result(name: str, result: dict[str, Any]) -> None:
     print(f"saved {RESULTS / f'{name}.json'}")
 
 
+def kafka_settings(home: Path, **overrides: Any) -> Settings:
+    """Settings of a platform in ``home`` with its broker's and registry's ports reserved together."""
+    broker_port, registry_port = free_ports(2)
+    return load_settings(
+        home=home,
+        kafka_bootstrap=f"127.0.0.1:{broker_port}",
+        schema_registry_url=f"http://127.0.0.1:{registry_port}",
+        **overrides,
+    )
+
+
+@contextmanager
+def kafka_running(settings: Settings) -> Iterator[None]:
+    """The local broker and registry of ``settings`` up, the tables made and the schemas registered;
+    stopped on exit (the tables stay)."""
+    components = [broker(settings), registry(settings)]
+    for component in components:
+        start(settings, component, lambda _: None)
+    try:
+        init_platform(settings)
+        register_schemas(settings)
+        yield
+    finally:
+        for component in reversed(components):
+            stop(settings, component, lambda _: None)
+
+
 @contextmanager
 def bench_platform(name: str, rows: int, **overrides: Any) -> Iterator[tuple[Settings, Path, GenerateReport]]:
     """Settings, the work folder (generated files in ``data/``) and what was generated; stopped on exit.
@@ -36,25 +63,11 @@ def bench_platform(name: str, rows: int, **overrides: Any) -> Iterator[tuple[Set
     ``rows`` trades (about) over 100 ASX symbols and 10 days, no quotes, deterministic.
     """
     work = Path(tempfile.mkdtemp(prefix=f"k2-bench-{name}-"))
-    broker_port, registry_port = free_ports(2)
-    settings = load_settings(
-        home=work / "home",
-        kafka_bootstrap=f"127.0.0.1:{broker_port}",
-        schema_registry_url=f"http://127.0.0.1:{registry_port}",
-        **overrides,
-    )
-    components = [broker(settings), registry(settings)]
-    for component in components:
-        start(settings, component, lambda _: None)
-    try:
-        init_platform(settings)
-        register_schemas(settings)
+    settings = kafka_settings(work / "home", **overrides)
+    with kafka_running(settings):
         symbols, days = 100, 10
         generated = generate(
             work / "data", symbols=symbols, days=days, start=date(2026, 10, 1), seed=1, exchanges=("ASX",),
             trades_per_day=rows // (symbols * days), quotes_per_trade=0,
         )  # fmt: skip
         yield settings, work, generated
-    finally:
-        for component in reversed(components):
-            stop(settings, component, lambda _: None)

@@ -444,6 +444,23 @@ def _stream_ab(r: dict[str, Any]) -> Iterator[Row]:
     )
 
 
+def _explorer(r: dict[str, Any]) -> Iterator[Row]:
+    day = f"a symbol-day of {_number(r['dataset']['trades'])} trades, 1-minute bars in the exchange's zone"
+    bars = f"{_ms(r['bars_alone_ms'])} (`/v1/bars` alone)"
+    for cache, key, over in (("empty", "cold_drawn_ms", "page_over_bars_ms"),
+                             ("warm", "warm_drawn_ms", "warm_page_over_bars_ms")):  # fmt: skip
+        yield Row("explorer_bench.py", f"{day}: navigation to candles drawn, {cache} cache, median of {r['runs']}",
+                  _ms(r[key]), baseline=bars, ratio=f"+{_ms(r[over])}",
+                  goal=Goal(r[over], "≤", r["goals"]["page_over_bars_ms"], "ms", "added"))  # fmt: skip
+    in_page = r["bars_in_page_ms"]
+    yield Row("explorer_bench.py", "the same: the page's own `/v1/bars` request (Resource Timing, empty cache)",
+              _ms(in_page), baseline=bars, ratio=_ratio(round(in_page / r["bars_alone_ms"], 2)))  # fmt: skip
+    page_kb, api_mb = r["page_bytes_compressed"] / 1000, r["api_bytes_compressed"] / 1e6
+    yield Row("explorer_bench.py", "the page's files and the vendored library, compressed as sent",
+              f"{_number(round(page_kb, 1))} KB", baseline=f"{_number(round(api_mb, 1))} MB of API answers",
+              goal=Goal(page_kb, "≤", r["goals"]["page_bytes_compressed"] / 1000, "KB"))  # fmt: skip
+
+
 #: Rows per results file, in the page's order (the order `make bench` runs them).
 _BENCHMARKS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "registry": _registry,
@@ -451,6 +468,7 @@ _BENCHMARKS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "stream": _stream,
     "stream_ab": _stream_ab,
     "api": _api,
+    "explorer": _explorer,
     "maintenance": _maintenance,
     "compaction_commit": _compaction_commit,
     "airflow": _airflow,

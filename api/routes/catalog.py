@@ -17,7 +17,15 @@ from api.models import (
     TablePath,
 )
 from api.render import negotiated, table_response
-from api.responses import V1_ERRORS, ReferenceList, RejectsPage, SequenceEventsPage, SnapshotsPage, SymbolList
+from api.responses import (
+    V1_ERRORS,
+    ExchangeList,
+    ReferenceList,
+    RejectsPage,
+    SequenceEventsPage,
+    SnapshotsPage,
+    SymbolList,
+)
 from api.routes.market import KEY_OR_OPEN, answered, engine, known
 from k2_etl.instants import default_range
 from k2_etl.lake.tables import TABLES_BY_NAME
@@ -35,6 +43,19 @@ blueprint = APIBlueprint("catalog", __name__, url_prefix="/v1", abp_tags=[Tag(na
 def symbols(query: ListQuery) -> Response:
     fmt = negotiated(query.format)
     rows = engine().symbols()
+    return table_response(rows, fmt, {"X-K2-Count": str(rows.num_rows)})
+
+
+@blueprint.get(
+    "/exchanges",
+    summary="Every exchange: its time zone (its trading days, and bars in tz=exchange) and symbols traded",
+    responses={200: ExchangeList},
+)
+def exchanges(query: ListQuery) -> Response:
+    """Zones as the formats declare them (`exchange_timezones`, or a one-exchange format's
+    `timezone`); null: no format declares one (its trading days are UTC days)."""
+    fmt = negotiated(query.format)
+    rows = engine().exchanges()
     return table_response(rows, fmt, {"X-K2-Count": str(rows.num_rows)})
 
 
@@ -79,7 +100,7 @@ def rejects(query: RejectsQuery) -> Response:
     fmt = negotiated(query.format)
     start, end = _log_range(query)
     result = engine().rejects(start=start, end=end, stage=query.stage, record_type=query.record_type,
-                              limit=query.limit, cursor=query.cursor)  # fmt: skip
+                              symbol=query.symbol, limit=query.limit, cursor=query.cursor)  # fmt: skip
     return answered("/v1/rejects", result, fmt)
 
 

@@ -97,7 +97,7 @@ def bars(query: BarsQuery) -> Response:
     daylight-saving change they stay on the wall clock's hours. `by=exchange` gives a bar per
     exchange. VWAP is exact (decimal notional / volume, rounded half-even to 8 places)."""
     fmt = negotiated(query.format)
-    result = engine().bars(interval=query.interval, tz=query.tz, origin=query.origin, by=query.by,
+    result = engine().bars(interval=query.interval, tz=query.tz, origin=query.origin, by=query.by, day=query.day,
                            limit=query.limit, **time_range(query))  # fmt: skip
     return answered("/v1/bars", result, fmt)
 

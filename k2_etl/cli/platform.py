@@ -241,12 +241,14 @@ def demo(
         ok = loaded.ok and quality is not None and quality.ok
     api = f"http://{format_host_port(settings.api_host, settings.api_port)}"
     result["query"] = f"{api}/v1/summary/{sample_symbol()}/{day}"
+    result["explorer"] = f"{api}/explore?symbol={sample_symbol()}&day={day}"
     if json_output:
         print_json(result)
     else:
         if settings.airflow_enabled:
             out.print(f"the run: {result['run']['url']}", markup=False)
             out.print(_airflow_login(settings), markup=False)
+        out.print(f"explorer: {result['explorer']}", markup=False)
         out.print(f"API: {api}/docs   e.g. curl {result['query']}", markup=False)
     if not ok:
         where = (f"its task logs are at {result['run']['url']} (clear the run there to run it again)"

@@ -136,6 +136,9 @@ def query_bars(
     by: Annotated[
         str, typer.Option("--by", help="symbol: the exchanges' trades together; exchange: bars per exchange.")
     ] = "symbol",
+    day: Annotated[
+        str | None, typer.Option("--day", help="Instead of --start/--end: this day (YYYY-MM-DD) in the bars' zone.")
+    ] = None,
     limit: LimitOpt = 100,
     cursor: CursorOpt = None,
     as_of: AsOfOpt = None,
@@ -144,14 +147,19 @@ def query_bars(
     json_output: JsonFlag = False,
 ) -> None:
     """OHLCV bars with exact VWAP and trade count, in (bar start, symbol, exchange) order."""
+    from k2_etl.errors import QueryError
+    from k2_etl.instants import parse_day
     from k2_etl.query.engine import QueryEngine
     from k2_etl.query.params import parse_by, parse_interval, parse_origin, parse_symbols, parse_zone
+
+    if day and (start or end):
+        raise QueryError("--day", day, "give --day, or --start and --end, not both")
 
     engine = QueryEngine(load_settings())
     args = {"symbols": parse_symbols("symbol", symbols), "exchange": exchange, "snapshot_id": snapshot_id,
             "interval": parse_interval("--interval", interval), "tz": parse_zone("--tz", tz),
             "origin": parse_origin("--origin", origin), "by": parse_by("--by", by),
-            **_time_args(start, end, as_of)}  # fmt: skip
+            "day": parse_day("--day", day) if day else None, **_time_args(start, end, as_of)}  # fmt: skip
     _paged(functools.partial(engine.bars, **args), limit, cursor, out_file, json_output)
 
 

@@ -61,12 +61,14 @@ class AuditQueries:
         end: datetime,
         stage: str | None = None,
         record_type: str | None = None,
+        symbol: str | None = None,
         limit: int = 1000,
         cursor: str | None = None,
     ) -> Result:
-        """The quarantine: rejected rows and messages, each with what was wrong, by rejection time."""
+        """The quarantine: rejected rows and messages, each with what was wrong, by rejection time;
+        ``symbol``: the rows whose raw line has it as a field."""
         return self._log_page("rejects", sql.REJECTS, "rejected_at", "reject_id", start, end, limit, cursor,
-                              {"stage": stage, "record_type": record_type})  # fmt: skip
+                              {"stage": stage, "record_type": record_type, "symbol": symbol})  # fmt: skip
 
     def snapshots(self, table_name: str, *, limit: int = 100, cursor: str | None = None) -> Result:
         """A table's snapshots, newest first, with what each commit did (for time travel and audits)."""

@@ -35,11 +35,12 @@ from k2_etl.query.market import (
 from k2_etl.query.paging import MAX_LIMIT, MAX_SYMBOLS, Result
 from k2_etl.query.planning import Planner
 from k2_etl.query.runner import Runner
-from k2_etl.query.symbols import SYMBOL_COLUMNS, SymbolIndex
+from k2_etl.query.symbols import EXCHANGE_COLUMNS, SYMBOL_COLUMNS, SymbolIndex
 from k2_etl.query.tables import TableCache
 
 __all__ = [
     "BAR_COLUMNS_BY_EXCHANGE",
+    "EXCHANGE_COLUMNS",
     "MAX_LIMIT",
     "MAX_SYMBOLS",
     "SNAPSHOT_COLUMNS",
@@ -81,6 +82,7 @@ class QueryEngine:
         self.symbols = symbols.symbols
         self.unknown = symbols.unknown
         self.reference = symbols.reference
+        self.exchanges = lambda: symbols.exchange_listing(zones())
         audit = AuditQueries(self.tables, self.planner, self.runner)
         self.sequence_events = audit.sequence_events
         self.rejects = audit.rejects

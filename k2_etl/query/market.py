@@ -141,6 +141,7 @@ class MarketQueries:
         tz: str = "UTC",
         origin: timedelta = timedelta(0),
         by: BarsBy = "symbol",
+        day: date | None = None,
         limit: int = 10_000,
         cursor: str | None = None,
         snapshot_id: int | None = None,
@@ -149,16 +150,19 @@ class MarketQueries:
         """OHLCV, VWAP and trade count per bar and symbol (and exchange, ``by="exchange"``; else
         the exchanges' trades together), in (bar, symbol, exchange) order; bars without trades are
         absent. Bars are cut in ``tz`` (a zone, or ``exchange``: the exchange's own) from
-        ``origin`` past local midnight (:mod:`k2_etl.query.calendar`)."""
-        check_range(symbols, start, end)
+        ``origin`` past local midnight (:mod:`k2_etl.query.calendar`). ``day``: instead of
+        ``start`` and ``end``, that calendar day in the bars' zone (a trading date, in tz=exchange)."""
         check_limit(limit)
         check_interval(interval)
         calendar = self._calendar(symbols, interval, exchange, tz, origin, by)
+        if day is not None:
+            start, end = calendar.day_bounds(day)
+        check_range(symbols, start, end)
         after, snapshot_id, as_of, _, (start, end) = resume(cursor, snapshot_id, as_of, (start, end))
         table, snapshot = self.tables.pinned("trades", snapshot_id=snapshot_id, as_of=as_of)
         placeholders = sql.symbol_placeholders(len(symbols))
-        fixed = {**sql.symbol_values(list(symbols)), "exchange": exchange, **calendar.params()}
-        parts = {"symbols": placeholders, "bar": calendar.bar_sql(), "exchange": "NULL::VARCHAR", "exchange_column": ""}
+        fixed = {**sql.symbol_values(list(symbols)), "exchange": exchange}
+        parts = {"symbols": placeholders, **calendar.sql(), "exchange": "NULL::VARCHAR", "exchange_column": ""}
         if by == "exchange":
             parts.update(exchange="exchange", exchange_column="exchange, ")
 
@@ -167,7 +171,8 @@ class MarketQueries:
             relation, source = chunk.reading()
             after_symbol, _, after_exchange = position.key.partition(_KEY_SEPARATOR)
             return sql.BARS.format(relation=relation, **parts), {
-                **fixed, **source, "start": lo, "end": chunk.end, "limit": remaining, "after_us": micros(position.time),
+                **fixed, **source, **calendar.params(lo, chunk.end), "start": lo, "end": chunk.end,
+                "limit": remaining, "after_us": micros(position.time),
                 "after_symbol": after_symbol, "after_exchange": after_exchange}  # fmt: skip
 
         columns = _BAR_TYPES if by == "symbol" else _BAR_TYPES_BY_EXCHANGE

@@ -66,11 +66,19 @@ PAGE = """
 
 #: OHLCV bars per symbol (and exchange, when bars are per exchange: {exchange} is `exchange`, else
 #: NULL), after the cursor's (bar, symbol, exchange), in that order; buckets without trades are
-#: absent. {bar} is the start of a trade's bar in epoch microseconds (:mod:`k2_etl.query.calendar`).
+#: absent. {bar} is the start of a trade's bar in epoch microseconds, {zone} and {anchors} what it
+#: needs in a time zone (:meth:`k2_etl.query.calendar.BarCalendar.sql`).
 #: Notional and volume stay exact decimals: VWAP is their quotient, taken in Python with Decimal
 #: (DuckDB divides decimals as doubles).
 BARS = """
-    WITH bars AS (
+    WITH timed AS (
+        SELECT symbol, exchange, price, size, event_time, sequence_number, event_id{zone}
+        FROM {relation}
+        WHERE symbol IN ({symbols})
+          AND ($exchange IS NULL OR exchange = $exchange)
+          AND event_time >= $start AND event_time < $end
+    ),
+    bars AS (
         SELECT symbol,
                {exchange} AS exchange,
                {bar} AS bar_us,
@@ -81,10 +89,7 @@ BARS = """
                sum(size::DECIMAL(38, 8)) AS volume,
                sum(price::DECIMAL(38, 8) * size::DECIMAL(38, 8)) AS notional,
                count(*) AS trades
-        FROM {relation}
-        WHERE symbol IN ({symbols})
-          AND ($exchange IS NULL OR exchange = $exchange)
-          AND event_time >= $start AND event_time < $end
+        FROM timed{anchors}
         GROUP BY ALL
     )
     SELECT symbol, {exchange_column}make_timestamp(bar_us) AS bar_start, open, high, low, close, volume, notional,
@@ -161,11 +166,15 @@ SEQUENCE_EVENTS = """
 
 #: Rejected rows and messages (the quarantine) in [start, end) of their rejection time, after the
 #: cursor, in (rejected_at, reject_id) order; stage and record type narrow them when given.
+#: Rejects by rejection time; with $symbol, the rows whose raw line has it as a field (rows that
+#: could not be read have no symbol to match; consumed messages that failed have no line).
 REJECTS = """
     SELECT {columns} FROM {relation}
     WHERE rejected_at >= $start AND rejected_at < $end
       AND ($stage IS NULL OR stage = $stage)
       AND ($record_type IS NULL OR record_type = $record_type)
+      AND ($symbol IS NULL OR list_contains(
+            list_transform(string_split_regex(raw_line, '[,;|\t]'), f -> trim(f, '" ')), $symbol))
       AND (rejected_at, reject_id) > ($after_time, $after_id)
     ORDER BY rejected_at, reject_id
     LIMIT $limit

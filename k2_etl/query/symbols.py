@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,7 @@ _SYMBOL_TYPES = pa.schema(
     [("symbol", pa.string()), ("exchanges", pa.list_(pa.string())), ("trades", pa.int64()),
      ("first_trade", pa.timestamp("us", tz="UTC")), ("last_trade", pa.timestamp("us", tz="UTC"))]
 )  # fmt: skip
+EXCHANGE_COLUMNS = pa.schema([("exchange", pa.string()), ("time_zone", pa.string()), ("symbols", pa.int64())])
 SYMBOL_COLUMNS = pa.schema(
     [("symbol", pa.string()), ("name", pa.string()), ("isin", pa.string()), ("currency", pa.string()),
      ("exchanges", pa.list_(pa.string())), ("trades", pa.int64()), ("first_trade", pa.timestamp("us", tz="UTC")),
@@ -70,6 +72,15 @@ class SymbolIndex:
         wanted = set(symbols)
         return {e for s, es in zip(listing["symbol"].to_pylist(), listing["exchanges"].to_pylist(), strict=True)
                 if s in wanted for e in es or ()}  # fmt: skip
+
+    def exchange_listing(self, zones: Mapping[str, str]) -> pa.Table:
+        """Every exchange with trades or a declared time zone (``zones``): the zone (null: none
+        declared, its days are UTC days) and how many symbols trade on it."""
+        listing = self._known()[1]
+        counts = Counter(e for es in listing["exchanges"].to_pylist() for e in es or ())
+        names = sorted(set(counts) | set(zones))
+        return pa.table({"exchange": names, "time_zone": [zones.get(n) for n in names],
+                         "symbols": [counts.get(n, 0) for n in names]}, schema=EXCHANGE_COLUMNS)  # fmt: skip
 
     def reference(self, symbol: str) -> pa.Table:
         table = self.tables.table("reference_data")

@@ -142,6 +142,8 @@ def test_up_runs_airflow_and_demo_runs_the_sample_day_green(
     summary = httpx.get(result["query"], timeout=30)  # the k2-format sample, through the REST API
     assert summary.status_code == 200, summary.text
     assert summary.json()["trades"] > 100
+    explorer = httpx.get(result["explorer"], timeout=30)  # the address `k2 demo` prints for people
+    assert explorer.status_code == 200 and "K2 explorer" in explorer.text
     api = f"http://127.0.0.1:{env['K2_API_PORT']}"
     bhp = httpx.get(f"{api}/v1/summary/BHP/2026-11-02", timeout=30).json()  # the asx-format sample
     assert bhp["trades"] == 300

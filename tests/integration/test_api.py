@@ -266,6 +266,7 @@ def test_bad_parameters_are_400_naming_the_parameter_and_value(
         ("/v1/bars", {"interval": "1h", "origin": "25:00"}, 400, "origin"),
         ("/v1/bars", {"interval": "1h", "by": "venue"}, 400, "by"),
         ("/v1/bars", {"interval": "1d", "tz": "exchange", "exchange": "ZZZZ"}, 400, "tz"),
+        ("/v1/bars", {"interval": "1d", "day": "2026-11-02"}, 400, "query"),  # and start, end: not both
         ("/v1/summary/{symbol}/2026-13-01", {}, 400, "date"),
         ("/v1/summary/{symbol}/0001-01-01", {}, 400, "date"),
         ("/v1/summary/{symbol}/9999-12-31", {}, 400, "date"),
@@ -311,6 +312,16 @@ def test_sql_injection_in_every_string_parameter_is_refused_or_unknown(
         response = api.get(path, **params)
         assert response.status_code in (400, 404), (path, params, response.status_code, response.text)
     assert api.get("/v1/trades", **base).json()["count"] > 0  # and the tables are still there
+
+
+def test_exchanges_say_their_zones_and_rejects_narrow_to_a_symbol(api: Api, landed: Settings) -> None:
+    exchanges = {row["exchange"]: row for row in api.get("/v1/exchanges").json()["data"]}
+    assert exchanges["ASX"]["time_zone"] == exchanges["CXA"]["time_zone"] == "Australia/Sydney"
+    assert exchanges["ASX"]["symbols"] >= 9 and exchanges["XLON"]["time_zone"] == "Europe/London"
+    ever = {"start": "2000-01-01", "end": "2100-01-01"}
+    (bad,) = api.get("/v1/rejects", symbol="BADP", **ever).json()["data"]  # the sample's one rejected row
+    assert bad["field"] == "price" and "BADP" in bad["raw_line"]
+    assert api.get("/v1/rejects", symbol="BAD", **ever).json()["count"] == 0  # a field, not a substring
 
 
 def test_unknown_symbols_are_404_naming_them(api: Api, landed: Settings) -> None:
@@ -567,6 +578,7 @@ def good_requests(landed: Settings) -> dict[str, dict[str, Any]]:
         "/v1/bars": {"query": {**window, "interval": "1h"}},
         "/v1/summary/{symbol}/{date}": {"path_parameters": {"symbol": a_symbol(landed), "date": "2026-11-02"}},
         "/v1/symbols": {},
+        "/v1/exchanges": {},
         "/v1/reference/{symbol}": {"path_parameters": {"symbol": rows_of(landed, "reference_data")[0]["symbol"]}},
         "/v1/sequence-events": {"query": ever},
         "/v1/rejects": {"query": ever},

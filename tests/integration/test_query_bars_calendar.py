@@ -175,6 +175,21 @@ def test_a_1d_bar_in_the_exchange_s_zone_is_the_loader_s_trading_day(landed: Set
         day["open"], day["close"], day["volume"], day["trades"], day["vwap"])  # fmt: skip
 
 
+def test_a_day_is_asked_by_its_date_in_the_bars_zone(calendar_landed: Settings) -> None:
+    engine = QueryEngine(calendar_landed)
+    sunday = date(2026, 10, 4)  # 23 hours long in Sydney
+    hours = engine.bars(symbols=["K2DST"], day=sunday, start=START, end=END, interval=timedelta(hours=1),
+                        tz="exchange").rows.to_pylist()  # fmt: skip
+    sydney = ZoneInfo("Australia/Sydney")
+    on_the_day = [t for t in trades_of(calendar_landed, "K2DST") if t["event_time"].astimezone(sydney).date() == sunday]
+    assert sum(b["trades"] for b in hours) == len(on_the_day) > 30
+    assert datetime(2026, 10, 3, 14, tzinfo=UTC) <= hours[0]["bar_start"] < hours[-1]["bar_start"]
+    assert hours[-1]["bar_start"] < datetime(2026, 10, 4, 13, tzinfo=UTC)  # Sydney's midnight, after the change
+    with pytest.raises(QueryError) as refused:  # per exchange in their own zones: no one day
+        engine.bars(symbols=["K2NYL"], day=sunday, start=START, end=END, interval=DAY, tz="exchange", by="exchange")
+    assert refused.value.parameter == "day"
+
+
 def test_unknown_exchange_zones_and_bad_calendars_are_refused(landed: Settings) -> None:
     engine = QueryEngine(landed)
     symbol = a_symbol(landed)

@@ -74,10 +74,21 @@ def test_a_cursor_goes_on_from_the_start_of_its_bar_in_every_zone_the_bars_are_i
     assert cursor_floor(BarCalendar(DAY, SYDNEY), at) == utc("2026-11-01T13:00:00+00:00")  # 21:45 in Sydney
 
 
-def test_the_statement_binds_exactly_the_values_its_expression_names() -> None:
+def test_the_statement_binds_exactly_the_values_its_parts_name() -> None:
+    start, end = utc("2026-10-03T00:00+00:00"), utc("2026-10-05T00:00+00:00")
     for calendar in (BarCalendar(HOUR), BarCalendar(DAY, SYDNEY), BarCalendar("week", SYDNEY, HOUR),
                      BarCalendar(HOUR, "exchange", zones={"ASX": SYDNEY, "XNYS": NEW_YORK})):  # fmt: skip
-        assert set(calendar.params()) == set(re.findall(r"\$(\w+)", calendar.bar_sql()))
+        text = " ".join(calendar.sql().values())
+        assert set(calendar.params(start, end)) == set(re.findall(r"\$(\w+)", text))
+
+
+def test_each_trade_s_period_start_comes_from_the_zone_s_local_midnights() -> None:
+    start, end = utc("2026-10-03T00:00+00:00"), utc("2026-10-05T00:00+00:00")
+    params = BarCalendar(HOUR, SYDNEY).params(start, end)
+    sydney = [s for z, s in zip(params["anchor_zones"], params["anchor_starts"], strict=True) if z == SYDNEY]
+    midnights = ("2026-10-03T00:00+10:00", "2026-10-04T00:00+10:00", "2026-10-05T00:00+11:00")  # 23 h, then 24
+    assert sydney == [int(utc(m).timestamp()) * 1_000_000 for m in midnights]
+    assert "UTC" in params["anchor_zones"]  # for an exchange whose zone no format names
 
 
 def test_parameters_are_parsed_or_refused_naming_what_was_wrong() -> None:
