@@ -42,7 +42,13 @@ from k2_etl.query.runner import SPENT, Spent
 log = logging.getLogger("k2.api")
 MAX_BODY_BYTES = 64 * 1024  # no endpoint takes a body; anything bigger is refused with 413
 JSON = "application/json"
-OPEN_PATHS = ("/health", "/metrics", "/openapi.json", "/docs", "/explore")  # served without an API key or rate limit
+OPEN_PATHS = (
+    "/health",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "/explore",
+)  # (and "/") served without an API key or rate limit
 RETRY_AFTER_SECONDS = 5  # a dependency away: when to ask again (the engine tries it again every second)
 
 
@@ -87,7 +93,7 @@ def create_app(settings: Settings | None = None, engine: QueryEngine | None = No
         in_memory_fallback_enabled=True,
         storage_options=_storage_options(settings.api_rate_limit_storage_uri),
         headers_enabled=True,  # X-RateLimit-* and Retry-After
-        default_limits_exempt_when=lambda: request.path.startswith(OPEN_PATHS),
+        default_limits_exempt_when=lambda: request.path == "/" or request.path.startswith(OPEN_PATHS),
     )
     # Flask-Limiter logs to a logger it silences (a NullHandler): K2's own, so a fallback to per-worker
     # counting ("Rate limit storage unreachable") reaches the API's log like K2's other warnings.

@@ -123,9 +123,11 @@ function readState() {
 }
 
 function writeForm(state) {
-  const snapshot = $("snapshot");
-  if (state.snapshot && ![...snapshot.options].some((o) => o.value === state.snapshot)) {
-    snapshot.add(new Option(state.snapshot, state.snapshot)); // not listed (yet): the API will say
+  for (const name of ["snapshot", "tz", "interval"]) { // a value not listed (yet): the API will say
+    const select = $(name);
+    if (state[name] && ![...select.options].some((o) => o.value === state[name])) {
+      select.add(new Option(state[name], state[name]));
+    }
   }
   for (const name of PARAMS) {
     const field = $(name);
@@ -164,13 +166,14 @@ askCatalog();
 
 // The bars of a day, asked by its date: the API finds the day in the bars' zone (the exchange's),
 // so the first view's bars (a shared link's, `k2 demo`'s) are asked at once, not after the catalog.
-function barsQuery(state, range, trades) {
-  const common = { symbol: state.symbol, exchange: state.exchange, interval: state.interval, tz: state.tz };
+function barsQuery(state, range, trades, tz = state.tz) {
+  const common = { symbol: state.symbol, exchange: state.exchange, interval: state.interval, tz };
   const when = state.day && !state.start && !state.end ? { day: state.day } : { start: range.start, end: range.end };
   return { ...common, ...when, ...trades, limit: BARS_PAGE };
 }
 const opening = readState();
-if (opening.symbol && opening.day && !opening.start && !opening.end && !opening.as_of) {
+const plain = opening.symbol && !opening.symbol.includes(",") && ["exchange", "UTC"].includes(opening.tz);
+if (plain && opening.day && !opening.start && !opening.end && !opening.as_of) {
   early.barsUrl = api.url("/v1/bars", barsQuery(opening, null, opening.snapshot ? { snapshot_id: opening.snapshot } : {}));
   early.bars = api.all("/v1/bars", barsQuery(opening, null, opening.snapshot ? { snapshot_id: opening.snapshot } : {}),
     MAX_BAR_PAGES);
@@ -180,7 +183,7 @@ if (opening.symbol && opening.day && !opening.start && !opening.end && !opening.
 async function loadCatalog() {
   const [symbols, exchanges] = await early.catalog;
   catalog.symbols = symbols.data;
-  for (const row of exchanges.data) catalog.zones[row.exchange] = row.time_zone || "UTC";
+  for (const row of exchanges.data) if (row.time_zone) catalog.zones[row.exchange] = row.time_zone;
   const list = $("symbols");
   list.replaceChildren(...catalog.symbols.map((s) => {
     const option = document.createElement("option");
@@ -235,14 +238,34 @@ function symbolRow(symbol) {
   return catalog.symbols.find((s) => s.symbol === symbol) || null;
 }
 
-// The zone the view's times are in: the exchange's (the one chosen, or every exchange of the
-// symbol when they share one), else UTC.
+// The exchange's zone of the view: the chosen exchange's, or the one every exchange of the symbol
+// shares; null when it is unknown or they differ (the API refuses tz=exchange then).
+function exchangeZone(state) {
+  const exchanges = state.exchange ? [state.exchange] : ((symbolRow(state.symbol) || {}).exchanges || []);
+  const zones = new Set(exchanges.map((e) => catalog.zones[e] || null));
+  return zones.size === 1 ? [...zones][0] : null;
+}
+
+// The zone bars are cut and times shown in: the URL's tz (UTC or a zone's name), or the exchange's
+// zone, else UTC; and the tz the bars are asked in (UTC where the exchange's zone is not one).
 function viewZone(state) {
-  if (state.tz === "UTC") return "UTC";
-  if (state.exchange) return catalog.zones[state.exchange] || "UTC";
-  const row = symbolRow(state.symbol);
-  const zones = new Set(((row && row.exchanges) || []).map((e) => catalog.zones[e] || "UTC"));
-  return zones.size === 1 ? [...zones][0] : "UTC";
+  return state.tz === "exchange" ? exchangeZone(state) || "UTC" : state.tz;
+}
+
+function barsZone(state) {
+  return state.tz === "exchange" && !exchangeZone(state) ? "UTC" : state.tz;
+}
+
+// What the page can tell before asking the API (everything else, the API's own message says).
+function stateProblem(state) {
+  if (state.symbol.includes(",")) return `one symbol at a time (symbol=${state.symbol})`;
+  if (Boolean(state.start) !== Boolean(state.end)) return "a range needs both its start and its end (or give a trading day)";
+  try {
+    zoneParts(viewZone(state), 0);
+  } catch (_) {
+    return `tz: ${state.tz} is not a time zone this browser knows`;
+  }
+  return null;
 }
 
 function viewRange(state, zone) {
@@ -394,8 +417,10 @@ function drawMarkers(times, events, rejects, range) {
     if (bar) markers.push({ time: bar, position: "aboveBar", color: "#c2410c", shape: "arrowDown", text: e.kind });
   }
   for (const r of rejects) {
+    // Only a time with its offset (or Z) is placed: a time without one is in its format's zone,
+    // which a reject does not record (and Date.parse would take the viewer's own zone).
     const found = (r.raw_line || "").match(ISO_TIME);
-    const at = found ? Date.parse(found[0].replace(" ", "T")) : NaN;
+    const at = found && found[2] ? Date.parse(found[0].replace(" ", "T")) : NaN;
     if (!(at >= range.start.getTime() && at < range.end.getTime())) continue;
     const bar = barOf(times, at / 1000);
     if (bar) markers.push({ time: bar, position: "belowBar", color: "#b91c1c", shape: "circle", text: "reject" });
@@ -439,6 +464,7 @@ class Pager {
     this.spec = TABLES[name];
     this.cursors = [null];
     this.params = null;
+    this.shown = 0;
   }
 
   reset(params, zone) {
@@ -448,7 +474,9 @@ class Pager {
     return this.show();
   }
 
+  // Only the latest page asked is shown: a new view, or another click, makes earlier answers stale.
   async show() {
+    const token = ++this.shown;
     const cursor = this.cursors[this.cursors.length - 1];
     const page = this.cursors.length;
     this.panel.dataset.state = "loading";
@@ -456,10 +484,12 @@ class Pager {
     try {
       body = await api.get(this.spec.path, { ...this.params, limit: ROWS_PER_PAGE, cursor });
     } catch (error) {
+      if (token !== this.shown) return;
       this.panel.replaceChildren(message(error));
       this.panel.dataset.state = "error";
       return;
     }
+    if (token !== this.shown) return;
     const table = document.createElement("table");
     const caption = table.createCaption();
     const first = (page - 1) * ROWS_PER_PAGE + 1;
@@ -482,10 +512,12 @@ class Pager {
     const nav = document.createElement("p");
     nav.className = "pager";
     const previous = button("Previous page", page === 1, () => {
+      if (token !== this.shown) return; // this table is already being replaced
       this.cursors.pop();
       this.show();
     });
     const next = button("Next page", !body.next_cursor, () => {
+      if (token !== this.shown) return;
       this.cursors.push(body.next_cursor);
       this.show();
     });
@@ -516,8 +548,9 @@ function message(error) {
 
 // --- Downloads ----------------------------------------------------------------------------------
 
+// What is shown, as a file. The API answers 50,000 rows at most a request: CSV pages are joined
+// into one file; a Parquet or Arrow answer is a whole file, so beyond one page the page says so.
 function downloads(params, quoteParams, barParams) {
-  const holder = $("downloads");
   const links = [];
   const what = [
     ["bars", "/v1/bars", { ...barParams, limit: 50000 }],
@@ -530,22 +563,54 @@ function downloads(params, quoteParams, barParams) {
       a.href = api.url(path, { ...query, format });
       a.download = `${params.symbol}-${name}.${extension}`;
       a.textContent = `${name} ${format.toUpperCase()}`;
-      a.addEventListener("click", async (event) => {
-        if (!api.key()) return; // a plain link: the browser downloads it
-        event.preventDefault(); // the API needs a key: fetch with it, then save what came
-        const response = await fetch(a.href, { headers: { "X-API-Key": api.key() } });
-        if (!response.ok) return showError(new ApiError(response.status, await response.json()));
-        const url = URL.createObjectURL(await response.blob());
-        const save = document.createElement("a");
-        save.href = url;
-        save.download = a.download;
-        save.click();
-        URL.revokeObjectURL(url);
+      a.addEventListener("click", (event) => {
+        event.preventDefault();
+        download(a, path, { ...query, format }).catch(showError);
       });
       links.push(a, " ");
     }
   }
-  holder.replaceChildren(...links);
+  $("downloads").replaceChildren(...links);
+  $("downloads-note").textContent = "";
+}
+
+async function download(link, path, query) {
+  const headers = api.key() ? { "X-API-Key": api.key() } : {};
+  const parts = [];
+  let cursor = null;
+  let rows = 0;
+  let type = "application/octet-stream";
+  do {
+    const response = await fetch(api.url(path, { ...query, cursor }), { headers });
+    if (!response.ok) {
+      let body = null;
+      try {
+        body = parseJson(await response.text());
+      } catch (_) {
+        body = null;
+      }
+      throw new ApiError(response.status, body);
+    }
+    type = response.headers.get("Content-Type") || type;
+    rows += Number(response.headers.get("X-K2-Count") || 0);
+    cursor = response.headers.get("X-K2-Next-Cursor") || null;
+    if (query.format === "csv") {
+      const text = await response.text();
+      parts.push(parts.length ? text.slice(text.indexOf("\n") + 1) : text); // one header line
+    } else {
+      parts.push(await response.blob());
+      break;
+    }
+  } while (cursor);
+  const url = URL.createObjectURL(new Blob(parts, { type }));
+  const save = document.createElement("a");
+  save.href = url;
+  save.download = link.download;
+  save.click();
+  setTimeout(() => URL.revokeObjectURL(url), 60000); // once the browser has taken it
+  $("downloads-note").textContent = cursor
+    ? `${link.textContent}: the first ${rows.toLocaleString("en")} rows (one page of the API; the CSV has them all).`
+    : "";
 }
 
 // --- Putting it together ------------------------------------------------------------------------
@@ -573,6 +638,16 @@ async function render(state) {
   document.body.dataset.ready = "false";
   $("error").hidden = true;
   clearChart("loading");
+  $("downloads").replaceChildren(); // until the view's snapshot is known
+  $("downloads-note").textContent = "";
+  writeForm(state);
+  const problem = stateProblem(state);
+  if (problem) {
+    clearChart("error");
+    showError(new Error(problem));
+    drawnOnce();
+    return;
+  }
   const zone = viewZone(state);
   chart.zone = zone;
   chart.seconds = /^\d+s$/.test(state.interval);
@@ -586,16 +661,15 @@ async function render(state) {
     drawnOnce();
     return;
   }
-  writeForm(state);
+  writeForm(state); // the day, when it was found from the symbol's last trade
   history.replaceState(null, "", api.url(location.pathname, state)); // the day filled in: shareable as shown
   const when = travel(state);
   const view = {
     symbol: state.symbol, exchange: state.exchange, start: range.start.toISOString(), end: range.end.toISOString(),
   };
-  const rows = { ...view, ...when.trades };
+  let rows = { ...view, ...when.trades };
   const quoteRows = { ...view, ...when.quotes };
-  const barParams = barsQuery(state, view, when.trades);
-  downloads(rows, quoteRows, barParams);
+  const barParams = barsQuery(state, view, when.trades, barsZone(state));
   let bars;
   performance.mark("k2:bars-asked");
   try {
@@ -615,11 +689,17 @@ async function render(state) {
   performance.mark("k2:bars-answered");
   drawBars(bars.rows);
   drawnOnce();
+  if (!state.snapshot && !state.as_of && bars.snapshot_id !== null) {
+    rows = { ...rows, snapshot_id: bars.snapshot_id }; // the tables and downloads read what the chart read
+  }
+  downloads(rows, quoteRows, { ...barParams, ...(rows.snapshot_id ? { snapshot_id: rows.snapshot_id } : {}) });
+  const fallback = state.tz === "exchange" && zone === "UTC" && !exchangeZone(state)
+    ? " (the exchanges' zones differ or are not known)" : "";
   const at = state.snapshot ? "the chosen snapshot" : state.as_of ? `as of ${state.as_of} (${zone})` : "now";
   $("reading").textContent = bars.snapshot_id === null
     ? "No trades table snapshot at that time."
     : `Reading trades snapshot ${bars.snapshot_id} (${at}); ${bars.rows.length ? bars.rows.length : "no"} bars of ` +
-      `${state.interval} in ${zone}${bars.more ? `; only the first ${bars.rows.length}` : ""}` +
+      `${state.interval} in ${zone}${fallback}${bars.more ? `; only the first ${bars.rows.length}` : ""}` +
       `${bars.rows.length ? "" : ": no trades in this range"}.`;
   $("reading").dataset.snapshot = bars.snapshot_id === null ? "" : String(bars.snapshot_id);
   const times = bars.rows.map((b) => seconds(b.bar_start));
@@ -644,7 +724,7 @@ async function render(state) {
     pagers.events.reset({ symbol: state.symbol, exchange: state.exchange, ...logRange }, zone),
     pagers.rejects.reset({ symbol: state.symbol, start: rows.start }, zone),
   ]);
-  document.body.dataset.ready = "true";
+  if (mine === rendering) document.body.dataset.ready = "true";
 }
 
 function selectTab(name) {
@@ -658,7 +738,7 @@ function fillExchanges(state) {
   const select = $("exchange");
   const row = symbolRow(state.symbol);
   const options = [new Option("all (consolidated)", "")];
-  for (const e of (row && row.exchanges) || []) options.push(new Option(`${e} (${catalog.zones[e] || "UTC"})`, e));
+  for (const e of (row && row.exchanges) || []) options.push(new Option(`${e} (${catalog.zones[e] || "zone unknown"})`, e));
   select.replaceChildren(...options);
   select.value = state.exchange;
 }
@@ -682,20 +762,7 @@ async function main() {
     Promise.all([loadHealth(), snapshots]).then(([, listed]) => showLanded(listed));
     return snapshots;
   };
-  afterFirstDraw = theRest;
-  try {
-    await (state.snapshot ? Promise.all([loadCatalog(), theRest()]) : loadCatalog()); // a snapshot's time: quotes
-    performance.mark("k2:catalog");
-  } catch (error) {
-    clearChart("error");
-    showError(error);
-    theRest();
-    return;
-  }
-  if (!state.symbol && catalog.symbols.length) {
-    const traded = catalog.symbols.filter((s) => s.trades > 0).sort((a, b) => b.trades - a.trades);
-    state.symbol = (traded[0] || catalog.symbols[0]).symbol;
-  }
+  // The form first: a page whose first answers were refused (a key was missing) asks again from it.
   $("symbol").addEventListener("change", () => fillExchanges(formState()));
   $("day").addEventListener("change", () => {
     $("start").value = "";
@@ -725,6 +792,20 @@ async function main() {
     fillExchanges(state);
     render(state);
   });
+  afterFirstDraw = theRest;
+  try {
+    await (state.snapshot ? Promise.all([loadCatalog(), theRest()]) : loadCatalog()); // a snapshot's time: quotes
+    performance.mark("k2:catalog");
+  } catch (error) {
+    clearChart("error");
+    showError(error);
+    theRest();
+    return;
+  }
+  if (!state.symbol && catalog.symbols.length) {
+    const traded = catalog.symbols.filter((s) => s.trades > 0).sort((a, b) => b.trades - a.trades);
+    state.symbol = (traded[0] || catalog.symbols[0]).symbol;
+  }
   fillExchanges(state);
   writeForm(state);
   await render(state);

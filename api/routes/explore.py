@@ -35,7 +35,11 @@ blueprint = Blueprint("explore", __name__)
 def _file(name: str) -> tuple[bytes, bytes, str, str]:
     """(bytes, gzip-compressed bytes, media type, entity tag) of a file of the page, read once."""
     path = (FILES / name).resolve()
-    if not path.is_relative_to(FILES) or not path.is_file() or path.suffix not in (".html", ".js", ".css"):
+    # The file's own name only: no "..", no links out, no second name for a file (a "vendor/../"
+    # alias of a page file would be cached as immutable).
+    if not path.is_relative_to(FILES) or path.relative_to(FILES).as_posix() != name:
+        raise FileNotFoundError(name)
+    if not path.is_file() or path.suffix not in (".html", ".js", ".css"):
         raise FileNotFoundError(name)
     body = path.read_bytes()
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -47,9 +51,11 @@ def _send(name: str) -> Response:
         body, compressed, media, etag = _file(name)
     except FileNotFoundError:
         abort(404)
+    gzipped = "gzip" in request.accept_encodings
+    etag = f"{etag}-gzip" if gzipped else etag  # two representations, two strong tags
     if request.if_none_match.contains(etag):
         response = Response(status=304)
-    elif "gzip" in request.accept_encodings:
+    elif gzipped:
         response = Response(compressed, mimetype=media)
         response.headers["Content-Encoding"] = "gzip"
     else:

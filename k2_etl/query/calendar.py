@@ -11,7 +11,8 @@ day's start.
 The rule lives here, in Python (zoneinfo): :meth:`BarCalendar.params` lists the starts of the
 local periods (days, weeks, months) a statement's range meets, and the bars' SQL
 (:data:`k2_etl.query.sql.BARS`) gives each trade the last of them at or before it (an ASOF
-join) and counts whole intervals from there. DuckDB converting each trade's time to the zone
+join; within one local period of one zone, the one start as a parameter) and counts whole
+intervals from there. DuckDB converting each trade's time to the zone
 instead (ICU's ``timezone()``) cost 3-4 x the statement, measured. :meth:`BarCalendar.start_of`
 is the same rule for the places that need a bar's bounds before any row is read: which day
 chunks must be read together (a Sydney day spans two UTC days, a month thirty), and where a
@@ -136,19 +137,28 @@ class BarCalendar:
             reach = max(reach, hi)
         return joined
 
-    def sql(self) -> dict[str, str]:
-        """The bars statement's parts (:data:`k2_etl.query.sql.BARS`): ``bar``, the start of a trade's
-        bar in epoch microseconds; ``zone``, each trade's zone; ``anchors``, the join that gives
-        each trade the start of its local period (from :meth:`params`, computed here in Python:
-        no time-zone conversion per row, which cost DuckDB ~3 x the epoch arithmetic)."""
+    def sql(self, start: datetime, end: datetime) -> dict[str, str]:
+        """The parts of the bars statement over [start, end) (:data:`k2_etl.query.sql.BARS`): ``bar``,
+        the start of a trade's bar in epoch microseconds; ``zone``, each trade's zone; ``anchors``,
+        the join that gives each trade the start of its local period (from :meth:`params`,
+        computed here in Python: no time-zone conversion per row, which cost DuckDB ~3 x the
+        epoch arithmetic). Within one local period of one zone (a trading day, as the explorer
+        asks) there is one start for every trade: no join, the epoch arithmetic from it."""
+        intraday = not isinstance(self.interval, str) and self.interval < DAY
         if self.epoch_aligned:
             return {"bar": "(epoch_us(event_time) // $width_us) * $width_us", "zone": "", "anchors": ""}
+        if self._one_period(start, end) is not None:
+            bar = (
+                "$anchor_us + (epoch_us(event_time) - $anchor_us) // $width_us * $width_us"
+                if intraday
+                else "$anchor_us"
+            )
+            return {"bar": bar, "zone": "", "anchors": ""}
         if self.tz == EXCHANGE_ZONE:  # each trade's exchange's zone (all of the symbols' exchanges are mapped)
             cases = " ".join(f"WHEN $zone_exchange_{i} THEN $zone_{i}" for i in range(len(self.zones or {})))
             zone_sql = f"CASE exchange {cases} ELSE 'UTC' END"
         else:
             zone_sql = "$zone"
-        intraday = not isinstance(self.interval, str) and self.interval < DAY
         bar = "anchor_us + (epoch_us(event_time) - anchor_us) // $width_us * $width_us" if intraday else "anchor_us"
         anchors = (" ASOF JOIN (SELECT z AS anchor_zone, a AS anchor_us, make_timestamp(a)::TIMESTAMPTZ AS anchor_time"
                    " FROM (SELECT unnest($anchor_zones) AS z, unnest($anchor_starts) AS a)) AS anchors"
@@ -162,6 +172,9 @@ class BarCalendar:
             params["width_us"] = self.interval // timedelta(microseconds=1)
         if self.epoch_aligned:
             return params
+        one = self._one_period(start, end)
+        if one is not None:
+            return {**params, "anchor_us": micros(one)}
         if self.tz != EXCHANGE_ZONE:
             params["zone"] = self.tz
         else:
@@ -177,6 +190,15 @@ class BarCalendar:
                 at = self._following(at, tz)
         return {**params, "anchor_zones": names, "anchor_starts": starts}
 
+    def _one_period(self, start: datetime, end: datetime) -> datetime | None:
+        """The start of the one local period (day, week, month) holding all of [start, end), when
+        the bars are of one zone; else None."""
+        if self.tz == EXCHANGE_ZONE:  # each exchange's zone (one zone is resolved to its name)
+            return None
+        tz = zone(self.tz)
+        anchor = self._anchor(start, tz)
+        return anchor if end <= self._following(anchor, tz) else None
+
     def _following(self, anchor: datetime, tz: ZoneInfo) -> datetime:
         """The start of the local period after the one ``anchor`` begins."""
         local = (anchor.astimezone(tz).replace(tzinfo=None) - self.origin).date()
@@ -187,13 +209,28 @@ class BarCalendar:
         return _localized(following, self.origin, tz)
 
     def _anchor(self, at: datetime, tz: ZoneInfo) -> datetime:
-        """The start of the local day (or week, month) holding ``at``, ``origin`` past midnight."""
+        """The start of the local day (or week, month) holding ``at``, ``origin`` past midnight:
+        the last such start at or before ``at``, as the ASOF join in SQL has it.
+
+        Where the clock changes at ``origin``, a day's start is the first instant its wall clock
+        reads ``origin`` (or would have: 02:30 on New York's spring change is 03:30), so the
+        wall clock alone can name the wrong day: 03:10 that morning is still the day before, and
+        01:00 after the autumn change (the second 01:00) is already the day begun at the first
+        01:30 with ``origin`` 01:30."""
         shifted = (at.astimezone(tz).replace(tzinfo=None) - self.origin).date()
         if self.interval == "week":
             shifted -= timedelta(days=shifted.weekday())
         elif self.interval == "month":
             shifted = shifted.replace(day=1)
-        return _localized(shifted, self.origin, tz)
+        anchor = _localized(shifted, self.origin, tz)
+        if anchor > at:
+            if self.interval == "week":
+                return _localized(shifted - timedelta(days=7), self.origin, tz)
+            if self.interval == "month":
+                return _localized((shifted - DAY).replace(day=1), self.origin, tz)
+            return _localized(shifted - DAY, self.origin, tz)
+        following = self._following(anchor, tz)
+        return following if following <= at else anchor
 
 
 def _localized(day: date, origin: timedelta, tz: ZoneInfo) -> datetime:

@@ -162,7 +162,7 @@ class MarketQueries:
         table, snapshot = self.tables.pinned("trades", snapshot_id=snapshot_id, as_of=as_of)
         placeholders = sql.symbol_placeholders(len(symbols))
         fixed = {**sql.symbol_values(list(symbols)), "exchange": exchange}
-        parts = {"symbols": placeholders, **calendar.sql(), "exchange": "NULL::VARCHAR", "exchange_column": ""}
+        parts = {"symbols": placeholders, "exchange": "NULL::VARCHAR", "exchange_column": ""}
         if by == "exchange":
             parts.update(exchange="exchange", exchange_column="exchange, ")
 
@@ -170,7 +170,7 @@ class MarketQueries:
             lo = max(chunk.start, cursor_floor(calendar, position.time))  # whole bars: from the cursor's bar on
             relation, source = chunk.reading()
             after_symbol, _, after_exchange = position.key.partition(_KEY_SEPARATOR)
-            return sql.BARS.format(relation=relation, **parts), {
+            return sql.BARS.format(relation=relation, **parts, **calendar.sql(lo, chunk.end)), {
                 **fixed, **source, **calendar.params(lo, chunk.end), "start": lo, "end": chunk.end,
                 "limit": remaining, "after_us": micros(position.time),
                 "after_symbol": after_symbol, "after_exchange": after_exchange}  # fmt: skip

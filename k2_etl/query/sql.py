@@ -165,9 +165,9 @@ SEQUENCE_EVENTS = """
 """
 
 #: Rejected rows and messages (the quarantine) in [start, end) of their rejection time, after the
-#: cursor, in (rejected_at, reject_id) order; stage and record type narrow them when given.
-#: Rejects by rejection time; with $symbol, the rows whose raw line has it as a field (rows that
-#: could not be read have no symbol to match; consumed messages that failed have no line).
+#: cursor, in (rejected_at, reject_id) order; stage and record type narrow them when given, and
+#: $symbol to the rows whose raw line has it as a field (rows that could not be read have no
+#: symbol to match; consumed messages that failed have no line).
 REJECTS = """
     SELECT {columns} FROM {relation}
     WHERE rejected_at >= $start AND rejected_at < $end

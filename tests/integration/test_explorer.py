@@ -4,6 +4,8 @@ checked against the API's own answers."""
 
 from __future__ import annotations
 
+import csv
+import http.client
 import os
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
@@ -13,6 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Request, sync_playwright
 
@@ -55,6 +58,8 @@ class Watched:
         self.context = browser.new_context(viewport={"width": width, "height": height})
         self.page: Page = self.context.new_page()
         self.problems: list[str] = []
+        self.asked: list[str] = []  # every URL the page requested
+        self.page.on("request", lambda r: self.asked.append(r.url))
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda error: self.problems.append(f"exception: {error}"))
         self.page.on("requestfailed", self._failed)
@@ -78,6 +83,11 @@ class Watched:
         self.page.wait_for_selector(
             "body[data-ready=true], #chart[data-state=error]", state="attached", timeout=WAIT_MS
         )
+
+    def back(self) -> None:
+        self.page.evaluate("() => { document.body.dataset.ready = 'false'; }")
+        self.page.go_back()  # the previous view, from the URL
+        self.ready()
 
     def submit(self) -> None:
         self.page.evaluate("() => { document.body.dataset.ready = 'false'; }")
@@ -187,8 +197,7 @@ def test_changing_symbol_interval_and_snapshot_redraws_what_the_api_answers(
     then = every(api, "/v1/bars", symbol=other, start=start, end=end, interval="15m", tz="exchange", snapshot_id=oldest)
     assert candles(page) == len(then)
     assert page.get_attribute("#reading", "data-snapshot") == str(oldest) and f"snapshot={oldest}" in page.url
-    page.go_back()  # the previous view, from the URL
-    watched.ready()
+    watched.back()
     assert page.input_value("#snapshot") == "" and candles(page) > 0
     assert watched.problems == [], "\n".join(watched.problems)
 
@@ -237,6 +246,63 @@ def test_a_bad_symbol_or_range_shows_the_api_s_message_not_a_blank_chart(
     assert page.is_visible("#error")
 
 
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [("symbol=A,B&day=2026-11-02", "one symbol at a time"),
+     ("symbol=A&start=2026-11-02T10:00:00", "a range needs both its start and its end"),
+     ("symbol=A&day=2026-11-02&tz=Mars/Olympus", "tz: Mars/Olympus is not a time zone")],
+)  # fmt: skip
+def test_what_the_page_can_tell_is_wrong_it_says_without_asking_for_bars(
+    api: Api, watched: Watched, query: str, said: str
+) -> None:
+    page = watched.open(f"{api.url}/explore?{query}")
+    assert page.get_attribute("#chart", "data-state") == "error" and said in page.inner_text("#error")
+    assert not [url for url in watched.asked if "/v1/bars" in url]
+
+
+def test_a_zone_from_the_url_cuts_the_bars_and_labels_the_times(api: Api, landed: Settings, watched: Watched) -> None:
+    symbol = a_symbol(landed)
+    page = watched.open(f"{api.url}/explore?symbol={symbol}&day={DAY}&interval=1h&tz=Asia/Tokyo")
+    tokyo = ZoneInfo("Asia/Tokyo")
+    start = datetime.combine(date.fromisoformat(DAY), time(), tokyo)
+    bars = every(api, "/v1/bars", symbol=symbol, start=start.isoformat(), end=(start + timedelta(days=1)).isoformat(),
+                 interval="1h", tz="Asia/Tokyo")  # fmt: skip
+    assert candles(page) == len(bars) > 0
+    assert page.input_value("#tz") == "Asia/Tokyo" and "in Asia/Tokyo" in page.inner_text("#reading")
+    assert watched.problems == [], "\n".join(watched.problems)
+
+
+def test_downloads_join_every_page_of_a_csv_and_say_when_a_parquet_file_is_one_page(
+    api: Api, landed: Settings, watched: Watched
+) -> None:
+    symbol = a_symbol(landed)
+    page = watched.open(f"{api.url}/explore?symbol={symbol}&day={DAY}")
+    start, end = sydney_day(DAY)
+    expected = [t["event_id"] for t in every(api, "/v1/trades", symbol=symbol, start=start, end=end)]
+    assert len(expected) > 14  # three pages of 7 at least
+    # The page's own download function, with pages of 7 rows instead of 50,000.
+    save = """([path, query, name]) => {
+        const link = document.createElement("a");
+        link.download = name;
+        link.textContent = name;
+        return download(link, path, query);
+    }"""
+    query = {"symbol": symbol, "start": start, "end": end, "limit": 7}
+    with page.expect_download() as csv_file:
+        page.evaluate(save, ["/v1/trades", {**query, "format": "csv"}, "trades.csv"])
+    rows = list(csv.DictReader(Path(csv_file.value.path()).read_text().splitlines()))
+    assert [row["event_id"] for row in rows] == expected
+    assert page.inner_text("#downloads-note") == ""
+    with page.expect_download() as parquet_file:
+        page.evaluate(save, ["/v1/trades", {**query, "format": "parquet"}, "trades.parquet"])
+    assert pq.read_table(parquet_file.value.path()).column("event_id").to_pylist() == expected[:7]
+    assert page.inner_text("#downloads-note").startswith("trades.parquet: the first 7 rows")
+    links = page.eval_on_selector_all("#downloads a", "links => links.map(a => a.href)")
+    snapshot = page.get_attribute("#reading", "data-snapshot")
+    assert len(links) == 9 and all(f"snapshot_id={snapshot}" in link for link in links if "/v1/quotes" not in link)
+    assert watched.problems == [], "\n".join(watched.problems)
+
+
 def test_narrow_and_wide_windows_keep_every_control_labelled_and_inside_the_window(
     api: Api, landed: Settings, browser: Browser
 ) -> None:
@@ -270,5 +336,14 @@ def test_pages_are_linked_cached_and_confined(api: Api) -> None:
     library = httpx.get(f"{api.url}{vendored}", timeout=30)
     assert library.status_code == 200 and "immutable" in library.headers["Cache-Control"]
     assert library.headers["Content-Type"].startswith("text/javascript")
-    for outside in ("/explore/../app.py", "/explore/vendor/update.py", "/explore/nope.js"):
+    plain = httpx.get(f"{api.url}/explore", headers={"Accept-Encoding": "identity"}, timeout=30)
+    assert "Content-Encoding" not in plain.headers and plain.headers["ETag"] != page.headers["ETag"]
+    for outside in ("/explore/vendor/update.py", "/explore/nope.js"):
         assert httpx.get(f"{api.url}{outside}", timeout=30).status_code == 404, outside
+    # Sent as written (httpx would remove the dots): a file has one name, inside the page's folder.
+    host, port = api.url.removeprefix("http://").split(":")
+    for dotted in ("/explore/vendor/../explore.js", "/explore/../explorer/explore.js", "/explore/../../README.md"):
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.request("GET", dotted)
+        assert connection.getresponse().status == 404, dotted
+        connection.close()

@@ -183,6 +183,8 @@ def test_a_day_is_asked_by_its_date_in_the_bars_zone(calendar_landed: Settings) 
     sydney = ZoneInfo("Australia/Sydney")
     on_the_day = [t for t in trades_of(calendar_landed, "K2DST") if t["event_time"].astimezone(sydney).date() == sunday]
     assert sum(b["trades"] for b in hours) == len(on_the_day) > 30
+    # One local day: the statement counts from its one start, no join; the same bars as the walk.
+    assert hours == expected_bars(on_the_day, lambda t: "Australia/Sydney", timedelta(hours=1), timedelta(0), False)
     assert datetime(2026, 10, 3, 14, tzinfo=UTC) <= hours[0]["bar_start"] < hours[-1]["bar_start"]
     assert hours[-1]["bar_start"] < datetime(2026, 10, 4, 13, tzinfo=UTC)  # Sydney's midnight, after the change
     with pytest.raises(QueryError) as refused:  # per exchange in their own zones: no one day

@@ -46,6 +46,12 @@ def utc(text: str) -> datetime:
          "2026-11-01T00:00+11:00"),
         ("month", timedelta(0), "UTC", "2026-12-31T23:59:59+00:00", "2026-12-01T00:00+00:00",
          "2027-01-01T00:00+00:00"),
+        # An origin the clock skips (New York, 2026-03-08 02:00 -> 03:00): the day begins when 02:30
+        # would have been (07:30 UTC); until then it is still the day before.
+        (DAY, timedelta(hours=2, minutes=30), NEW_YORK, "2026-03-08T03:10-04:00", "2026-03-07T02:30-05:00",
+         "2026-03-08T03:30-04:00"),
+        (HOUR, timedelta(hours=2, minutes=30), NEW_YORK, "2026-03-08T03:10-04:00", "2026-03-08T02:30-04:00",
+         "2026-03-08T03:30-04:00"),
         # UTC from midnight: the epoch's bars.
         (timedelta(minutes=5), timedelta(0), "UTC", "2026-11-02T10:07:01+00:00", "2026-11-02T10:05+00:00",
          "2026-11-02T10:10+00:00"),
@@ -55,6 +61,30 @@ def test_a_bar_holds_its_instant_between_local_wall_clock_bounds(interval, origi
     calendar = BarCalendar(interval, zone, origin)
     assert calendar.start_of(utc(at), zone) == utc(start)
     assert calendar.end_of(utc(at), zone) == utc(end)
+
+
+#: Two days before each of a zone's clock changes in 2026, 00:00 UTC.
+CLOCK_CHANGES = {
+    SYDNEY: ("2026-04-03T00:00+00:00", "2026-10-02T00:00+00:00"),
+    NEW_YORK: ("2026-03-06T00:00+00:00", "2026-10-30T00:00+00:00"),
+    "Europe/London": ("2026-03-27T00:00+00:00", "2026-10-23T00:00+00:00"),
+}
+
+
+@pytest.mark.parametrize("zone", list(CLOCK_CHANGES))
+@pytest.mark.parametrize(
+    "origin",
+    [timedelta(0), timedelta(hours=1, minutes=30), timedelta(hours=2, minutes=30), timedelta(hours=9, minutes=30)],
+)
+@pytest.mark.parametrize("interval", [timedelta(minutes=15), HOUR, 4 * HOUR, DAY, "week", "month"])
+def test_bars_hold_every_instant_and_follow_each_other_without_gap_across_clock_changes(interval, origin, zone) -> None:  # type: ignore[no-untyped-def]
+    calendar = BarCalendar(interval, zone, origin)
+    for first in CLOCK_CHANGES[zone]:
+        for step in range(0, 4 * 24 * 60, 10):  # every 10 minutes over four days around a change
+            at = utc(first) + timedelta(minutes=step)
+            start, end = calendar.start_of(at, zone), calendar.end_of(at, zone)
+            assert start <= at < end, (at, start, end)
+            assert calendar.start_of(end, zone) == end, (at, end)  # the next bar begins where this one ends
 
 
 def test_day_chunks_are_joined_where_a_bar_spans_them_and_only_in_local_time() -> None:
@@ -75,11 +105,21 @@ def test_a_cursor_goes_on_from_the_start_of_its_bar_in_every_zone_the_bars_are_i
 
 
 def test_the_statement_binds_exactly_the_values_its_parts_name() -> None:
-    start, end = utc("2026-10-03T00:00+00:00"), utc("2026-10-05T00:00+00:00")
-    for calendar in (BarCalendar(HOUR), BarCalendar(DAY, SYDNEY), BarCalendar("week", SYDNEY, HOUR),
-                     BarCalendar(HOUR, "exchange", zones={"ASX": SYDNEY, "XNYS": NEW_YORK})):  # fmt: skip
-        text = " ".join(calendar.sql().values())
-        assert set(calendar.params(start, end)) == set(re.findall(r"\$(\w+)", text))
+    sydney_sunday = utc("2026-10-04T00:00+10:00"), utc("2026-10-05T00:00+11:00")
+    for start, end in ((utc("2026-10-03T00:00+00:00"), utc("2026-10-05T00:00+00:00")), sydney_sunday):
+        for calendar in (BarCalendar(HOUR), BarCalendar(DAY, SYDNEY), BarCalendar("week", SYDNEY, HOUR),
+                         BarCalendar(HOUR, "exchange", zones={"ASX": SYDNEY, "XNYS": NEW_YORK})):  # fmt: skip
+            text = " ".join(calendar.sql(start, end).values())
+            assert set(calendar.params(start, end)) == set(re.findall(r"\$(\w+)", text))
+
+
+def test_within_one_local_day_every_trade_counts_from_its_start_without_a_join() -> None:
+    start, end = utc("2026-10-04T00:00+10:00"), utc("2026-10-05T00:00+11:00")  # Sydney's 23-hour Sunday
+    calendar = BarCalendar(HOUR, SYDNEY)
+    assert calendar.sql(start, end)["anchors"] == ""
+    assert calendar.params(start, end)["anchor_us"] == int(start.timestamp()) * 1_000_000
+    assert "ASOF" in calendar.sql(start, end + timedelta(microseconds=1))["anchors"]  # into Monday: two days
+    assert "ASOF" in BarCalendar(HOUR, "exchange", zones={"ASX": SYDNEY}).sql(start, end)["anchors"]
 
 
 def test_each_trade_s_period_start_comes_from_the_zone_s_local_midnights() -> None:
