@@ -467,6 +467,13 @@ class Pager {
     this.shown = 0;
   }
 
+  // A new view: the old one's rows go, and its pages still on the way are dropped when they come.
+  clear() {
+    this.shown += 1;
+    this.panel.replaceChildren();
+    this.panel.dataset.state = "idle";
+  }
+
   reset(params, zone) {
     this.params = params;
     this.zone = zone;
@@ -565,7 +572,8 @@ function downloads(params, quoteParams, barParams) {
       a.textContent = `${name} ${format.toUpperCase()}`;
       a.addEventListener("click", (event) => {
         event.preventDefault();
-        download(a, path, { ...query, format }).catch(showError);
+        const mine = downloading;
+        download(a, path, { ...query, format }, mine).catch((error) => mine === downloading && showError(error));
       });
       links.push(a, " ");
     }
@@ -574,7 +582,9 @@ function downloads(params, quoteParams, barParams) {
   $("downloads-note").textContent = "";
 }
 
-async function download(link, path, query) {
+let downloading = 0; // the view's number: a download of an earlier view says nothing when it ends
+
+async function download(link, path, query, view) {
   const headers = api.key() ? { "X-API-Key": api.key() } : {};
   const parts = [];
   let cursor = null;
@@ -608,6 +618,7 @@ async function download(link, path, query) {
   save.download = link.download;
   save.click();
   setTimeout(() => URL.revokeObjectURL(url), 60000); // once the browser has taken it
+  if (view !== downloading) return;
   $("downloads-note").textContent = cursor
     ? `${link.textContent}: the first ${rows.toLocaleString("en")} rows (one page of the API; the CSV has them all).`
     : "";
@@ -638,8 +649,10 @@ async function render(state) {
   document.body.dataset.ready = "false";
   $("error").hidden = true;
   clearChart("loading");
-  $("downloads").replaceChildren(); // until the view's snapshot is known
-  $("downloads-note").textContent = "";
+  for (const pager of Object.values(pagers)) pager.clear();
+  for (const id of ["reading", "quotes-note", "downloads-note"]) $(id).textContent = "";
+  $("downloads").replaceChildren();
+  downloading += 1;
   writeForm(state);
   const problem = stateProblem(state);
   if (problem) {
@@ -667,7 +680,7 @@ async function render(state) {
   const view = {
     symbol: state.symbol, exchange: state.exchange, start: range.start.toISOString(), end: range.end.toISOString(),
   };
-  let rows = { ...view, ...when.trades };
+  const rows = { ...view, ...when.trades };
   const quoteRows = { ...view, ...when.quotes };
   const barParams = barsQuery(state, view, when.trades, barsZone(state));
   let bars;
@@ -681,18 +694,13 @@ async function render(state) {
     clearChart("error");
     showError(error);
     drawnOnce();
-    $("reading").textContent = "";
-    for (const pager of Object.values(pagers)) pager.panel.replaceChildren();
     return;
   }
   if (mine !== rendering) return;
   performance.mark("k2:bars-answered");
   drawBars(bars.rows);
   drawnOnce();
-  if (!state.snapshot && !state.as_of && bars.snapshot_id !== null) {
-    rows = { ...rows, snapshot_id: bars.snapshot_id }; // the tables and downloads read what the chart read
-  }
-  downloads(rows, quoteRows, { ...barParams, ...(rows.snapshot_id ? { snapshot_id: rows.snapshot_id } : {}) });
+  downloads(rows, quoteRows, barParams);
   const fallback = state.tz === "exchange" && zone === "UTC" && !exchangeZone(state)
     ? " (the exchanges' zones differ or are not known)" : "";
   const at = state.snapshot ? "the chosen snapshot" : state.as_of ? `as of ${state.as_of} (${zone})` : "now";
@@ -775,7 +783,7 @@ async function main() {
       early.snapshots = null;
       askTheRest();
       try {
-        await Promise.all([loadCatalog(), loadSnapshots()]);
+        await Promise.all([loadCatalog(), loadSnapshots().catch(() => [])]); // snapshots: not needed to draw
       } catch (error) {
         showError(error);
         return;

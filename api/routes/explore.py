@@ -34,7 +34,10 @@ blueprint = Blueprint("explore", __name__)
 @cache
 def _file(name: str) -> tuple[bytes, bytes, str, str]:
     """(bytes, gzip-compressed bytes, media type, entity tag) of a file of the page, read once."""
-    path = (FILES / name).resolve()
+    try:
+        path = (FILES / name).resolve()
+    except ValueError:  # a NUL in the name
+        raise FileNotFoundError(name) from None
     # The file's own name only: no "..", no links out, no second name for a file (a "vendor/../"
     # alias of a page file would be cached as immutable).
     if not path.is_relative_to(FILES) or path.relative_to(FILES).as_posix() != name:
