@@ -42,13 +42,8 @@ from k2_etl.query.runner import SPENT, Spent
 log = logging.getLogger("k2.api")
 MAX_BODY_BYTES = 64 * 1024  # no endpoint takes a body; anything bigger is refused with 413
 JSON = "application/json"
-OPEN_PATHS = (
-    "/health",
-    "/metrics",
-    "/openapi.json",
-    "/docs",
-    "/explore",
-)  # (and "/") served without an API key or rate limit
+#: Served without an API key or rate limit: these paths and what is under them, and the index "/".
+OPEN_PATHS = ("/health", "/metrics", "/openapi.json", "/docs", "/explore")
 RETRY_AFTER_SECONDS = 5  # a dependency away: when to ask again (the engine tries it again every second)
 
 

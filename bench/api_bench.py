@@ -62,13 +62,13 @@ import pyarrow.compute as pc
 from prometheus_client.parser import text_string_to_metric_families
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 
-from bench.harness import kafka_running, kafka_settings, save_result
+from bench.harness import K2, k2_api_running, kafka_running, kafka_settings, save_result
 from k2_etl.config import Settings, load_settings
 from k2_etl.ingest.generate import generate
 from k2_etl.lake.catalog import open_catalog
 from k2_etl.query.engine import QueryEngine
 from k2_etl.wire.duckdb_conn import connect
-from tests.helpers import env_of, free_port, run_k2
+from tests.helpers import env_of, run_k2
 
 SYMBOLS, DAYS, TRADES_PER_SYMBOL_DAY = 20, 20, 25_000
 FIRST_DAY = date(2026, 10, 5)  # a Monday: 20 trading days end on Friday 2026-10-30
@@ -90,7 +90,6 @@ STAGES = {
     "rate_limit": "Limiter._check_request_limit",
     "socket_write": "Response.write (gunicorn",
 }
-K2 = Path(sys.executable).with_name("k2")
 
 
 # --- the dataset ---------------------------------------------------------------------------------
@@ -452,32 +451,18 @@ def main() -> None:
     settings = load_settings(home=args.work / "home", kafka_bootstrap="127.0.0.1:9", stream_metrics_port=0)
     pairs = symbol_days(settings)
     paths = queries(pairs)
-    port = free_port()
     env = {
         **{k: v for k, v in built["env"].items() if not k.startswith("K2_API_")},  # today's API defaults
-        "K2_API_PORT": str(port),
         "K2_API_RATE_LIMIT": "1000000/second",
         "K2_STREAM_METRICS_PORT": "0",
     }
-    api = subprocess.Popen([str(K2), "api"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
     server = load_settings()  # what `k2 api` runs with (its defaults)
     result: dict[str, Any] = {"benchmark": "api", "when": datetime.now(UTC).isoformat(timespec="seconds"),
                               "dataset": {k: v for k, v in built.items() if k != "env"},
                               "server": f"k2 api: gunicorn {server.api_workers} workers, each one DuckDB database "
                                         f"and {server.api_threads} requests at once (gthread), "
                                         f"{server.api_queue} waiting", "queries": {}}  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and api.poll() is None, "k2 api did not start"
-            time.sleep(0.2)
-        master = psutil.Process(api.pid)  # `k2 api` execs gunicorn: the same process
+    with k2_api_running(env) as (url, master):
         for name, urls in paths.items():
             wrk(url, urls[:40], 2, 3)  # warm up: connections, plans, OS caches
             runs = statements(settings, urls[:100])
@@ -496,9 +481,6 @@ def main() -> None:
             result["queries"][name] = entry
         result["server_memory"] = memory(master)
         result["read_path_choice"] = iceberg_scan_page(settings, pairs, 60)
-    finally:
-        api.send_signal(signal.SIGTERM)
-        api.wait(timeout=30)
     save_result("api", {**result, "goals": GOALS})
 
 

@@ -27,9 +27,7 @@ import argparse
 import contextlib
 import json
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, date, datetime
@@ -42,10 +40,10 @@ import httpx
 import psutil
 from playwright.sync_api import Browser, sync_playwright
 
-from bench.api_bench import K2, stream_until
-from bench.harness import kafka_running, kafka_settings, save_result
+from bench.api_bench import stream_until
+from bench.harness import k2_api_running, kafka_running, kafka_settings, save_result
 from k2_etl.ingest.generate import generate
-from tests.helpers import env_of, free_port, run_k2
+from tests.helpers import env_of, run_k2
 
 DAY = date(2026, 11, 2)
 TRADES = 150_000  # asked of the generator; it lands ~81% of them in the session: >= 100,000
@@ -165,21 +163,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
     built = build(args.work)
-    port = free_port()
-    env = {**{k: v for k, v in built["env"].items() if not k.startswith("K2_API_")}, "K2_API_PORT": str(port),
-           "K2_STREAM_METRICS_PORT": "0"}  # fmt: skip
-    api = subprocess.Popen([str(K2), "api"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code in (200, 503):
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and api.poll() is None, "k2 api did not start"
-            time.sleep(0.2)
+    env = {**{k: v for k, v in built["env"].items() if not k.startswith("K2_API_")}, "K2_STREAM_METRICS_PORT": "0"}
+    with k2_api_running(env) as (url, server):
         symbol = the_symbol(url)
         view = f"{url}/explore?symbol={symbol}&day={DAY.isoformat()}&interval=1m&tz=exchange"
         for _ in range(3):  # warm up both workers: plans, the symbol index, OS caches
@@ -189,16 +174,13 @@ def main() -> None:
         with sync_playwright() as driver:
             browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             try:
-                page = page_runs(browser, view, args.runs, psutil.Process(api.pid))
+                page = page_runs(browser, view, args.runs, server)
             finally:
                 browser.close()
-        workers = family(psutil.Process(api.pid))
+        workers = family(server)
         before = cpu_ms(workers)
         alone = bars_alone(url, symbol, args.runs * 2)
         bars_cpu = (cpu_ms(workers) - before) / len(alone)
-    finally:
-        api.send_signal(signal.SIGTERM)
-        api.wait(timeout=30)
     bars_ms = statistics.median(alone)
     result = {
         "benchmark": "explorer",

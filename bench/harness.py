@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,15 +13,19 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import httpx
+import psutil
+
 from k2_etl.bootstrap import init_platform
 from k2_etl.config import Settings, load_settings
 from k2_etl.ingest.generate import GenerateReport, generate
 from k2_etl.local.components import broker, registry
 from k2_etl.local.supervisor import start, stop
 from k2_etl.schemas.registration import register_schemas
-from tests.helpers import free_ports
+from tests.helpers import free_port, free_ports, poll
 
 RESULTS = Path(__file__).resolve().parent / "results"
+K2 = Path(sys.executable).with_name("k2")
 
 
 def save_result(name: str, result: dict[str, Any]) -> None:
@@ -71,3 +78,27 @@ def bench_platform(name: str, rows: int, **overrides: Any) -> Iterator[tuple[Set
             trades_per_day=rows // (symbols * days), quotes_per_trade=0,
         )  # fmt: skip
         yield settings, work, generated
+
+
+@contextmanager
+def k2_api_running(env: dict[str, str]) -> Iterator[tuple[str, psutil.Process]]:
+    """`k2 api` with ``env`` on a free port, answering (its health, healthy or degraded); its URL
+    and its process (it execs gunicorn: the master); stopped with SIGTERM on exit."""
+    port = free_port()
+    api = subprocess.Popen([str(K2), "api"], env={**env, "K2_API_PORT": str(port)}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def answering() -> bool:
+        assert api.poll() is None, "k2 api exited"
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code in (200, 503)
+        except httpx.TransportError:
+            return False
+
+    try:
+        poll(answering, 60, f"k2 api on {url}", every=0.2)
+        yield url, psutil.Process(api.pid)
+    finally:
+        api.send_signal(signal.SIGTERM)
+        api.wait(timeout=30)
